@@ -1,0 +1,35 @@
+//! Events from the kernel side, decoded and free of any kernel type.
+//!
+//! The `bpf` crate produces them from the ring buffer and from map dumps; the
+//! flow table consumes them. Unit tests drive the flow table with scripted
+//! events instead of a kernel.
+
+use crate::flow::{BeforeStart, Counters, FlowInfo, FlowKey};
+use crate::identity::{ExecInfo, Owner};
+
+/// Everything the kernel knows of one flow at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowView {
+    pub key: FlowKey,
+    pub info: FlowInfo,
+    /// None while only softirq hooks have met the socket.
+    pub owner: Option<Owner>,
+    pub counters: Counters,
+    pub before_start: Option<BeforeStart>,
+    /// When the flow was first met, nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowEvent {
+    /// A flow was met for the first time.
+    Open(FlowView),
+    /// A fresh reading of a flow that is still open (periodic map dump).
+    Update(FlowView),
+    /// A flow ended; `end_ns` is when, in nanoseconds since the Unix epoch.
+    Close { view: FlowView, end_ns: u64 },
+    /// A process other than the recorded owner used the socket `cookie`.
+    Owner { cookie: u64, owner: Owner },
+    /// A process called exec; captured in the kernel at that moment.
+    Exec { pid: u32, info: ExecInfo },
+}

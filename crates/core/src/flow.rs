@@ -1,0 +1,252 @@
+//! Flow keys, flow metadata, counters and the JSON-lines flow record.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::identity::ProcessIdentity;
+
+/// Identifies one flow within a run.
+///
+/// A TCP socket is one flow. A datagram socket (UDP, ping, raw) is one flow
+/// per remote address and port, so a resolver that asks two servers shows
+/// two flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// The kernel's socket cookie.
+    pub cookie: u64,
+    /// The remote, for datagram flows only.
+    pub remote: Option<(IpAddr, u16)>,
+}
+
+impl FlowKey {
+    pub fn socket(cookie: u64) -> Self {
+        FlowKey {
+            cookie,
+            remote: None,
+        }
+    }
+
+    pub fn datagram(cookie: u64, ip: IpAddr, port: u16) -> Self {
+        FlowKey {
+            cookie,
+            remote: Some((ip, port)),
+        }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.remote {
+            None => write!(f, "{}", self.cookie),
+            Some((IpAddr::V4(ip), port)) => write!(f, "{}/{}:{}", self.cookie, ip, port),
+            Some((IpAddr::V6(ip), port)) => write!(f, "{}/[{}]:{}", self.cookie, ip, port),
+        }
+    }
+}
+
+/// IP protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Other(u8),
+}
+
+impl Proto {
+    pub fn from_number(n: u8) -> Self {
+        match n {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            1 => Proto::Icmp,
+            58 => Proto::Icmpv6,
+            n => Proto::Other(n),
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmpv6 => 58,
+            Proto::Other(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proto::Tcp => f.write_str("tcp"),
+            Proto::Udp => f.write_str("udp"),
+            Proto::Icmp => f.write_str("icmp"),
+            Proto::Icmpv6 => f.write_str("icmpv6"),
+            Proto::Other(n) => write!(f, "ip:{n}"),
+        }
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Who spoke first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// We connected or sent first.
+    Out,
+    /// We accepted or received first.
+    In,
+    Unknown,
+}
+
+/// The hook that created the flow's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Connect,
+    Accept,
+    Send,
+    Startup,
+    Packet,
+}
+
+/// What is known of a flow apart from its counters and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub proto: Proto,
+    pub family: u8,
+    pub direction: Direction,
+    pub origin: Origin,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub netns: u64,
+}
+
+/// Cumulative counters of one flow.
+///
+/// `*_bytes` and `*_packets` are IP-level, as on the wire (a GSO/GRO packet
+/// counts as the segments it stands for); `*_payload` are transport payload
+/// bytes, what the application sent and received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub tx_payload: u64,
+    pub rx_payload: u64,
+}
+
+impl Counters {
+    /// Field-wise maximum: counters only grow, so the larger reading is the
+    /// newer one. Used when two readings of one flow meet (a close event and a
+    /// map dump), so that neither can move a flow backwards.
+    pub fn max(self, o: Counters) -> Counters {
+        Counters {
+            tx_bytes: self.tx_bytes.max(o.tx_bytes),
+            rx_bytes: self.rx_bytes.max(o.rx_bytes),
+            tx_packets: self.tx_packets.max(o.tx_packets),
+            rx_packets: self.rx_packets.max(o.rx_packets),
+            tx_payload: self.tx_payload.max(o.tx_payload),
+            rx_payload: self.rx_payload.max(o.rx_payload),
+        }
+    }
+}
+
+/// Payload the kernel had counted on a socket before procflow started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BeforeStart {
+    pub tx_payload: u64,
+    pub rx_payload: u64,
+}
+
+/// Open or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    Open,
+    Closed,
+}
+
+/// Allow or block, when rules are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Block,
+}
+
+/// One `"type":"flow"` line of the JSON-lines log (see DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub flow_id: String,
+    pub state: FlowState,
+    pub proto: Proto,
+    pub family: u8,
+    pub direction: Direction,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub process: Option<ProcessIdentity>,
+    pub netns: u64,
+    pub start: String,
+    pub end: Option<String>,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub before_start: Option<BeforeStart>,
+    pub origin: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn flow_id_names_the_remote_of_datagram_flows() {
+        assert_eq!(FlowKey::socket(42).to_string(), "42");
+        let v4 = FlowKey::datagram(7, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 53);
+        assert_eq!(v4.to_string(), "7/10.0.0.2:53");
+        let v6 = FlowKey::datagram(7, IpAddr::V6(Ipv6Addr::LOCALHOST), 53);
+        assert_eq!(v6.to_string(), "7/[::1]:53");
+    }
+
+    #[test]
+    fn proto_names() {
+        assert_eq!(Proto::from_number(6).to_string(), "tcp");
+        assert_eq!(Proto::from_number(58).to_string(), "icmpv6");
+        assert_eq!(Proto::from_number(253).to_string(), "ip:253");
+        assert_eq!(Proto::from_number(253).number(), 253);
+    }
+
+    #[test]
+    fn counters_max_never_moves_backwards() {
+        let a = Counters {
+            tx_bytes: 10,
+            rx_bytes: 1,
+            ..Default::default()
+        };
+        let b = Counters {
+            tx_bytes: 5,
+            rx_bytes: 7,
+            ..Default::default()
+        };
+        let m = a.max(b);
+        assert_eq!((m.tx_bytes, m.rx_bytes), (10, 7));
+    }
+}

@@ -1,0 +1,371 @@
+//! The flow table: live flows, their owners and counters, and the records
+//! they produce.
+//!
+//! Fed with [`FlowEvent`]s and the current time; returns the records to write.
+//! A flow is kept from its first event to its close, so memory follows the
+//! number of live flows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::event::{FlowEvent, FlowView};
+use crate::flow::{FlowKey, FlowRecord, FlowState};
+use crate::identity::{IdentityResolver, Owner, ProcessIdentity, SystemLookup};
+use crate::timefmt::rfc3339;
+
+#[derive(Debug)]
+struct Entry {
+    view: FlowView,
+}
+
+/// Totals kept over a run, for the stats record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableStats {
+    /// Distinct flows seen.
+    pub flows_seen: u64,
+    pub flows_closed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    flows: BTreeMap<FlowKey, Entry>,
+    /// Owner by socket cookie, when it changed after the flow opened.
+    owners: HashMap<u64, Owner>,
+    identities: IdentityResolver,
+    stats: TableStats,
+}
+
+impl FlowTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Keys of the live flows on socket `cookie` (several for a datagram socket).
+    pub fn keys_of_socket(&self, cookie: u64) -> Vec<FlowKey> {
+        let lo = FlowKey::socket(cookie);
+        self.flows
+            .range(lo..)
+            .take_while(|(k, _)| k.cookie == cookie)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Keys of all live flows.
+    pub fn keys(&self) -> Vec<FlowKey> {
+        self.flows.keys().copied().collect()
+    }
+
+    /// Applies one event; returns the records it produces.
+    pub fn ingest(&mut self, ev: FlowEvent, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
+        match ev {
+            FlowEvent::Exec { pid, info } => {
+                self.identities.exec(pid, info);
+                Vec::new()
+            }
+            FlowEvent::Owner { cookie, owner } => {
+                if self.keys_of_socket(cookie).is_empty() {
+                    // Not announced yet: remember for when it is.
+                    self.owners.insert(cookie, owner);
+                } else {
+                    for k in self.keys_of_socket(cookie) {
+                        if let Some(e) = self.flows.get_mut(&k) {
+                            e.view.owner = Some(owner.clone());
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            FlowEvent::Open(view) => {
+                if self.flows.contains_key(&view.key) {
+                    self.merge(view);
+                    return Vec::new();
+                }
+                self.stats.flows_seen += 1;
+                let key = view.key;
+                self.insert(view);
+                vec![self.record(&key, FlowState::Open, None, sys)]
+            }
+            FlowEvent::Update(view) => {
+                if self.flows.contains_key(&view.key) {
+                    self.merge(view);
+                } else {
+                    self.stats.flows_seen += 1;
+                    self.insert(view);
+                }
+                Vec::new()
+            }
+            FlowEvent::Close { view, end_ns } => {
+                let key = view.key;
+                if self.flows.contains_key(&key) {
+                    self.merge(view);
+                } else {
+                    self.stats.flows_seen += 1;
+                    self.insert(view);
+                }
+                self.stats.flows_closed += 1;
+                let rec = self.record(&key, FlowState::Closed, Some(end_ns), sys);
+                self.flows.remove(&key);
+                if self.keys_of_socket(key.cookie).is_empty() {
+                    self.owners.remove(&key.cookie);
+                }
+                vec![rec]
+            }
+        }
+    }
+
+    /// Cumulative records of every open flow (for `--interval` and at stop).
+    pub fn snapshot(&mut self, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
+        let keys = self.keys();
+        keys.iter()
+            .map(|k| self.record(k, FlowState::Open, None, sys))
+            .collect()
+    }
+
+    fn insert(&mut self, mut view: FlowView) {
+        if let Some(o) = self.owners.get(&view.key.cookie) {
+            view.owner = Some(o.clone());
+        }
+        self.flows.insert(view.key, Entry { view });
+    }
+
+    /// Folds a newer reading into a known flow: counters never go back, the
+    /// first start and origin stay, an owner is never forgotten.
+    fn merge(&mut self, newer: FlowView) {
+        let Some(e) = self.flows.get_mut(&newer.key) else {
+            return;
+        };
+        let v = &mut e.view;
+        v.counters = v.counters.max(newer.counters);
+        if newer.owner.is_some() {
+            v.owner = newer.owner;
+        }
+        if v.before_start.is_none() {
+            v.before_start = newer.before_start;
+        }
+        // Addresses can be learned late (a local port assigned at connect).
+        if newer.info.local.1 != 0 || v.info.local.1 == 0 {
+            v.info.local = newer.info.local;
+        }
+        if !newer.info.remote.0.is_unspecified() {
+            v.info.remote = newer.info.remote;
+        }
+    }
+
+    fn record(
+        &mut self,
+        key: &FlowKey,
+        state: FlowState,
+        end_ns: Option<u64>,
+        sys: &mut dyn SystemLookup,
+    ) -> FlowRecord {
+        let v = &self.flows[key].view;
+        let owner = v.owner.clone();
+        let info = v.info.clone();
+        let (counters, before_start, start_ns) = (v.counters, v.before_start, v.start_ns);
+        let process: Option<ProcessIdentity> =
+            owner.map(|o| self.identities.resolve(&o, sys));
+        FlowRecord {
+            kind: "flow",
+            flow_id: key.to_string(),
+            state,
+            proto: info.proto,
+            family: info.family,
+            direction: info.direction,
+            local_ip: info.local.0,
+            local_port: info.local.1,
+            remote_ip: info.remote.0,
+            remote_port: info.remote.1,
+            process,
+            netns: info.netns,
+            start: rfc3339(start_ns),
+            end: end_ns.map(rfc3339),
+            counters,
+            before_start,
+            origin: info.origin,
+            verdict: None,
+            rule: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{Counters, Direction, FlowInfo, Origin, Proto};
+    use crate::identity::tests::FakeSystem;
+    use crate::identity::ExecInfo;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn view(key: FlowKey, pid: Option<u32>, tx: u64) -> FlowView {
+        FlowView {
+            key,
+            info: FlowInfo {
+                proto: Proto::Udp,
+                family: 4,
+                direction: Direction::Out,
+                origin: Origin::Send,
+                local: (ip(1), 5000),
+                remote: (ip(2), 53),
+                netns: 4026531840,
+            },
+            owner: pid.map(|pid| Owner {
+                pid,
+                ppid: 1,
+                uid: 0,
+                comm: "dig".into(),
+                cgroup_id: 1,
+            }),
+            counters: Counters {
+                tx_payload: tx,
+                ..Default::default()
+            },
+            before_start: None,
+            start_ns: 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn open_then_close_gives_two_records_and_frees_the_entry() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let k = FlowKey::socket(9);
+        let open = t.ingest(FlowEvent::Open(view(k, Some(100), 0)), &mut sys);
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].state, FlowState::Open);
+        assert_eq!(open[0].end, None);
+        let closed = t.ingest(
+            FlowEvent::Close {
+                view: view(k, Some(100), 512),
+                end_ns: 2_000_000_000,
+            },
+            &mut sys,
+        );
+        assert_eq!(closed[0].state, FlowState::Closed);
+        assert_eq!(closed[0].counters.tx_payload, 512);
+        assert_eq!(closed[0].end.as_deref(), Some("1970-01-01T00:00:02Z"));
+        assert!(t.is_empty());
+        assert_eq!(t.stats().flows_seen, 1);
+        assert_eq!(t.stats().flows_closed, 1);
+    }
+
+    #[test]
+    fn second_open_of_same_flow_is_merged_not_counted_twice() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let k = FlowKey::socket(9);
+        t.ingest(FlowEvent::Open(view(k, None, 10)), &mut sys);
+        let again = t.ingest(FlowEvent::Open(view(k, Some(100), 5)), &mut sys);
+        assert!(again.is_empty());
+        let snap = t.snapshot(&mut sys);
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].counters.tx_payload, 10, "counters never go back");
+        assert_eq!(snap[0].process.as_ref().unwrap().pid, 100);
+        assert_eq!(t.stats().flows_seen, 1);
+    }
+
+    #[test]
+    fn owner_change_applies_to_every_datagram_flow_of_the_socket() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let a = FlowKey::datagram(5, ip(2), 53);
+        let b = FlowKey::datagram(5, ip(3), 53);
+        let other = FlowKey::socket(6);
+        for k in [a, b, other] {
+            t.ingest(FlowEvent::Open(view(k, Some(100), 0)), &mut sys);
+        }
+        assert_eq!(t.keys_of_socket(5), vec![a, b]);
+        t.ingest(
+            FlowEvent::Owner {
+                cookie: 5,
+                owner: Owner {
+                    pid: 200,
+                    comm: "child".into(),
+                    ..Default::default()
+                },
+            },
+            &mut sys,
+        );
+        let snap = t.snapshot(&mut sys);
+        let pids: Vec<u32> = snap.iter().map(|r| r.process.as_ref().unwrap().pid).collect();
+        assert_eq!(pids, vec![200, 200, 100]);
+    }
+
+    #[test]
+    fn owner_seen_before_open_is_applied_at_open() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        t.ingest(
+            FlowEvent::Owner {
+                cookie: 9,
+                owner: Owner {
+                    pid: 300,
+                    ..Default::default()
+                },
+            },
+            &mut sys,
+        );
+        let r = t.ingest(FlowEvent::Open(view(FlowKey::socket(9), None, 0)), &mut sys);
+        assert_eq!(r[0].process.as_ref().unwrap().pid, 300);
+    }
+
+    #[test]
+    fn exec_capture_names_a_process_that_is_gone() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        t.ingest(
+            FlowEvent::Exec {
+                pid: 777,
+                info: ExecInfo {
+                    exe: "/tmp/short-lived".into(),
+                    cmdline: "short-lived 1".into(),
+                },
+            },
+            &mut sys,
+        );
+        let r = t.ingest(
+            FlowEvent::Close {
+                view: view(FlowKey::socket(1), Some(777), 524_288),
+                end_ns: 2,
+            },
+            &mut sys,
+        );
+        let p = r[0].process.as_ref().unwrap();
+        assert_eq!(p.exe.as_deref(), Some("/tmp/short-lived"));
+        assert_eq!(p.cmdline.as_deref(), Some("short-lived 1"));
+    }
+
+    #[test]
+    fn record_serializes_to_the_design_contract() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let r = t.ingest(FlowEvent::Open(view(FlowKey::socket(3), Some(100), 0)), &mut sys);
+        let json = serde_json::to_value(&r[0]).unwrap();
+        for key in [
+            "type", "flow_id", "state", "proto", "family", "direction", "local_ip",
+            "local_port", "remote_ip", "remote_port", "process", "netns", "start", "end",
+            "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "tx_payload", "rx_payload",
+            "before_start", "origin",
+        ] {
+            assert!(json.get(key).is_some(), "missing key {key}: {json}");
+        }
+        assert_eq!(json["type"], "flow");
+        assert_eq!(json["proto"], "udp");
+        assert_eq!(json["process"]["exe"], "/usr/bin/old");
+        assert_eq!(json["process"]["user"], "root");
+    }
+}
