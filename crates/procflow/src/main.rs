@@ -1,0 +1,3 @@
+//! procflow binary.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,2 @@
+//! procflow's flow history: the embedded SQLite store and report queries.
+#![forbid(unsafe_code)]
