@@ -10,6 +10,7 @@ pub mod event;
 pub mod flow;
 pub mod flow_table;
 pub mod identity;
+pub mod rules;
 pub mod timefmt;
 
 pub use event::FlowEvent;
