@@ -158,9 +158,9 @@ fn check_rule(diags: &mut Diags<'_>, users: &dyn UserLookup, r: &RawRule) -> Opt
                 "udp" => Ok(ProtoMatch::Udp),
                 "icmp" => Ok(ProtoMatch::Icmp),
                 "any" => Ok(ProtoMatch::Any),
-                "icmpv6" | "icmp6" => Err(
-                    "write `proto = \"icmp\"`: it matches ICMP and ICMPv6 alike".to_string()
-                ),
+                "icmpv6" | "icmp6" => {
+                    Err("write `proto = \"icmp\"`: it matches ICMP and ICMPv6 alike".to_string())
+                }
                 other => Err(format!(
                     "`proto` must be \"tcp\", \"udp\", \"icmp\" or \"any\", not {other:?}"
                 )),
@@ -325,10 +325,7 @@ fn uid(n: i128) -> Result<u32, String> {
     if (0..i128::from(u32::MAX)).contains(&n) {
         Ok(n as u32)
     } else {
-        Err(format!(
-            "uid {n} is out of range (0 to {})",
-            u32::MAX - 1
-        ))
+        Err(format!("uid {n} is out of range (0 to {})", u32::MAX - 1))
     }
 }
 
@@ -442,7 +439,8 @@ pub(crate) fn port_range(v: &Scalar) -> Result<PortRange, String> {
             Ok(PortRange { lo: p, hi: p })
         }
         Scalar::Str(s) => {
-            let bad = || format!("{s:?} is not a port or a \"low-high\" range (like \"8000-8080\")");
+            let bad =
+                || format!("{s:?} is not a port or a \"low-high\" range (like \"8000-8080\")");
             let num = |t: &str| -> Result<u16, String> {
                 let t = t.trim();
                 if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {

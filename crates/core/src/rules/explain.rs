@@ -104,12 +104,18 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
 fn mismatch(rule: &Rule, c: Condition, q: &Query<'_>) -> Mismatch {
     let (wanted, got) = match c {
         Condition::Exe => (
-            rule.exe.as_ref().map(ToString::to_string).unwrap_or_default(),
+            rule.exe
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             q.exe.to_string(),
         ),
         Condition::Comm => (rule.comm.clone().unwrap_or_default(), q.comm.to_string()),
         Condition::User => (
-            rule.user.as_ref().map(ToString::to_string).unwrap_or_default(),
+            rule.user
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             format!("uid {}", q.uid),
         ),
         Condition::Cgroup => (

@@ -26,6 +26,8 @@ mod parse;
 pub mod reference;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 pub use check::{parse_rules, NoUsers, UserLookup};

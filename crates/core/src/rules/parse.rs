@@ -81,7 +81,12 @@ fn unknown_key(diags: &mut Diags<'_>, span: &Range<usize>, key: &str, valid: &[&
     diags.error(span, format!("unknown key `{key}` {at}; {hint}"));
 }
 
-fn string(diags: &mut Diags<'_>, key: &str, v: &Spanned<DeValue<'_>>, expect: &str) -> Option<At<String>> {
+fn string(
+    diags: &mut Diags<'_>,
+    key: &str,
+    v: &Spanned<DeValue<'_>>,
+    expect: &str,
+) -> Option<At<String>> {
     match v.get_ref() {
         DeValue::String(s) => Some(At {
             span: v.span(),
@@ -97,7 +102,12 @@ fn string(diags: &mut Diags<'_>, key: &str, v: &Spanned<DeValue<'_>>, expect: &s
     }
 }
 
-fn scalar(diags: &mut Diags<'_>, key: &str, v: &Spanned<DeValue<'_>>, expect: &str) -> Option<At<Scalar>> {
+fn scalar(
+    diags: &mut Diags<'_>,
+    key: &str,
+    v: &Spanned<DeValue<'_>>,
+    expect: &str,
+) -> Option<At<Scalar>> {
     let value = match v.get_ref() {
         DeValue::String(s) => Scalar::Str(s.to_string()),
         DeValue::Integer(i) => {
@@ -180,9 +190,7 @@ fn raw_rule(diags: &mut Diags<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawRu
             "user" => r.user = scalar(diags, key, v, "a user name or a uid"),
             "cgroup" => r.cgroup = string(diags, key, v, "a cgroup path string"),
             "direction" => r.direction = string(diags, key, v, "\"out\" or \"in\""),
-            "proto" => {
-                r.proto = string(diags, key, v, "\"tcp\", \"udp\", \"icmp\" or \"any\"")
-            }
+            "proto" => r.proto = string(diags, key, v, "\"tcp\", \"udp\", \"icmp\" or \"any\""),
             "remote" => {
                 r.remote = list(diags, key, v, |d, e| {
                     string(d, key, e, "an address or CIDR prefix string")
@@ -255,9 +263,7 @@ pub(crate) fn parse_raw(diags: &mut Diags<'_>, text: &str) -> RawRules {
                 if RULE_KEYS.contains(&key) {
                     diags.error(
                         &k.span(),
-                        format!(
-                            "`{key}` belongs to a rule; put it under an `[[rule]]` header"
-                        ),
+                        format!("`{key}` belongs to a rule; put it under an `[[rule]]` header"),
                     );
                 } else {
                     unknown_key(diags, &k.span(), key, TOP_KEYS, "at the top level");

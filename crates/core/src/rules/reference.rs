@@ -77,7 +77,8 @@ pub fn condition_holds(rule: &Rule, c: Condition, q: &Query<'_>) -> bool {
             rule.remote.is_empty() || rule.remote.iter().any(|p| p.contains(addr))
         }
         Condition::RemotePort => {
-            rule.remote_port.is_empty() || rule.remote_port.iter().any(|r| r.contains(q.remote_port))
+            rule.remote_port.is_empty()
+                || rule.remote_port.iter().any(|r| r.contains(q.remote_port))
         }
         Condition::LocalPort => {
             rule.local_port.is_empty() || rule.local_port.iter().any(|r| r.contains(q.local_port))
