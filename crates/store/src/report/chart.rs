@@ -1,0 +1,364 @@
+//! `--chart FILE.svg`: a stacked-area chart of the top groups over time,
+//! drawn as plain SVG (title, axes with units, legend).
+//!
+//! Each time bucket is drawn as a flat step at the average rate of the
+//! bucket (bytes sent plus received, divided by the bucket's width), so the
+//! area under a group is its traffic.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::StoreError;
+use crate::report::output::{by_name, human_bytes, human_span, key_cells};
+use crate::report::query::{top_groups, Cell, Query, Row};
+use crate::timespec::{bucket_start, human_time};
+
+/// Groups drawn when `--top` is not given; the rest are summed as "other".
+pub const DEFAULT_TOP: usize = 8;
+
+const WIDTH: f64 = 1000.0;
+const HEIGHT: f64 = 560.0;
+const LEFT: f64 = 90.0;
+const RIGHT: f64 = 720.0;
+const TOP: f64 = 80.0;
+const BOTTOM: f64 = 490.0;
+
+const COLORS: [&str; 10] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#86bcb6",
+];
+const OTHER_COLOR: &str = "#bab0ac";
+
+/// Refuses chart files this build cannot write, before any work is done.
+pub fn check_path(path: &Path) -> Result<(), StoreError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("svg") => Ok(()),
+        Some("png") => Err(StoreError::invalid(
+            "chart file",
+            &path.display().to_string(),
+            "PNG output is not supported; write FILE.svg (any browser shows it, and \
+             `rsvg-convert -o FILE.png FILE.svg` converts it)",
+        )),
+        _ => Err(StoreError::invalid(
+            "chart file",
+            &path.display().to_string(),
+            "the file name must end in .svg",
+        )),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    // Keep the end: it is the telling part of paths and host names.
+    let tail: String = s.chars().skip(n - (max - 1)).collect();
+    format!("…{tail}")
+}
+
+/// A "nice" step (1, 2 or 5 times a power of ten) near `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let m = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    m * mag
+}
+
+/// Unit for rates up to `max` bytes per second: (divisor, name).
+fn rate_unit(max: f64) -> (f64, &'static str) {
+    let units = [
+        (1.0, "B/s"),
+        (1024.0, "KiB/s"),
+        (1048576.0, "MiB/s"),
+        (1073741824.0, "GiB/s"),
+        (1099511627776.0, "TiB/s"),
+    ];
+    let mut pick = units[0];
+    for u in units {
+        if max >= u.0 {
+            pick = u;
+        }
+    }
+    pick
+}
+
+/// Steps for time ticks, in seconds.
+const TIME_STEPS: [i64; 16] = [
+    10, 30, 60, 120, 300, 600, 900, 1_800, 3_600, 7_200, 10_800, 21_600, 43_200, 86_400, 172_800,
+    604_800,
+];
+
+fn fmt_num(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Draws the chart of `rows` (a timeline, `q.bucket` set) as SVG.
+pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
+    let width_s = q.bucket.unwrap_or(60).max(1);
+    let start = bucket_start(q.since, width_s);
+    let n = ((q.until - start + width_s - 1) / width_s).max(1) as usize;
+    let end = start + n as i64 * width_s;
+
+    let groups = top_groups(rows, top.max(1));
+    let has_other = rows.iter().any(|r| !groups.contains(&r.key));
+    let layers = groups.len() + usize::from(has_other);
+    let mut values = vec![vec![0f64; n]; layers];
+    let mut totals = vec![0u64; layers];
+    for r in rows {
+        let Some(b) = r.bucket else { continue };
+        let i = ((b - start) / width_s) as usize;
+        if i >= n {
+            continue;
+        }
+        let layer = groups
+            .iter()
+            .position(|g| *g == r.key)
+            .unwrap_or(groups.len());
+        values[layer][i] += r.total() as f64 / width_s as f64;
+        totals[layer] += r.total();
+    }
+    let mut stacked = values.clone();
+    for l in 1..layers {
+        for i in 0..n {
+            stacked[l][i] += stacked[l - 1][i];
+        }
+    }
+    let max = stacked
+        .last()
+        .map_or(0.0, |v| v.iter().cloned().fold(0.0, f64::max));
+    let (div, unit) = rate_unit(max);
+    let step = nice_step(max / div / 5.0);
+    let y_top = if max > 0.0 {
+        ((max / div) / step).ceil().max(1.0) * step
+    } else {
+        5.0
+    };
+    let x = |t: i64| LEFT + (t - start) as f64 / (end - start) as f64 * (RIGHT - LEFT);
+    let y = |v: f64| BOTTOM - (v / div) / y_top * (BOTTOM - TOP);
+
+    let by: Vec<&str> = q.by.iter().map(|g| by_name(*g)).collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="32" font-size="20" font-weight="bold">Network traffic by {}</text>"#,
+        esc(&by.join(", "))
+    );
+    let others = if has_other { ", the rest as other" } else { "" };
+    let _ = writeln!(
+        s,
+        r##"<text x="{LEFT}" y="56" font-size="13" fill="#444">{} to {} UTC · sent + received, average per {} · top {}{}</text>"##,
+        human_time(q.since, false),
+        human_time(q.until, false),
+        human_span(width_s),
+        top,
+        others
+    );
+
+    // Grid and y axis.
+    let mut v = 0.0;
+    while v <= y_top + step / 2.0 {
+        let yy = BOTTOM - v / y_top * (BOTTOM - TOP);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{RIGHT}" y2="{yy:.1}" stroke="#e5e5e5"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
+            LEFT - 8.0,
+            yy + 4.0,
+            fmt_num(v)
+        );
+        v += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(24 {:.1}) rotate(-90)" font-size="13" text-anchor="middle">rate ({unit})</text>"#,
+        (TOP + BOTTOM) / 2.0
+    );
+
+    // Areas, bottom layer first.
+    for l in 0..layers {
+        let color = if l < groups.len() {
+            COLORS[l % COLORS.len()]
+        } else {
+            OTHER_COLOR
+        };
+        let mut d = String::new();
+        for i in 0..n {
+            let (x0, x1) = (
+                x(start + i as i64 * width_s),
+                x(start + (i as i64 + 1) * width_s),
+            );
+            let yy = y(stacked[l][i]);
+            let _ = write!(
+                d,
+                "{}{x0:.1},{yy:.1} L{x1:.1},{yy:.1} ",
+                if i == 0 { "M" } else { "L" }
+            );
+        }
+        for i in (0..n).rev() {
+            let (x0, x1) = (
+                x(start + i as i64 * width_s),
+                x(start + (i as i64 + 1) * width_s),
+            );
+            let yy = if l == 0 { BOTTOM } else { y(stacked[l - 1][i]) };
+            let _ = write!(d, "L{x1:.1},{yy:.1} L{x0:.1},{yy:.1} ");
+        }
+        let _ = writeln!(s, r#"<path d="{}Z" fill="{color}" stroke="none"/>"#, d);
+    }
+
+    // Axes and time ticks.
+    let _ = writeln!(
+        s,
+        r##"<path d="M{LEFT},{TOP} L{LEFT},{BOTTOM} L{RIGHT},{BOTTOM}" fill="none" stroke="#333"/>"##
+    );
+    let span = end - start;
+    let tstep = TIME_STEPS
+        .iter()
+        .copied()
+        .find(|st| span / st <= 8)
+        .unwrap_or(TIME_STEPS[TIME_STEPS.len() - 1]);
+    let with_date = span > 86_400 || bucket_start(start, 86_400) != bucket_start(end - 1, 86_400);
+    let mut t = bucket_start(start, tstep);
+    if t < start {
+        t += tstep;
+    }
+    while t <= end {
+        let xx = x(t);
+        let full = human_time(t, tstep < 60);
+        // "YYYY-MM-DD HH:MM[:SS]": keep "MM-DD HH:MM" or "HH:MM".
+        let label = if tstep >= 86_400 && t % 86_400 == 0 {
+            full[5..10].to_string()
+        } else if with_date {
+            full[5..].to_string()
+        } else {
+            full[11..].to_string()
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" y1="{BOTTOM}" x2="{xx:.1}" y2="{:.1}" stroke="#333"/>"##,
+            BOTTOM + 5.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{xx:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
+            BOTTOM + 20.0,
+            esc(&label)
+        );
+        t += tstep;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="middle">time (UTC)</text>"#,
+        (LEFT + RIGHT) / 2.0,
+        BOTTOM + 46.0
+    );
+
+    // Legend: top of the stack first.
+    let lx = RIGHT + 25.0;
+    let _ = writeln!(
+        s,
+        r#"<text x="{lx}" y="{:.1}" font-size="13" font-weight="bold">{} (total)</text>"#,
+        TOP - 4.0,
+        esc(&by.join(", "))
+    );
+    for (row, l) in (0..layers).rev().enumerate() {
+        let (label, color) = if l < groups.len() {
+            (legend_label(q, &groups[l]), COLORS[l % COLORS.len()])
+        } else {
+            ("other".to_string(), OTHER_COLOR)
+        };
+        let ly = TOP + 12.0 + row as f64 * 38.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{ly:.1}" width="14" height="14" fill="{color}"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
+            lx + 22.0,
+            ly + 11.0,
+            esc(&shorten(&label, 34))
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#555">{}</text>"##,
+            lx + 22.0,
+            ly + 26.0,
+            human_bytes(totals[l])
+        );
+    }
+    if layers == 0 {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="16" fill="#777" text-anchor="middle">no traffic in this window</text>"##,
+            (LEFT + RIGHT) / 2.0,
+            (TOP + BOTTOM) / 2.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn legend_label(q: &Query, key: &[Cell]) -> String {
+    key_cells(&q.by, key).join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_and_other_names_are_refused_with_a_reason() {
+        assert!(check_path(Path::new("a.svg")).is_ok());
+        assert!(check_path(Path::new("a.SVG")).is_ok());
+        let e = check_path(Path::new("a.png")).unwrap_err().to_string();
+        assert!(e.contains("PNG output is not supported"), "{e}");
+        assert!(check_path(Path::new("a")).is_err());
+    }
+
+    #[test]
+    fn nice_steps() {
+        assert_eq!(nice_step(0.7), 1.0);
+        assert_eq!(nice_step(1.3), 2.0);
+        assert_eq!(nice_step(37.0), 50.0);
+        assert_eq!(nice_step(0.03), 0.05);
+    }
+}

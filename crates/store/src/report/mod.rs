@@ -1,0 +1,291 @@
+//! `procflow report`: totals, timelines and charts from the store.
+//!
+//! Reports read the database through a read-only connection, so they work
+//! while `procflow run` is writing (WAL). Traffic is taken from the samples
+//! (see [`query`]), so the bytes of a long-lived flow land in the time
+//! buckets in which they were transferred.
+
+pub mod chart;
+pub mod output;
+pub mod query;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::StoreError;
+use crate::schema;
+use crate::services;
+use crate::timespec::{parse_duration, parse_time};
+
+pub use query::{Cell, Filters, GroupBy, Query, Row};
+
+/// Where `procflow run` records and `procflow report` reads by default.
+pub const DEFAULT_DB_PATH: &str = "/var/lib/procflow/procflow.db";
+
+/// Output format of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table with human units.
+    Table,
+    /// One JSON document with raw numbers.
+    Json,
+    /// CSV with a header line and raw numbers.
+    Csv,
+}
+
+/// Who used the network, talking to whom: totals over a time window.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// The procflow database to read.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+
+    /// Start of the window: a duration back from now (30m, 1h, 7d), an RFC 3339
+    /// timestamp (2026-11-26T09:00:00Z) or a date (2026-11-26, midnight UTC).
+    #[arg(long, value_name = "TIME", default_value = "24h")]
+    pub since: String,
+
+    /// End of the window (excluded), in the same forms as --since; default now.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+
+    /// Group by one or more of these (comma-separated); default exe.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELD")]
+    pub by: Vec<GroupBy>,
+
+    /// Show only the N groups with the most traffic (charts: default 8).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+
+    /// Only this executable: a full path, or a file name (curl).
+    #[arg(long, value_name = "EXE")]
+    pub exe: Option<String>,
+
+    /// Only this remote host name and its subdomains (example.com).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+
+    /// Only this remote address or network (192.0.2.1, 10.0.0.0/8).
+    #[arg(long, value_name = "ADDR")]
+    pub remote: Option<String>,
+
+    /// Only this service port: a number or a name (443, https).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Only this protocol (tcp, udp, icmp, icmpv6).
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+
+    /// Only this user: a name or a uid.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Totals per time bucket instead of over the whole window.
+    #[arg(long)]
+    pub timeline: bool,
+
+    /// Width of the time buckets of --timeline and --chart (10s, 1m, 1h, 1d);
+    /// default: chosen from the window.
+    #[arg(long, value_name = "DURATION")]
+    pub bucket: Option<String>,
+
+    /// Draw a stacked-area chart of the top groups over time to FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+}
+
+impl Default for ReportArgs {
+    fn default() -> Self {
+        ReportArgs {
+            db: PathBuf::from(DEFAULT_DB_PATH),
+            since: "24h".into(),
+            until: None,
+            by: Vec::new(),
+            top: None,
+            exe: None,
+            host: None,
+            remote: None,
+            port: None,
+            proto: None,
+            user: None,
+            format: Format::Table,
+            timeline: false,
+            bucket: None,
+            chart: None,
+        }
+    }
+}
+
+/// Bucket widths chosen automatically, smallest first.
+const AUTO_BUCKETS: [i64; 9] = [
+    10,
+    60,
+    300,
+    900,
+    3_600,
+    3 * 3_600,
+    6 * 3_600,
+    86_400,
+    7 * 86_400,
+];
+
+/// A bucket width that cuts `span` seconds into at most `max` buckets.
+pub fn auto_bucket(span: i64, max: i64) -> i64 {
+    AUTO_BUCKETS
+        .iter()
+        .copied()
+        .find(|b| span / b <= max)
+        .unwrap_or(AUTO_BUCKETS[AUTO_BUCKETS.len() - 1])
+}
+
+/// Builds the query of `args` at time `now_s` (seconds since the epoch).
+pub fn build_query(args: &ReportArgs, now_s: i64) -> Result<Query, StoreError> {
+    let since = parse_time(&args.since, now_s)?;
+    let until = match &args.until {
+        Some(u) => parse_time(u, now_s)?,
+        // Include the bucket now is in.
+        None => now_s + 1,
+    };
+    if until <= since {
+        return Err(StoreError::invalid(
+            "time window",
+            &format!(
+                "{} .. {}",
+                args.since,
+                args.until.as_deref().unwrap_or("now")
+            ),
+            "--until must be later than --since",
+        ));
+    }
+    let port = match &args.port {
+        None => None,
+        Some(p) => Some(match p.parse::<u16>() {
+            Ok(n) => n,
+            Err(_) => services::service_port(p).ok_or_else(|| {
+                StoreError::invalid("port", p, "not a port number or a known service name")
+            })?,
+        }),
+    };
+    let remote = args.remote.as_deref().map(query::Net::parse).transpose()?;
+    let bucket = if args.timeline || args.chart.is_some() {
+        Some(match &args.bucket {
+            Some(b) => {
+                let secs = parse_duration(b)?.as_secs();
+                if secs == 0 {
+                    return Err(StoreError::invalid("bucket", b, "must be at least 1s"));
+                }
+                i64::try_from(secs).unwrap_or(i64::MAX)
+            }
+            None => auto_bucket(until - since, if args.chart.is_some() { 150 } else { 60 }),
+        })
+    } else {
+        None
+    };
+    let by = if args.by.is_empty() {
+        vec![GroupBy::Exe]
+    } else {
+        let mut by = args.by.clone();
+        let mut seen = std::collections::HashSet::new();
+        by.retain(|g| seen.insert(*g));
+        by
+    };
+    Ok(Query {
+        since,
+        until,
+        by,
+        filters: Filters {
+            exe: args.exe.clone(),
+            host: args.host.clone(),
+            remote,
+            port,
+            proto: args.proto.clone(),
+            user: args.user.clone(),
+        },
+        bucket,
+    })
+}
+
+/// Runs `procflow report` with `args`, printing to `out` (a chart is
+/// written to its file, and a line saying so to `out`).
+pub fn run_report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), StoreError> {
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    run_report_at(args, now_s, out)
+}
+
+/// [`run_report`] with the clock passed in.
+pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Result<(), StoreError> {
+    if let Some(path) = &args.chart {
+        chart::check_path(path)?;
+    }
+    let q = build_query(args, now_s)?;
+    let conn = schema::open_reader(&args.db)?;
+    let rows = query::run(&conn, &q)?;
+    drop(conn);
+
+    if let Some(path) = &args.chart {
+        let svg = chart::render(&q, &rows, args.top.unwrap_or(chart::DEFAULT_TOP));
+        std::fs::write(path, svg).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        writeln!(out, "wrote {}", path.display()).map_err(StoreError::output)?;
+        return out.flush().map_err(StoreError::output);
+    }
+
+    let total = rows.iter().fold((0u64, 0u64), |a, r| {
+        (
+            a.0.saturating_add(r.tx_bytes),
+            a.1.saturating_add(r.rx_bytes),
+        )
+    });
+    let (shown, other) = match args.top {
+        Some(n) if q.bucket.is_some() => {
+            let keep: std::collections::HashSet<Vec<Cell>> =
+                query::top_groups(&rows, n).into_iter().collect();
+            let groups = rows
+                .iter()
+                .map(|r| &r.key)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            let (shown, rest): (Vec<Row>, Vec<Row>) =
+                rows.into_iter().partition(|r| keep.contains(&r.key));
+            let other = (!rest.is_empty()).then(|| {
+                let (tx, rx) = rest.iter().fold((0, 0), |a: (u64, u64), r| {
+                    (a.0 + r.tx_bytes, a.1 + r.rx_bytes)
+                });
+                (groups.saturating_sub(keep.len()), tx, rx)
+            });
+            (shown, other)
+        }
+        Some(n) if rows.len() > n => {
+            let mut rows = rows;
+            let rest = rows.split_off(n);
+            let (tx, rx) = rest.iter().fold((0, 0), |a: (u64, u64), r| {
+                (a.0 + r.tx_bytes, a.1 + r.rx_bytes)
+            });
+            (rows, Some((rest.len(), tx, rx)))
+        }
+        _ => (rows, None),
+    };
+    let report = output::Report {
+        query: &q,
+        rows: &shown,
+        total,
+        other,
+    };
+    match args.format {
+        Format::Table => output::write_table(out, &report)?,
+        Format::Json => output::write_json(out, &report)?,
+        Format::Csv => output::write_csv(out, &report)?,
+    }
+    out.flush().map_err(StoreError::output)
+}

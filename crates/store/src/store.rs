@@ -1,0 +1,561 @@
+//! The writer side of the store: runs, batched flow records, samples.
+//!
+//! [`Store::write`] takes a batch of [`FlowRecord`]s (cumulative counters)
+//! and writes it in one transaction: each record upserts its flow's row, and
+//! the growth of its byte counters since the flow's previous record goes into
+//! a 10-second sample of its series (process, remote, service port, proto,
+//! direction). The previous counters of live flows are kept in memory, and
+//! read back from the flow's row when they are not (after a restart of the
+//! writer, or when the bounded caches were emptied), so a flow is never
+//! counted twice. A batch either lands whole or not at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use procflow_core::flow::{Direction, FlowRecord, FlowState, Verdict};
+use procflow_core::ProcessIdentity;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::StoreError;
+use crate::schema;
+use crate::timespec::{self, bucket_start};
+
+/// Width of the samples written by [`Store::write`], in seconds.
+pub const SAMPLE_SECONDS: i64 = 10;
+
+/// How many entries each in-memory cache may hold before it is emptied.
+/// Emptying is always safe: everything is read back from the database.
+const CACHE_LIMIT: usize = 1 << 18;
+
+/// Counters of the writer, for the daemon's stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    pub batches_written: u64,
+    pub records_written: u64,
+    pub batches_failed: u64,
+    /// Records that could not be written (their batch failed).
+    pub records_failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ProcessKey {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    user: Option<String>,
+    comm: String,
+    exe: Option<String>,
+    cmdline: Option<String>,
+    cgroup: Option<String>,
+}
+
+impl From<&ProcessIdentity> for ProcessKey {
+    fn from(p: &ProcessIdentity) -> Self {
+        ProcessKey {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            user: p.user.clone(),
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            cgroup: p.cgroup.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    process_id: Option<i64>,
+    remote_ip: String,
+    port: u16,
+    proto: String,
+    direction: &'static str,
+    remote_name: Option<String>,
+}
+
+/// What the writer remembers of a live flow.
+#[derive(Debug, Clone, Default)]
+struct LiveFlow {
+    tx_bytes: u64,
+    rx_bytes: u64,
+    remote_name: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Caches {
+    exes: HashMap<String, i64>,
+    processes: HashMap<ProcessKey, i64>,
+    series: HashMap<SeriesKey, i64>,
+    live: HashMap<String, LiveFlow>,
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.clear_ids();
+        self.live.clear();
+    }
+
+    /// Forgets the row ids (after retention may have deleted rows).
+    pub(crate) fn clear_ids(&mut self) {
+        self.exes.clear();
+        self.processes.clear();
+        self.series.clear();
+    }
+}
+
+fn bound<K, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= CACHE_LIMIT {
+        map.clear();
+    }
+}
+
+/// The embedded flow store (one writer).
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) conn: Connection,
+    path: PathBuf,
+    run_id: Option<i64>,
+    pub(crate) caches: Caches,
+    stats: WriteStats,
+}
+
+/// Clamps a counter into SQLite's signed 64-bit integers.
+pub(crate) fn db_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn direction_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Out => "out",
+        Direction::In => "in",
+        Direction::Unknown => "unknown",
+    }
+}
+
+fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Block => "block",
+    }
+}
+
+fn origin_str(r: &FlowRecord) -> String {
+    serde_json::to_value(r.origin)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The port that names the service of a flow: the remote port of flows we
+/// opened, the local port of flows we accepted.
+pub fn service_port(r: &FlowRecord) -> u16 {
+    match r.direction {
+        Direction::In => r.local_port,
+        Direction::Out | Direction::Unknown => r.remote_port,
+    }
+}
+
+impl Store {
+    /// Opens or creates the database at `path` (WAL mode), migrating an older
+    /// schema. A file that is not a procflow database, or that has a newer
+    /// schema, is refused and left untouched.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        let conn = schema::open_writer(path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            run_id: None,
+            caches: Caches::default(),
+            stats: WriteStats::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// The current run, if one was started.
+    pub fn run_id(&self) -> Option<i64> {
+        self.run_id
+    }
+
+    /// Starts a new run: flow ids are unique only within a run. [`Store::write`]
+    /// starts one by itself if none was started.
+    pub fn start_run(&mut self, now_unix_ns: u64) -> Result<i64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO runs (started_us, version) VALUES (?1, ?2)",
+            params![db_u64(now_unix_ns / 1_000), env!("CARGO_PKG_VERSION")],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.run_id = Some(id);
+        self.caches.live.clear();
+        Ok(id)
+    }
+
+    /// Writes a batch of records in one transaction and returns how many were
+    /// written. On failure (for example [`StoreError::is_disk_full`]) nothing
+    /// of the batch is kept, [`StoreError::Write`] tells how many records were
+    /// lost, and the store stays usable for the next batch.
+    pub fn write(&mut self, records: &[FlowRecord], now_unix_ns: u64) -> Result<usize, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let started_run = self.run_id.is_none();
+        let result = self
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .and_then(|()| self.write_batch(records, now_unix_ns))
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        match result {
+            Ok(()) => {
+                self.stats.batches_written += 1;
+                self.stats.records_written += records.len() as u64;
+                Ok(records.len())
+            }
+            Err(source) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                // What the caches learned in the lost transaction is not in
+                // the database: forget it all, the database is the truth.
+                self.caches.clear();
+                if started_run {
+                    self.run_id = None;
+                }
+                self.stats.batches_failed += 1;
+                self.stats.records_failed += records.len() as u64;
+                Err(StoreError::Write {
+                    records: records.len(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn write_batch(&mut self, records: &[FlowRecord], now_unix_ns: u64) -> rusqlite::Result<()> {
+        let now_us = db_u64(now_unix_ns / 1_000);
+        let run_id = match self.run_id {
+            Some(id) => id,
+            None => {
+                self.conn.execute(
+                    "INSERT INTO runs (started_us, version) VALUES (?1, ?2)",
+                    params![now_us, env!("CARGO_PKG_VERSION")],
+                )?;
+                let id = self.conn.last_insert_rowid();
+                self.run_id = Some(id);
+                id
+            }
+        };
+        let mut samples: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+        for r in records {
+            self.write_record(run_id, r, now_us, &mut samples)?;
+        }
+        let mut up = self.conn.prepare_cached(
+            "INSERT INTO samples (bucket, series_id, width, tx_bytes, rx_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (bucket, series_id) DO UPDATE SET
+                tx_bytes = tx_bytes + excluded.tx_bytes,
+                rx_bytes = rx_bytes + excluded.rx_bytes,
+                width = max(width, excluded.width)",
+        )?;
+        for ((bucket, series), (tx, rx)) in samples {
+            up.execute(params![
+                bucket,
+                series,
+                SAMPLE_SECONDS,
+                db_u64(tx),
+                db_u64(rx)
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn write_record(
+        &mut self,
+        run_id: i64,
+        r: &FlowRecord,
+        now_us: i64,
+        samples: &mut HashMap<(i64, i64), (u64, u64)>,
+    ) -> rusqlite::Result<()> {
+        let process_id = match &r.process {
+            Some(p) => Some(self.process_id(run_id, p, now_us)?),
+            None => None,
+        };
+        let prev = match self.caches.live.get(&r.flow_id) {
+            Some(l) => Some(l.clone()),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT tx_bytes, rx_bytes, remote_name FROM flows
+                     WHERE run_id = ?1 AND flow_id = ?2",
+                )?
+                .query_row(params![run_id, r.flow_id], |row| {
+                    Ok(LiveFlow {
+                        tx_bytes: row.get::<_, i64>(0)?.max(0) as u64,
+                        rx_bytes: row.get::<_, i64>(1)?.max(0) as u64,
+                        remote_name: row.get(2)?,
+                    })
+                })
+                .optional()?,
+        };
+        let start_us = timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us);
+        let end_us = r.end.as_deref().and_then(timespec::parse_rfc3339_us);
+        let c = &r.counters;
+        let state = match r.state {
+            FlowState::Open => "open",
+            FlowState::Closed => "closed",
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO flows (run_id, flow_id, process_id, state, proto, family,
+                    direction, local_ip, local_port, remote_ip, remote_port, netns,
+                    start_us, end_us, last_us, tx_bytes, rx_bytes, tx_packets, rx_packets,
+                    tx_payload, rx_payload, before_tx_payload, before_rx_payload,
+                    origin, verdict, rule)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
+                 ON CONFLICT (run_id, flow_id) DO UPDATE SET
+                    process_id = coalesce(excluded.process_id, process_id),
+                    state = excluded.state,
+                    end_us = excluded.end_us,
+                    last_us = excluded.last_us,
+                    tx_bytes = excluded.tx_bytes,
+                    rx_bytes = excluded.rx_bytes,
+                    tx_packets = excluded.tx_packets,
+                    rx_packets = excluded.rx_packets,
+                    tx_payload = excluded.tx_payload,
+                    rx_payload = excluded.rx_payload,
+                    before_tx_payload = coalesce(excluded.before_tx_payload, before_tx_payload),
+                    before_rx_payload = coalesce(excluded.before_rx_payload, before_rx_payload),
+                    verdict = coalesce(excluded.verdict, verdict),
+                    rule = coalesce(excluded.rule, rule)",
+            )?
+            .execute(params![
+                run_id,
+                r.flow_id,
+                process_id,
+                state,
+                r.proto.to_string(),
+                r.family,
+                direction_str(r.direction),
+                r.local_ip.to_string(),
+                r.local_port,
+                r.remote_ip.to_string(),
+                r.remote_port,
+                db_u64(r.netns),
+                start_us,
+                end_us,
+                now_us,
+                db_u64(c.tx_bytes),
+                db_u64(c.rx_bytes),
+                db_u64(c.tx_packets),
+                db_u64(c.rx_packets),
+                db_u64(c.tx_payload),
+                db_u64(c.rx_payload),
+                r.before_start.map(|b| db_u64(b.tx_payload)),
+                r.before_start.map(|b| db_u64(b.rx_payload)),
+                origin_str(r),
+                r.verdict.map(verdict_str),
+                r.rule,
+            ])?;
+
+        let prev = prev.unwrap_or_default();
+        let dtx = c.tx_bytes.saturating_sub(prev.tx_bytes);
+        let drx = c.rx_bytes.saturating_sub(prev.rx_bytes);
+        if dtx > 0 || drx > 0 {
+            let key = SeriesKey {
+                process_id,
+                remote_ip: r.remote_ip.to_string(),
+                port: service_port(r),
+                proto: r.proto.to_string(),
+                direction: direction_str(r.direction),
+                remote_name: prev.remote_name.clone(),
+            };
+            let series = self.series_id(key)?;
+            // Traffic up to a close belongs to the close; the rest to now.
+            let at_us = match (r.state, end_us) {
+                (FlowState::Closed, Some(e)) => e,
+                _ => now_us,
+            };
+            let bucket = bucket_start(at_us.div_euclid(1_000_000), SAMPLE_SECONDS);
+            let s = samples.entry((bucket, series)).or_default();
+            s.0 += dtx;
+            s.1 += drx;
+        }
+        let live = &mut self.caches.live;
+        match r.state {
+            FlowState::Closed => {
+                live.remove(&r.flow_id);
+            }
+            FlowState::Open => {
+                bound(live);
+                live.insert(
+                    r.flow_id.clone(),
+                    LiveFlow {
+                        tx_bytes: c.tx_bytes.max(prev.tx_bytes),
+                        rx_bytes: c.rx_bytes.max(prev.rx_bytes),
+                        remote_name: prev.remote_name,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn exe_id(&mut self, path: &str) -> rusqlite::Result<i64> {
+        if let Some(id) = self.caches.exes.get(path) {
+            return Ok(*id);
+        }
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO executables (path) VALUES (?1)")?
+            .execute([path])?;
+        let id = self
+            .conn
+            .prepare_cached("SELECT exe_id FROM executables WHERE path = ?1")?
+            .query_row([path], |r| r.get(0))?;
+        bound(&mut self.caches.exes);
+        self.caches.exes.insert(path.to_string(), id);
+        Ok(id)
+    }
+
+    fn process_id(
+        &mut self,
+        run_id: i64,
+        p: &ProcessIdentity,
+        now_us: i64,
+    ) -> rusqlite::Result<i64> {
+        let key = ProcessKey::from(p);
+        if let Some(id) = self.caches.processes.get(&key) {
+            return Ok(*id);
+        }
+        let exe_id = match &p.exe {
+            Some(e) => Some(self.exe_id(e)?),
+            None => None,
+        };
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT process_id FROM processes
+                 WHERE run_id = ?1 AND pid = ?2 AND ppid = ?3 AND uid = ?4 AND user IS ?5
+                   AND comm = ?6 AND exe_id IS ?7 AND cmdline IS ?8 AND cgroup IS ?9",
+            )?
+            .query_row(
+                params![run_id, p.pid, p.ppid, p.uid, p.user, p.comm, exe_id, p.cmdline, p.cgroup],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO processes (run_id, pid, ppid, uid, user, comm, exe_id,
+                            cmdline, cgroup, first_seen_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![
+                        run_id, p.pid, p.ppid, p.uid, p.user, p.comm, exe_id, p.cmdline, p.cgroup,
+                        now_us
+                    ])?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        bound(&mut self.caches.processes);
+        self.caches.processes.insert(key, id);
+        Ok(id)
+    }
+
+    fn series_id(&mut self, key: SeriesKey) -> rusqlite::Result<i64> {
+        if let Some(id) = self.caches.series.get(&key) {
+            return Ok(*id);
+        }
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT series_id FROM series
+                 WHERE process_id IS ?1 AND remote_ip = ?2 AND port = ?3 AND proto = ?4
+                   AND direction = ?5 AND remote_name IS ?6",
+            )?
+            .query_row(
+                params![
+                    key.process_id,
+                    key.remote_ip,
+                    key.port,
+                    key.proto,
+                    key.direction,
+                    key.remote_name
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO series (process_id, remote_ip, port, proto, direction,
+                            remote_name)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        key.process_id,
+                        key.remote_ip,
+                        key.port,
+                        key.proto,
+                        key.direction,
+                        key.remote_name
+                    ])?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        bound(&mut self.caches.series);
+        self.caches.series.insert(key, id);
+        Ok(id)
+    }
+
+    /// Names the remote of flow `flow_id` of the current run (a host name
+    /// learned from a DNS answer). Traffic recorded from now on is sampled
+    /// under that name. Returns false if the flow is not in the store.
+    pub fn set_remote_name(&mut self, flow_id: &str, name: &str) -> Result<bool, StoreError> {
+        let Some(run_id) = self.run_id else {
+            return Ok(false);
+        };
+        let n = self.conn.execute(
+            "UPDATE flows SET remote_name = ?3 WHERE run_id = ?1 AND flow_id = ?2",
+            params![run_id, flow_id, name],
+        )?;
+        if let Some(l) = self.caches.live.get_mut(flow_id) {
+            l.remote_name = Some(name.to_string());
+        }
+        Ok(n > 0)
+    }
+
+    /// Runs SQLite's own consistency check; `Ok(())` when it says "ok".
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let report: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if report == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::NotProcflow {
+                path: self.path.clone(),
+                reason: format!("integrity check failed: {report}"),
+            })
+        }
+    }
+
+    /// Moves everything from the write-ahead log into the database file, so
+    /// that its size can be measured or the file copied.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Times and durations as users write them (`30m`, `7d`, RFC 3339) and as the
+//! store keeps them (integer seconds or microseconds since the Unix epoch).
+
+use std::time::Duration;
+
+use time::format_description::well_known::Rfc3339;
+use time::{Date, OffsetDateTime};
+
+use crate::error::StoreError;
+
+/// Parses an RFC 3339 timestamp into microseconds since the Unix epoch.
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).ok()
+}
+
+/// Parses a duration: a sequence of `<number><unit>` with units `s`, `m`,
+/// `h`, `d`, `w` (for example `90s`, `30m`, `1h30m`, `7d`).
+pub fn parse_duration(s: &str) -> Result<Duration, StoreError> {
+    let bad = |reason: &str| StoreError::invalid("duration", s, reason);
+    let s_trim = s.trim();
+    if s_trim.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for ch in s_trim.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => {
+                return Err(bad(
+                    "use a number and a unit: s, m, h, d or w (e.g. 30m, 7d)",
+                ))
+            }
+        };
+        if num.is_empty() {
+            return Err(bad("a unit needs a number before it"));
+        }
+        let n: u64 = num.parse().map_err(|_| bad("number too large"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| bad("too large"))?;
+        num.clear();
+    }
+    if !num.is_empty() {
+        return Err(bad("missing unit: s, m, h, d or w (e.g. 30m, 7d)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Parses a point in time, in seconds since the Unix epoch: `now`, a
+/// duration back from `now_s` (`1h`, `7d`), an RFC 3339 timestamp, or a
+/// date `YYYY-MM-DD` (midnight UTC).
+pub fn parse_time(s: &str, now_s: i64) -> Result<i64, StoreError> {
+    let t = s.trim();
+    if t == "now" {
+        return Ok(now_s);
+    }
+    if let Some(us) = parse_rfc3339_us(t) {
+        return Ok(us.div_euclid(1_000_000));
+    }
+    let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = Date::parse(t, &date_fmt) {
+        return Ok(d.midnight().assume_utc().unix_timestamp());
+    }
+    match parse_duration(t) {
+        Ok(d) => Ok(now_s.saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+        Err(_) => Err(StoreError::invalid(
+            "time",
+            s,
+            "use a duration back from now (30m, 1h, 7d), an RFC 3339 timestamp \
+             (2026-11-26T09:00:00Z) or a date (2026-11-26)",
+        )),
+    }
+}
+
+/// Formats seconds since the Unix epoch as RFC 3339 UTC (`2026-11-26T09:00:00Z`).
+pub fn rfc3339_s(unix_s: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix_s)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix_s.to_string())
+}
+
+/// Formats seconds since the Unix epoch for people: `2026-11-26 09:00:00`
+/// (UTC), or `2026-11-26 09:00` when `seconds` is false.
+pub fn human_time(unix_s: i64, seconds: bool) -> String {
+    let Ok(t) = OffsetDateTime::from_unix_timestamp(unix_s) else {
+        return unix_s.to_string();
+    };
+    let (d, h) = (t.date(), t.time());
+    let base = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        h.hour(),
+        h.minute()
+    );
+    if seconds {
+        format!("{base}:{:02}", h.second())
+    } else {
+        base
+    }
+}
+
+/// Start of the bucket of width `width_s` that holds `t_s`: buckets are
+/// aligned to multiples of their width since the Unix epoch.
+pub fn bucket_start(t_s: i64, width_s: i64) -> i64 {
+    t_s - t_s.rem_euclid(width_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1_800);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5_400);
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 604_800);
+        assert_eq!(parse_duration("2w").unwrap().as_secs(), 1_209_600);
+        for bad in ["", "5", "h", "5x", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn times() {
+        let now = 1_795_000_000;
+        assert_eq!(parse_time("now", now).unwrap(), now);
+        assert_eq!(parse_time("1h", now).unwrap(), now - 3_600);
+        assert_eq!(
+            parse_time("2026-11-18T11:06:40Z", now).unwrap(),
+            1_795_000_000
+        );
+        assert_eq!(
+            parse_time("2026-11-18T12:06:40+01:00", now).unwrap(),
+            1_795_000_000
+        );
+        assert_eq!(parse_time("2026-11-18", now).unwrap(), 1_794_960_000);
+        assert!(parse_time("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(rfc3339_s(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(human_time(1_795_000_000, true), "2026-11-18 11:06:40");
+        assert_eq!(human_time(1_795_000_000, false), "2026-11-18 11:06");
+        assert_eq!(
+            parse_rfc3339_us("2026-11-18T11:06:40.123456Z"),
+            Some(1_795_000_000_123_456)
+        );
+    }
+
+    #[test]
+    fn buckets_are_aligned_to_the_epoch() {
+        assert_eq!(bucket_start(59, 60), 0);
+        assert_eq!(bucket_start(60, 60), 60);
+        assert_eq!(bucket_start(119, 60), 60);
+        assert_eq!(bucket_start(1_795_000_000, 420), 1_794_999_780);
+        assert_eq!(bucket_start(1_794_999_780, 420), 1_794_999_780);
+        assert_eq!(bucket_start(-1, 10), -10);
+    }
+}
