@@ -461,3 +461,22 @@ fn summary_lists_every_rule() {
 ";
     assert_eq!(rules.summary(), want);
 }
+
+#[test]
+fn readme_example_is_a_valid_rules_file() {
+    let readme = include_str!("README.md");
+    let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+    let len = readme[start..].find("```").unwrap();
+    let rules = parse(&readme[start..start + len]).unwrap();
+    assert_eq!(rules.rules.len(), 5);
+    let compiled = CompiledRules::compile(&rules);
+    let cg = cgroup_ancestors("/user.slice/user-1000.slice");
+    let q = query("/usr/local/bin/curl", "192.168.1.1", 443, &cg);
+    assert_eq!(
+        compiled.decide(&q),
+        Decision {
+            rule: Some(1),
+            action: Action::Block
+        }
+    );
+}
