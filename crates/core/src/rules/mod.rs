@@ -24,6 +24,7 @@ pub mod explain;
 mod model;
 mod parse;
 pub mod reference;
+mod render;
 
 #[cfg(test)]
 mod props;

@@ -308,3 +308,20 @@ fn long_paths_match_as_in_the_kernel() {
     assert_eq!(masks_for(&format!("/opt/{}", "d".repeat(250))), [0, 2]);
     assert_eq!(masks_for(&format!("/opt/{}", "d".repeat(251))), [2]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Every rule the generator makes is one a file can express, and the
+    /// parser reads `to_toml` back into the same rules.
+    #[test]
+    fn rendered_rules_parse_back_to_the_same_rules(rules in rules()) {
+        let text = rules.to_toml();
+        let mut back = parse_rules("", &text, &NoUsers)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        for r in &mut back.rules {
+            r.line = 0;
+        }
+        prop_assert_eq!(back, rules, "{}", text);
+    }
+}
