@@ -25,6 +25,7 @@ mod model;
 mod parse;
 pub mod reference;
 mod render;
+mod shadow;
 
 #[cfg(test)]
 mod props;

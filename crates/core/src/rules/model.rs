@@ -377,8 +377,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// What `procflow rules check` prints: the rule count, the default and
-    /// one line per rule.
+    /// What `procflow rules check` prints: the rule count, the default, one
+    /// line per rule, then a `warning:` line per rule that can never match
+    /// (see [`Rules::shadowed`]).
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{}: {} rule{}, default {}\n",
@@ -403,6 +404,9 @@ impl Rules {
                 r.action.to_string(),
                 r.name
             ));
+        }
+        for w in self.warnings() {
+            s.push_str(&format!("warning: {w}\n"));
         }
         s
     }

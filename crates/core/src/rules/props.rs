@@ -325,3 +325,38 @@ proptest! {
         prop_assert_eq!(back, rules, "{}", text);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A rule reported as shadowed never decides, and whenever it matches,
+    /// the rule said to shadow it matches too.
+    #[test]
+    fn shadowed_rules_never_decide(
+        rules in rules(),
+        conns in proptest::collection::vec(conn(), 1..40),
+    ) {
+        let shadowed = rules.shadowed();
+        for c in &conns {
+            let ancestors = c.cgroup.map(cgroup_ancestors).unwrap_or_default();
+            let q = Query {
+                exe: c.exe,
+                comm: c.comm,
+                uid: c.uid,
+                cgroup_ancestors: &ancestors,
+                direction: c.direction,
+                proto: c.proto,
+                remote: c.remote,
+                remote_port: c.remote_port,
+                local_port: c.local_port,
+            };
+            let d = reference::decide(&rules, &q);
+            for &(j, i) in &shadowed {
+                prop_assert_ne!(d.rule, Some(j));
+                if reference::rule_matches(&rules.rules[j], &q) {
+                    prop_assert!(reference::rule_matches(&rules.rules[i], &q));
+                }
+            }
+        }
+    }
+}

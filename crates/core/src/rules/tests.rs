@@ -480,3 +480,35 @@ fn readme_example_is_a_valid_rules_file() {
         }
     );
 }
+
+#[test]
+fn shadowed_rules_are_warned_about() {
+    let text = r#"
+[[rule]]
+name = "lan"
+action = "block"
+exe = "/usr/*"
+remote = "10.0.0.0/8"
+
+[[rule]]
+name = "curl-lan-web"
+action = "allow"
+exe = "/usr/bin/curl"
+remote = ["10.1.0.0/16", "10.2.0.0/16"]
+remote_port = 443
+
+[[rule]]
+name = "curl-anywhere"
+action = "allow"
+exe = "*/curl"
+"#;
+    let rules = parse(text).unwrap();
+    assert_eq!(rules.shadowed(), [(1, 0)]);
+    assert_eq!(
+        rules.warnings(),
+        [
+            "rules.toml:8: rule #1 `curl-lan-web` can never match: rule #0 `lan` (line 2) \
+          comes first and matches every connection it would"
+        ]
+    );
+}
