@@ -75,6 +75,18 @@ const QUERY_ADDRS: &[&str] = &[
 ];
 const PORTS: &[u16] = &[0, 1, 22, 53, 80, 443, 8000, 8080, 65534, 65535];
 
+/// Failing cases are kept beside this file (`props.regressions`), inside
+/// the rules module, and replayed first on the next run.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 fn pick<T: Clone + std::fmt::Debug + 'static>(pool: &'static [T]) -> impl Strategy<Value = T> {
     proptest::sample::select(pool)
 }
@@ -241,7 +253,7 @@ fn conn() -> impl Strategy<Value = Conn> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config(512))]
 
     #[test]
     fn compiled_matcher_agrees_with_reference(
@@ -310,7 +322,7 @@ fn long_paths_match_as_in_the_kernel() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(config(128))]
 
     /// Every rule the generator makes is one a file can express, and the
     /// parser reads `to_toml` back into the same rules.
@@ -327,7 +339,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(config(256))]
 
     /// A rule reported as shadowed never decides, and whenever it matches,
     /// the rule said to shadow it matches too.
