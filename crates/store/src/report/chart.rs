@@ -145,10 +145,11 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
         values[layer][i] += r.total() as f64 / width_s as f64;
         totals[layer] += r.total();
     }
-    let mut stacked = values.clone();
+    let mut stacked = values;
     for l in 1..layers {
-        for i in 0..n {
-            stacked[l][i] += stacked[l - 1][i];
+        let (below, this) = stacked.split_at_mut(l);
+        for (v, b) in this[0].iter_mut().zip(&below[l - 1]) {
+            *v += b;
         }
     }
     let max = stacked
@@ -221,12 +222,12 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
             OTHER_COLOR
         };
         let mut d = String::new();
-        for i in 0..n {
+        for (i, top) in stacked[l].iter().enumerate() {
             let (x0, x1) = (
                 x(start + i as i64 * width_s),
                 x(start + (i as i64 + 1) * width_s),
             );
-            let yy = y(stacked[l][i]);
+            let yy = y(*top);
             let _ = write!(
                 d,
                 "{}{x0:.1},{yy:.1} L{x1:.1},{yy:.1} ",
@@ -338,7 +339,11 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
 }
 
 fn legend_label(q: &Query, key: &[Cell]) -> String {
-    key_cells(&q.by, key).join(" · ")
+    key_cells(&q.by, key)
+        .into_iter()
+        .map(|c| if c == "-" { "(unknown)".to_string() } else { c })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use std::io::Write;
 
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{json, Value};
 
 use crate::error::StoreError;
 use crate::report::query::{Cell, GroupBy, Query, Row};
@@ -43,6 +44,34 @@ fn columns(by: &[GroupBy]) -> Vec<&'static str> {
         .collect()
 }
 
+/// A JSON object that keeps its keys in the order they were added.
+struct Ordered(Vec<(&'static str, Node)>);
+
+/// A value inside an [`Ordered`] object.
+enum Node {
+    Value(Value),
+    Object(Ordered),
+    Rows(Vec<Ordered>),
+}
+
+impl Serialize for Ordered {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            match v {
+                Node::Value(v) => m.serialize_entry(k, v)?,
+                Node::Object(o) => m.serialize_entry(k, o)?,
+                Node::Rows(r) => m.serialize_entry(k, r)?,
+            }
+        }
+        m.end()
+    }
+}
+
+fn v(value: Value) -> Node {
+    Node::Value(value)
+}
+
 fn cell_json(c: &Cell) -> Value {
     match c {
         Cell::Null => Value::Null,
@@ -66,44 +95,50 @@ fn out_err(e: std::io::Error) -> StoreError {
 /// JSON: one document with the window, the rows and the total.
 pub fn write_json(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> {
     let cols = columns(&r.query.by);
-    let rows: Vec<Value> = r
+    let rows: Vec<Ordered> = r
         .rows
         .iter()
         .map(|row| {
-            let mut m = Map::new();
+            let mut m = Vec::new();
             if let Some(b) = row.bucket {
-                m.insert("time".into(), json!(rfc3339_s(b)));
-                m.insert("bucket_start".into(), json!(b));
+                m.push(("time", v(json!(rfc3339_s(b)))));
+                m.push(("bucket_start", v(json!(b))));
             }
-            for (c, v) in cols.iter().zip(&row.key) {
-                m.insert((*c).into(), cell_json(v));
+            for (c, cell) in cols.iter().zip(&row.key) {
+                m.push((*c, v(cell_json(cell))));
             }
-            m.insert("tx_bytes".into(), json!(row.tx_bytes));
-            m.insert("rx_bytes".into(), json!(row.rx_bytes));
-            m.insert("total_bytes".into(), json!(row.total()));
-            Value::Object(m)
+            m.push(("tx_bytes", v(json!(row.tx_bytes))));
+            m.push(("rx_bytes", v(json!(row.rx_bytes))));
+            m.push(("total_bytes", v(json!(row.total()))));
+            Ordered(m)
         })
         .collect();
-    let mut doc = Map::new();
-    doc.insert("since".into(), json!(rfc3339_s(r.query.since)));
-    doc.insert("until".into(), json!(rfc3339_s(r.query.until)));
-    doc.insert(
-        "by".into(),
-        json!(r.query.by.iter().map(|g| by_name(*g)).collect::<Vec<_>>()),
-    );
+    let mut doc = vec![
+        ("since", v(json!(rfc3339_s(r.query.since)))),
+        ("until", v(json!(rfc3339_s(r.query.until)))),
+        (
+            "by",
+            v(json!(r
+                .query
+                .by
+                .iter()
+                .map(|g| by_name(*g))
+                .collect::<Vec<_>>())),
+        ),
+    ];
     if let Some(b) = r.query.bucket {
-        doc.insert("bucket_seconds".into(), json!(b));
+        doc.push(("bucket_seconds", v(json!(b))));
     }
-    doc.insert("rows".into(), Value::Array(rows));
-    doc.insert(
-        "total".into(),
-        json!({
-            "tx_bytes": r.total.0,
-            "rx_bytes": r.total.1,
-            "total_bytes": r.total.0.saturating_add(r.total.1),
-        }),
-    );
-    serde_json::to_writer_pretty(&mut *out, &Value::Object(doc))?;
+    doc.push(("rows", Node::Rows(rows)));
+    doc.push((
+        "total",
+        Node::Object(Ordered(vec![
+            ("tx_bytes", v(json!(r.total.0))),
+            ("rx_bytes", v(json!(r.total.1))),
+            ("total_bytes", v(json!(r.total.0.saturating_add(r.total.1)))),
+        ])),
+    ));
+    serde_json::to_writer_pretty(&mut *out, &Ordered(doc))?;
     writeln!(out).map_err(out_err)
 }
 

@@ -1,0 +1,225 @@
+//! Timelines: bucket boundaries are multiples of the bucket size since the
+//! epoch, and per-bucket figures add up to the window's totals.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{feed, ns, synthetic_flows, NOW_S};
+use procflow_core::flow::FlowState;
+use procflow_store::report::{run_report_at, Format, GroupBy, ReportArgs};
+use procflow_store::timespec::rfc3339_s;
+use procflow_store::Store;
+use serde_json::{json, Value};
+
+fn timeline(db: &Path, by: &[GroupBy], bucket: &str, format: Format, since: &str) -> String {
+    let args = ReportArgs {
+        db: db.to_path_buf(),
+        by: by.to_vec(),
+        format,
+        timeline: true,
+        bucket: Some(bucket.into()),
+        since: since.into(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    run_report_at(&args, NOW_S, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn bucket_boundaries_are_multiples_of_the_bucket_since_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let f = synthetic_flows().remove(1);
+    let mut store = Store::open(&db).unwrap();
+    // A minute boundary an hour ago; records 1 s before it, on it, 1 s before
+    // the next, and on the next; each adds a distinct amount.
+    let m = NOW_S - 3_600 - (NOW_S - 3_600).rem_euclid(60);
+    let points = [
+        (m - 1, 1u64),
+        (m, 2),
+        (m + 59, 4),
+        (m + 60, 8),
+        (m + 61, 16),
+    ];
+    let mut tx = 0;
+    for (t, add) in points {
+        tx += add;
+        store
+            .write(&[f.record(FlowState::Open, tx, 0, None)], ns(t))
+            .unwrap();
+    }
+    let doc: Value =
+        serde_json::from_str(&timeline(&db, &[GroupBy::Exe], "1m", Format::Json, "2h")).unwrap();
+    assert_eq!(doc["bucket_seconds"], json!(60));
+    let got: Vec<(i64, u64)> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["bucket_start"].as_i64().unwrap(),
+                r["tx_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(m - 60, 1), (m, 2 + 4), (m + 60, 8 + 16)]);
+    for r in doc["rows"].as_array().unwrap() {
+        let b = r["bucket_start"].as_i64().unwrap();
+        assert_eq!(r["time"], json!(rfc3339_s(b)));
+    }
+
+    // 7 minutes do not divide an hour: boundaries still fall on multiples of
+    // 420 s since the epoch.
+    let doc: Value =
+        serde_json::from_str(&timeline(&db, &[GroupBy::Exe], "7m", Format::Json, "2h")).unwrap();
+    let mut want: HashMap<i64, u64> = HashMap::new();
+    for (t, add) in points {
+        let sample = t - t.rem_euclid(10);
+        *want.entry(sample - sample.rem_euclid(420)).or_default() += add;
+    }
+    let got: HashMap<i64, u64> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["bucket_start"].as_i64().unwrap(),
+                r["tx_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(got.keys().all(|b| b % 420 == 0), "{got:?}");
+    assert_eq!(got, want);
+
+    // Buckets narrower than a sample: each sample lands in the bucket of its start.
+    let doc: Value =
+        serde_json::from_str(&timeline(&db, &[GroupBy::Exe], "1s", Format::Json, "2h")).unwrap();
+    let got: Vec<i64> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bucket_start"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![m - 10, m, m + 50, m + 60]);
+}
+
+#[test]
+fn timeline_buckets_add_up_to_the_totals_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let flows = synthetic_flows();
+    let mut store = Store::open(&db).unwrap();
+    feed(&mut store, &flows);
+    let by = [GroupBy::Exe, GroupBy::Direction];
+
+    let doc: Value = serde_json::from_str(&timeline(&db, &by, "1h", Format::Json, "24h")).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    let mut per_group: HashMap<(Value, Value), u64> = HashMap::new();
+    let mut last = i64::MIN;
+    for r in rows {
+        let b = r["bucket_start"].as_i64().unwrap();
+        assert_eq!(b % 3_600, 0);
+        assert!(b >= last, "rows not in time order");
+        last = b;
+        *per_group
+            .entry((r["exe"].clone(), r["direction"].clone()))
+            .or_default() += r["total_bytes"].as_u64().unwrap();
+    }
+    let mut want: HashMap<(Value, Value), u64> = HashMap::new();
+    for f in &flows {
+        let exe = if f.unowned { Value::Null } else { json!(f.exe) };
+        let dir = json!(match f.direction {
+            procflow_core::Direction::In => "in",
+            procflow_core::Direction::Out => "out",
+            procflow_core::Direction::Unknown => "unknown",
+        });
+        *want.entry((exe, dir)).or_default() += f.tx + f.rx;
+    }
+    assert_eq!(per_group, want);
+    let all: u64 = flows.iter().map(|f| f.tx + f.rx).sum();
+    assert_eq!(doc["total"]["total_bytes"], json!(all));
+
+    let csv = timeline(&db, &by, "1h", Format::Csv, "24h");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "bucket_start,time,exe,direction,tx_bytes,rx_bytes,total_bytes"
+    );
+    let csv_rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(csv_rows.len(), rows.len());
+    for (c, j) in csv_rows.iter().zip(rows) {
+        assert_eq!(c[0], j["bucket_start"].as_i64().unwrap().to_string());
+        assert_eq!(c[1], j["time"].as_str().unwrap());
+        assert_eq!(c[6], j["total_bytes"].as_u64().unwrap().to_string());
+    }
+    let sum: u64 = csv_rows.iter().map(|c| c[6].parse::<u64>().unwrap()).sum();
+    assert_eq!(sum, all);
+
+    let table = timeline(&db, &by, "1h", Format::Table, "24h");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].ends_with("by exe, direction, per 1h"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("TIME (UTC)"), "{}", lines[1]);
+    assert_eq!(lines.len(), rows.len() + 3);
+    assert!(lines.last().unwrap().starts_with("TOTAL"));
+}
+
+#[test]
+fn chart_is_an_svg_with_title_axes_and_legend() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let flows = synthetic_flows();
+    let mut store = Store::open(&db).unwrap();
+    feed(&mut store, &flows);
+    let svg_path = dir.path().join("traffic.svg");
+    let args = ReportArgs {
+        db: db.clone(),
+        by: vec![GroupBy::Host],
+        top: Some(3),
+        chart: Some(svg_path.clone()),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    run_report_at(&args, NOW_S, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("wrote {}\n", svg_path.display())
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("Network traffic by host"));
+    assert!(svg.contains("time (UTC)"));
+    assert!(svg.contains("rate (KiB/s)"), "unit of the y axis");
+    // Three groups and "other": four areas and four legend entries.
+    assert_eq!(
+        svg.matches("<path d=\"M").count(),
+        4 + 1,
+        "areas plus the axes"
+    );
+    assert!(svg.contains(">other</text>"));
+    assert!(
+        svg.contains(">10.0.0.53</text>"),
+        "the largest host is in the legend"
+    );
+
+    // PNG is refused up front with a clear reason, and nothing is written.
+    let png = dir.path().join("traffic.png");
+    let args = ReportArgs {
+        chart: Some(png.clone()),
+        ..args
+    };
+    let err = run_report_at(&args, NOW_S, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PNG output is not supported"), "{err}");
+    assert!(!png.exists());
+}
