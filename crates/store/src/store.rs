@@ -559,3 +559,7 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
