@@ -113,15 +113,35 @@ impl FlowTable {
                     self.stats.flows_seen += 1;
                     self.insert(view);
                 }
-                self.stats.flows_closed += 1;
-                let rec = self.record(&key, FlowState::Closed, Some(end_ns), sys);
-                self.flows.remove(&key);
-                if self.keys_of_socket(key.cookie).is_empty() {
-                    self.owners.remove(&key.cookie);
-                }
-                vec![rec]
+                self.close(&key, end_ns, sys).into_iter().collect()
             }
         }
+    }
+
+    /// Sets a live flow's counters from a fresh kernel reading (never backwards).
+    pub fn update_counters(&mut self, key: &FlowKey, counters: crate::flow::Counters) {
+        if let Some(e) = self.flows.get_mut(key) {
+            e.view.counters = e.view.counters.max(counters);
+        }
+    }
+
+    /// Ends a live flow; returns its closed record.
+    pub fn close(
+        &mut self,
+        key: &FlowKey,
+        end_ns: u64,
+        sys: &mut dyn SystemLookup,
+    ) -> Option<FlowRecord> {
+        if !self.flows.contains_key(key) {
+            return None;
+        }
+        self.stats.flows_closed += 1;
+        let rec = self.record(key, FlowState::Closed, Some(end_ns), sys);
+        self.flows.remove(key);
+        if self.keys_of_socket(key.cookie).is_empty() {
+            self.owners.remove(&key.cookie);
+        }
+        Some(rec)
     }
 
     /// Cumulative records of every open flow (for `--interval` and at stop).
@@ -173,8 +193,7 @@ impl FlowTable {
         let owner = v.owner.clone();
         let info = v.info.clone();
         let (counters, before_start, start_ns) = (v.counters, v.before_start, v.start_ns);
-        let process: Option<ProcessIdentity> =
-            owner.map(|o| self.identities.resolve(&o, sys));
+        let process: Option<ProcessIdentity> = owner.map(|o| self.identities.resolve(&o, sys));
         FlowRecord {
             kind: "flow",
             flow_id: key.to_string(),
@@ -301,7 +320,10 @@ mod tests {
             &mut sys,
         );
         let snap = t.snapshot(&mut sys);
-        let pids: Vec<u32> = snap.iter().map(|r| r.process.as_ref().unwrap().pid).collect();
+        let pids: Vec<u32> = snap
+            .iter()
+            .map(|r| r.process.as_ref().unwrap().pid)
+            .collect();
         assert_eq!(pids, vec![200, 200, 100]);
     }
 
@@ -353,13 +375,34 @@ mod tests {
     fn record_serializes_to_the_design_contract() {
         let mut t = FlowTable::new();
         let mut sys = FakeSystem::default();
-        let r = t.ingest(FlowEvent::Open(view(FlowKey::socket(3), Some(100), 0)), &mut sys);
+        let r = t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(3), Some(100), 0)),
+            &mut sys,
+        );
         let json = serde_json::to_value(&r[0]).unwrap();
         for key in [
-            "type", "flow_id", "state", "proto", "family", "direction", "local_ip",
-            "local_port", "remote_ip", "remote_port", "process", "netns", "start", "end",
-            "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "tx_payload", "rx_payload",
-            "before_start", "origin",
+            "type",
+            "flow_id",
+            "state",
+            "proto",
+            "family",
+            "direction",
+            "local_ip",
+            "local_port",
+            "remote_ip",
+            "remote_port",
+            "process",
+            "netns",
+            "start",
+            "end",
+            "tx_bytes",
+            "rx_bytes",
+            "tx_packets",
+            "rx_packets",
+            "tx_payload",
+            "rx_payload",
+            "before_start",
+            "origin",
         ] {
             assert!(json.get(key).is_some(), "missing key {key}: {json}");
         }

@@ -1,3 +1,54 @@
-//! procflow binary.
+//! procflow: per-process network traffic monitor and application firewall.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod run;
+mod system;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Per-process network traffic monitor for Linux: every flow, the process
+/// that owns it, and its bytes counted exactly, from eBPF programs in the
+/// kernel.
+#[derive(Debug, Parser)]
+#[command(name = "procflow", version)]
+struct Cli {
+    /// Log more (repeat for debug output, including libbpf's).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Monitor: load the kernel programs and record every flow.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PROCFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("procflow: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Maps and helpers shared by procflow's programs. Maps are defined once, in
+ * maps.bpf.c (PF_DEFINE_MAPS), and declared extern everywhere else; the BPF
+ * linker joins the objects into one. */
+#ifndef PF_COMMON_H
+#define PF_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "procflow.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define PF_KTHREAD 0x00200000
+#define IPPROTO_ICMPV6 58
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+#ifdef PF_DEFINE_MAPS
+#define PF_MAP
+#else
+#define PF_MAP extern
+#endif
+
+/* The flow context of every socket procflow has met. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pf_sock_ctx);
+} sk_ctx SEC(".maps");
+
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* Datagram flows (UDP, ping, raw): one entry per socket and remote. User
+ * space deletes a socket's entries after its RELEASE record. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pf_dgram_key);
+	__type(value, struct pf_dgram_val);
+} dgram_flows SEC(".maps");
+
+/* Handshake packets seen on a listener, waiting for the accepted socket. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pf_tuple);
+	__type(value, struct pf_pending);
+} pending SEC(".maps");
+
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PF_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u64 now_ns(void)
+{
+	return bpf_ktime_get_boot_ns();
+}
+
+/* The current process as an owner; false for kernel threads. */
+static __always_inline bool owner_current(struct pf_owner *o)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	if (t->flags & PF_KTHREAD)
+		return false;
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->ppid = t->real_parent->tgid;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	return true;
+}
+
+/* The owner of a socket from a process that holds it (start-up scan). */
+static __always_inline void owner_of_task(struct pf_owner *o, struct task_struct *t)
+{
+	o->pid = t->tgid;
+	o->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	o->uid = BPF_CORE_READ(t, cred, uid.val);
+	o->cgroup_id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), t->comm);
+}
+
+static __always_inline __u32 sk_netns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Endpoints of a socket, read through BTF. */
+static __always_inline void addr_of_sock(struct sock *sk, struct pf_addr *a)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	struct inet_sock *inet = (struct inet_sock *)sk;
+	a->proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	a->lport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	a->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		a->family = 6;
+		BPF_CORE_READ_INTO(&a->local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&a->remote, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		a->family = 4;
+		BPF_CORE_READ_INTO((__u32 *)a->local, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)a->remote, sk, __sk_common.skc_daddr);
+	}
+}
+
+/* TCP payload counters from the kernel's own per-socket counters: data bytes
+ * sent once (retransmissions taken out), and bytes received without the
+ * peer's FIN (SOCK_DONE is set when the FIN arrived). */
+static __always_inline void tcp_payload(struct sock *sk, __u64 *tx, __u64 *rx)
+{
+	struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
+	__u64 sent = tp->bytes_sent, retrans = tp->bytes_retrans;
+	__u64 recv = tp->bytes_received;
+	unsigned long flags = sk->__sk_common.skc_flags;
+	if (flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+		recv = recv ? recv - 1 : 0;
+	*tx = sent > retrans ? sent - retrans : 0;
+	*rx = recv;
+}
+
+/* Claims a fresh context for initialisation; true for the one caller that
+ * wins (several hooks can meet a socket at the same moment). */
+static __always_inline bool ctx_claim(struct pf_sock_ctx *ctx, __u64 cookie)
+{
+	return __sync_val_compare_and_swap(&ctx->cookie, 0, cookie) == 0;
+}
+
+/* Fills the common part of a flow record from a socket context. */
+static __always_inline void event_from_ctx(struct pf_flow_event *e, __u32 kind,
+					   struct pf_sock_ctx *ctx)
+{
+	e->kind = kind;
+	e->flags = ctx->flags;
+	e->cookie = ctx->cookie;
+	e->ts_ns = now_ns();
+	e->start_ns = ctx->start_ns;
+	e->addr = ctx->addr;
+	e->netns = ctx->netns;
+	e->_pad = 0;
+	e->owner = ctx->owner;
+	e->c = ctx->c;
+	if (ctx->flags & PF_F_BEFORE) {
+		e->before_tx = ctx->base_tx;
+		e->before_rx = ctx->base_rx;
+	} else {
+		e->before_tx = 0;
+		e->before_rx = 0;
+	}
+}
+
+static __always_inline void emit_ctx(__u32 kind, struct pf_sock_ctx *ctx)
+{
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	event_from_ctx(e, kind, ctx);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* TCP context: fills payload counters from the socket and returns the event. */
+static __always_inline void tcp_counters_into(struct pf_flow_event *e, struct sock *sk,
+					      struct pf_sock_ctx *ctx)
+{
+	__u64 tx, rx;
+	tcp_payload(sk, &tx, &rx);
+	e->c.tx_payload = tx > ctx->base_tx ? tx - ctx->base_tx : 0;
+	e->c.rx_payload = rx > ctx->base_rx ? rx - ctx->base_rx : 0;
+}
+
+/* Announces a TCP flow (OPEN record) once. */
+static __always_inline void tcp_announce(struct sock *sk, struct pf_sock_ctx *ctx,
+					 __u8 origin, __u8 direction)
+{
+	if (ctx->flags & PF_F_ANNOUNCED)
+		return;
+	if (__sync_fetch_and_or(&ctx->flags, PF_F_ANNOUNCED) & PF_F_ANNOUNCED)
+		return;
+	addr_of_sock(sk, &ctx->addr);
+	ctx->addr.origin = origin;
+	ctx->addr.direction = direction;
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	event_from_ctx(e, PF_EV_OPEN, ctx);
+	tcp_counters_into(e, sk, ctx);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* First meeting of a socket: cookie, start time, namespace; for a socket not
+ * seen at its birth (it existed before procflow attached), the kernel's TCP
+ * counters so far become its before_start. */
+static __always_inline void ctx_init(struct pf_sock_ctx *ctx, struct sock *sk, bool born)
+{
+	ctx->start_ns = now_ns();
+	ctx->netns = sk_netns(sk);
+	if (born) {
+		ctx->flags |= PF_F_BORN;
+		return;
+	}
+	__u8 proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	__u16 type = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
+	if (proto == IPPROTO_TCP && type == SOCK_STREAM) {
+		tcp_payload(sk, &ctx->base_tx, &ctx->base_rx);
+		ctx->flags |= PF_F_BEFORE;
+	}
+}
+
+/* Records the current process as the socket's owner. `strong` when the
+ * process acted on the socket itself (connect, bind, send, recv). */
+static __always_inline void ctx_own(struct pf_sock_ctx *ctx, bool strong)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 flags = ctx->flags;
+	if ((flags & PF_F_OWNER) && ctx->owner.pid == tgid) {
+		if (strong && (flags & PF_F_OWNER_WEAK))
+			__sync_fetch_and_and(&ctx->flags, ~(__u32)PF_F_OWNER_WEAK);
+		return;
+	}
+	struct pf_owner o = {};
+	if (!owner_current(&o))
+		return;
+	ctx->owner = o;
+	__sync_fetch_and_or(&ctx->flags, PF_F_OWNER);
+	if (strong)
+		__sync_fetch_and_and(&ctx->flags, ~(__u32)PF_F_OWNER_WEAK);
+	else
+		__sync_fetch_and_or(&ctx->flags, PF_F_OWNER_WEAK);
+	if ((flags & PF_F_OWNER) && ctx->owner_changes < 16) {
+		ctx->owner_changes++;
+		emit_ctx(PF_EV_OWNER, ctx);
+	} else if (!(flags & PF_F_OWNER) && (flags & PF_F_ANNOUNCED)) {
+		emit_ctx(PF_EV_OWNER, ctx);
+	}
+}
+
+#endif /* PF_COMMON_H */

@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Counting: every IP packet of a socket, in cgroup_skb egress and ingress,
+ * added to its flow. Offset 0 is the IP header. A GSO/GRO packet counts as
+ * the segments it stands for, each with its own headers, as a NIC sees them.
+ * These hooks may run in softirq: they never take ownership. */
+#include "common.h"
+
+struct pkt {
+	__u8 version;   /* 4 or 6 */
+	__u8 l4;        /* IPPROTO_* of the transport header */
+	__u16 l3len;    /* IP header length */
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;    /* host order; 0 if the protocol has no ports */
+	__u16 dport;
+	__u16 l4len;    /* transport header length (TCP doff*4, UDP 8) */
+	__u8 tcpflags;
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 b0;
+	if (bpf_skb_load_bytes(skb, 0, &b0, 1))
+		return -1;
+	p->version = b0 >> 4;
+	if (p->version == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		p->l3len = ip.ihl * 4;
+		p->l4 = ip.protocol;
+		__builtin_memcpy(p->src, &ip.saddr, 4);
+		__builtin_memcpy(p->dst, &ip.daddr, 4);
+	} else if (p->version == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		p->l3len = 40;
+		p->l4 = ip6.nexthdr;
+		__builtin_memcpy(p->src, &ip6.saddr, 16);
+		__builtin_memcpy(p->dst, &ip6.daddr, 16);
+	} else {
+		return -1;
+	}
+	p->sport = p->dport = 0;
+	p->l4len = 0;
+	p->tcpflags = 0;
+	__u32 off = p->l3len & 0xff;
+	if (p->l4 == IPPROTO_TCP) {
+		__u8 th[14];
+		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)) == 0) {
+			p->sport = (th[0] << 8) | th[1];
+			p->dport = (th[2] << 8) | th[3];
+			p->l4len = (th[12] >> 4) * 4;
+			p->tcpflags = th[13];
+		}
+	} else if (p->l4 == IPPROTO_UDP) {
+		__u8 uh[4];
+		if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)) == 0) {
+			p->sport = (uh[0] << 8) | uh[1];
+			p->dport = (uh[2] << 8) | uh[3];
+		}
+		p->l4len = 8;
+	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
+		p->l4len = 8;
+	}
+	return 0;
+}
+
+static __always_inline void add(__u64 *v, __u64 n)
+{
+	__sync_fetch_and_add(v, n);
+}
+
+/* Handshake packets of a listener, kept by 4-tuple for the accepted socket. */
+static __always_inline void count_pending(struct pf_sock_ctx *lctx, struct sock *sk,
+					  struct pkt *p, bool egress, __u64 wire, __u64 segs)
+{
+	struct pf_tuple t = {};
+	__builtin_memcpy(t.local, egress ? p->src : p->dst, 16);
+	__builtin_memcpy(t.remote, egress ? p->dst : p->src, 16);
+	t.lport = egress ? p->sport : p->dport;
+	t.rport = egress ? p->dport : p->sport;
+	t.netns = lctx ? lctx->netns : sk_netns(sk);
+	struct pf_pending *pe = bpf_map_lookup_elem(&pending, &t);
+	if (!pe) {
+		struct pf_pending fresh = {};
+		if (lctx && (lctx->flags & PF_F_OWNER)) {
+			fresh.owner = lctx->owner;
+			fresh.has_owner = 1;
+		}
+		bpf_map_update_elem(&pending, &t, &fresh, BPF_NOEXIST);
+		pe = bpf_map_lookup_elem(&pending, &t);
+		if (!pe)
+			return;
+	}
+	if (egress) {
+		add(&pe->tx_bytes, wire);
+		add(&pe->tx_packets, segs);
+	} else {
+		add(&pe->rx_bytes, wire);
+		add(&pe->rx_packets, segs);
+	}
+}
+
+/* A datagram flow (socket, remote): created on its first packet. */
+static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, bool egress,
+					__u32 len, __u64 wire, __u64 segs)
+{
+	struct pf_dgram_key k = {};
+	k.cookie = ctx->cookie;
+	__builtin_memcpy(k.remote, egress ? p->dst : p->src, 16);
+	k.rport = egress ? p->dport : p->sport;
+	k.family = p->version;
+	__u32 hdr = p->l3len + p->l4len;
+	__u64 payload = len > hdr ? len - hdr : 0;
+
+	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_flows, &k);
+	if (!v) {
+		struct pf_dgram_val fresh = {};
+		fresh.start_ns = now_ns();
+		__builtin_memcpy(fresh.local, egress ? p->src : p->dst, 16);
+		fresh.lport = egress ? p->sport : p->dport;
+		fresh.direction = egress ? PF_DIR_OUT : PF_DIR_IN;
+		fresh.origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
+		fresh.proto = p->l4;
+		if (bpf_map_update_elem(&dgram_flows, &k, &fresh, BPF_NOEXIST) == 0) {
+			struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			if (e) {
+				event_from_ctx(e, PF_EV_OPEN, ctx);
+				__builtin_memcpy(e->addr.local, fresh.local, 16);
+				__builtin_memcpy(e->addr.remote, k.remote, 16);
+				e->addr.lport = fresh.lport;
+				e->addr.rport = k.rport;
+				e->addr.family = p->version;
+				e->addr.proto = p->l4;
+				e->addr.direction = fresh.direction;
+				e->addr.origin = fresh.origin;
+				e->start_ns = fresh.start_ns;
+				__builtin_memset(&e->c, 0, sizeof(e->c));
+				bpf_ringbuf_submit(e, 0);
+			} else {
+				stat_inc(PF_STAT_RB_LOST);
+			}
+		}
+		v = bpf_map_lookup_elem(&dgram_flows, &k);
+		if (!v) {
+			stat_inc(PF_STAT_DGRAM_FULL);
+			return;
+		}
+	}
+	if (egress) {
+		add(&v->c.tx_bytes, wire);
+		add(&v->c.tx_packets, segs);
+		add(&v->c.tx_payload, payload);
+	} else {
+		add(&v->c.rx_bytes, wire);
+		add(&v->c.rx_packets, segs);
+		add(&v->c.rx_payload, payload);
+	}
+}
+
+static __always_inline int count(struct __sk_buff *skb, bool egress)
+{
+	struct bpf_sock *bsk = skb->sk;
+	if (!bsk)
+		return 1;
+	bsk = bpf_sk_fullsock(bsk);
+	if (!bsk)
+		return 1;
+	__u32 family = bsk->family;
+	if (family != AF_INET && family != AF_INET6)
+		return 1;
+	__u32 type = bsk->type;
+	__u32 protocol = bsk->protocol;
+	__u32 state = bsk->state;
+	__u32 len = skb->len;
+	__u32 segs = skb->gso_segs;
+	if (!segs)
+		segs = 1;
+
+	struct pkt p = {};
+	if (parse(skb, &p))
+		return 1;
+	__u64 wire = len;
+	if (segs > 1)
+		wire += (__u64)(segs - 1) * (p.l3len + p.l4len);
+
+	struct sock *sk = bpf_core_cast(bsk, struct sock);
+	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
+	if (stream && state == BPF_TCP_LISTEN) {
+		struct pf_sock_ctx *lctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+		count_pending(lctx, sk, &p, egress, wire, segs);
+		return 1;
+	}
+
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ctx) {
+		stat_inc(PF_STAT_NO_STORAGE);
+		return 1;
+	}
+	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skb)))
+		ctx_init(ctx, sk, false);
+
+	if (!stream) {
+		count_dgram(ctx, &p, egress, len, wire, segs);
+		return 1;
+	}
+	if (egress) {
+		add(&ctx->c.tx_bytes, wire);
+		add(&ctx->c.tx_packets, segs);
+	} else {
+		add(&ctx->c.rx_bytes, wire);
+		add(&ctx->c.rx_packets, segs);
+	}
+	if (!(ctx->flags & PF_F_ANNOUNCED) && state == BPF_TCP_ESTABLISHED)
+		tcp_announce(sk, ctx, PF_ORIGIN_PACKET, PF_DIR_UNKNOWN);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int pf_egress(struct __sk_buff *skb)
+{
+	return count(skb, true);
+}
+
+SEC("cgroup_skb/ingress")
+int pf_ingress(struct __sk_buff *skb)
+{
+	return count(skb, false);
+}

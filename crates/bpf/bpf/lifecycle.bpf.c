@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Flow lifecycle: TCP connections announced when they connect or are
+ * accepted, and final records when a TCP socket closes or a datagram socket
+ * is released. */
+#include "common.h"
+
+/* Moves a v4-mapped IPv6 address (::ffff:a.b.c.d) to the IPv4 layout that
+ * packets carry, so a dual-stack socket's tuple matches its packets. */
+static __always_inline void unmap_v4(__u8 a[16])
+{
+	__u32 *w = (__u32 *)a;
+	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+		w[0] = w[3];
+		w[2] = 0;
+		w[3] = 0;
+	}
+}
+
+/* An accepted connection takes the handshake packets that its listener saw,
+ * and the listener's owner until the accepting process acts on it. */
+static __always_inline void adopt_pending(struct sock *sk, struct pf_sock_ctx *ctx)
+{
+	struct pf_addr a = {};
+	addr_of_sock(sk, &a);
+	struct pf_tuple t = {};
+	__builtin_memcpy(t.local, a.local, 16);
+	__builtin_memcpy(t.remote, a.remote, 16);
+	if (a.family == 6) {
+		unmap_v4(t.local);
+		unmap_v4(t.remote);
+	}
+	t.lport = a.lport;
+	t.rport = a.rport;
+	t.netns = ctx->netns;
+	struct pf_pending *pe = bpf_map_lookup_elem(&pending, &t);
+	if (!pe)
+		return;
+	__sync_fetch_and_add(&ctx->c.tx_bytes, pe->tx_bytes);
+	__sync_fetch_and_add(&ctx->c.rx_bytes, pe->rx_bytes);
+	__sync_fetch_and_add(&ctx->c.tx_packets, pe->tx_packets);
+	__sync_fetch_and_add(&ctx->c.rx_packets, pe->rx_packets);
+	if (pe->has_owner && !(ctx->flags & PF_F_OWNER)) {
+		ctx->owner = pe->owner;
+		__sync_fetch_and_or(&ctx->flags, PF_F_OWNER | PF_F_OWNER_WEAK);
+	}
+	bpf_map_delete_elem(&pending, &t);
+}
+
+SEC("sockops")
+int pf_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return 1;
+	struct sock *sk = bpf_core_cast(bsk, struct sock);
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ctx) {
+		stat_inc(PF_STAT_NO_STORAGE);
+		return 1;
+	}
+	bool fresh = !ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skops));
+
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		/* In the connecting process, before the SYN leaves. */
+		if (fresh)
+			ctx_init(ctx, sk, true);
+		ctx_own(ctx, true);
+		tcp_announce(sk, ctx, PF_ORIGIN_CONNECT, PF_DIR_OUT);
+	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		/* softirq: the current process is not the owner. */
+		if (fresh) {
+			ctx_init(ctx, sk, true);
+			adopt_pending(sk, ctx);
+		}
+		tcp_announce(sk, ctx, PF_ORIGIN_ACCEPT, PF_DIR_IN);
+	} else {
+		/* Connected before procflow attached its sockops program. */
+		if (fresh)
+			ctx_init(ctx, sk, false);
+		tcp_announce(sk, ctx, PF_ORIGIN_PACKET, PF_DIR_OUT);
+	}
+	return 1;
+}
+
+/* TCP close: the final record, with the kernel's totals. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(pf_tcp_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != TCP_CLOSE)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	struct pf_sock_ctx *fc = bpf_sk_storage_get(&sk_ctx, sk, 0, 0);
+	if (!fc || !(fc->flags & PF_F_ANNOUNCED))
+		return 0;
+	if (__sync_fetch_and_or(&fc->flags, PF_F_CLOSED) & PF_F_CLOSED)
+		return 0;
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return 0;
+	}
+	event_from_ctx(e, PF_EV_CLOSE, fc);
+	tcp_counters_into(e, sk, fc);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* A datagram socket is released: user space ends its flows, reading their
+ * final counters from dgram_flows. */
+SEC("cgroup/sock_release")
+int pf_sock_release(struct bpf_sock *bsk)
+{
+	__u32 family = bsk->family;
+	if (family != AF_INET && family != AF_INET6)
+		return 1;
+	if (bsk->type == SOCK_STREAM)
+		return 1;
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+	if (!ctx || !ctx->cookie)
+		return 1;
+	emit_ctx(PF_EV_RELEASE, ctx);
+	return 1;
+}

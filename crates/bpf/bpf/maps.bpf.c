@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The one definition of every map; the other objects declare them extern. */
+#define PF_DEFINE_MAPS
+#include "common.h"
+
+/* Emit the record types into BTF so the skeleton generates them for Rust. */
+struct pf_flow_event _pf_flow_event = {};
+struct pf_exec_event _pf_exec_event = {};
+struct pf_dgram_key _pf_dgram_key = {};
+struct pf_dgram_val _pf_dgram_val = {};
+struct pf_sock_ctx _pf_sock_ctx = {};
+
+char LICENSE[] SEC("license") = "GPL";

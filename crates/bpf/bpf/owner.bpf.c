@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Ownership: hooks that run in the process that owns a socket. They create
+ * the socket's context if it has none and record who acts on it. Also the
+ * exec capture that names short-lived processes. */
+#include "common.h"
+
+static __always_inline bool inet_family(__u32 family)
+{
+	return family == AF_INET || family == AF_INET6;
+}
+
+/* A context for `bsk` (a program-type socket pointer), created if missing. */
+static __always_inline struct pf_sock_ctx *ctx_get(void *bsk, __u64 cookie, bool born)
+{
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ctx) {
+		stat_inc(PF_STAT_NO_STORAGE);
+		return 0;
+	}
+	if (!ctx->cookie && ctx_claim(ctx, cookie))
+		ctx_init(ctx, bpf_core_cast(bsk, struct sock), born);
+	return ctx;
+}
+
+SEC("cgroup/sock_create")
+int pf_sock_create(struct bpf_sock *sk)
+{
+	__u32 family = sk->family;
+	if (!inet_family(family))
+		return 1;
+	struct pf_sock_ctx *ctx = ctx_get(sk, bpf_get_socket_cookie(sk), true);
+	if (ctx)
+		ctx_own(ctx, true);
+	return 1;
+}
+
+static __always_inline int on_bind(struct bpf_sock *sk)
+{
+	struct pf_sock_ctx *ctx = ctx_get(sk, bpf_get_socket_cookie(sk), false);
+	if (ctx)
+		ctx_own(ctx, true);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int pf_post_bind4(struct bpf_sock *sk)
+{
+	return on_bind(sk);
+}
+
+SEC("cgroup/post_bind6")
+int pf_post_bind6(struct bpf_sock *sk)
+{
+	return on_bind(sk);
+}
+
+static __always_inline int on_addr(struct bpf_sock_addr *sa)
+{
+	struct bpf_sock *sk = sa->sk;
+	if (!sk)
+		return 1;
+	struct pf_sock_ctx *ctx = ctx_get(sk, bpf_get_socket_cookie(sa), false);
+	if (ctx)
+		ctx_own(ctx, true);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int pf_connect4(struct bpf_sock_addr *sa)
+{
+	return on_addr(sa);
+}
+
+SEC("cgroup/connect6")
+int pf_connect6(struct bpf_sock_addr *sa)
+{
+	return on_addr(sa);
+}
+
+SEC("cgroup/sendmsg4")
+int pf_sendmsg4(struct bpf_sock_addr *sa)
+{
+	return on_addr(sa);
+}
+
+SEC("cgroup/sendmsg6")
+int pf_sendmsg6(struct bpf_sock_addr *sa)
+{
+	return on_addr(sa);
+}
+
+/* Every send and receive, in the calling process. A socket met here first
+ * existed before procflow attached (its birth would have been seen). */
+static __always_inline int on_io(struct sock *sk, int ret)
+{
+	if (ret <= 0)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	if (!inet_family(family))
+		return 0;
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ctx) {
+		stat_inc(PF_STAT_NO_STORAGE);
+		return 0;
+	}
+	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(sk)))
+		ctx_init(ctx, sk, false);
+	ctx_own(ctx, true);
+	if (!(ctx->flags & PF_F_ANNOUNCED) && sk->sk_protocol == IPPROTO_TCP &&
+	    sk->sk_type == SOCK_STREAM && sk->__sk_common.skc_state == TCP_ESTABLISHED)
+		tcp_announce(sk, ctx, PF_ORIGIN_SEND, PF_DIR_UNKNOWN);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(pf_send_len, struct sock *sk, int ret, int flags)
+{
+	return on_io(sk, ret);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(pf_recv_len, struct sock *sk, int ret, int flags)
+{
+	if (flags & 2 /* MSG_PEEK */)
+		return 0;
+	return on_io(sk, ret);
+}
+
+struct path_walk {
+	struct pf_exec_event *e;
+	struct dentry *d;
+	struct mount *mnt;
+	__u32 depth;
+};
+
+/* One step up from a dentry: to its parent, or across a mount point. */
+static int path_step(__u32 i, struct path_walk *w)
+{
+	struct dentry *d = w->d;
+	struct mount *mnt = w->mnt;
+	struct dentry *root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	if (d == root || d == parent) {
+		struct mount *pm = BPF_CORE_READ(mnt, mnt_parent);
+		if (pm == mnt || !pm)
+			return 1;
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = pm;
+		return 0;
+	}
+	__u32 depth = w->depth;
+	if (depth >= PF_PATH_DEPTH)
+		return 1;
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	bpf_probe_read_kernel_str(w->e->path[depth & (PF_PATH_DEPTH - 1)], PF_NAME_LEN, name);
+	w->depth = depth + 1;
+	w->d = parent;
+	return 0;
+}
+
+/* exec: the absolute path of the real executable (a dentry walk across
+ * mounts), the name as given and the arguments, captured before the process
+ * can exit. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(pf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct pf_exec_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return 0;
+	}
+	e->kind = PF_EV_EXEC;
+	e->pid = p->tgid;
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->_pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel_str(e->fname, sizeof(e->fname), BPF_CORE_READ(bprm, filename));
+
+	struct mm_struct *mm = BPF_CORE_READ(p, mm);
+	unsigned long as = BPF_CORE_READ(mm, arg_start), ae = BPF_CORE_READ(mm, arg_end);
+	__u32 alen = ae > as ? ae - as : 0;
+	if (alen > PF_ARGS_LEN)
+		alen = PF_ARGS_LEN;
+	e->args_len = 0;
+	if (alen && bpf_probe_read_user(e->args, alen & (PF_ARGS_LEN - 1) ?: PF_ARGS_LEN, (void *)as) == 0)
+		e->args_len = alen;
+
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	struct path_walk w = {
+		.e = e,
+		.d = BPF_CORE_READ(file, f_path.dentry),
+		.mnt = container_of(vm, struct mount, mnt),
+	};
+	bpf_loop(PF_PATH_DEPTH + 8, path_step, &w, 0);
+	__u32 depth = w.depth;
+	e->depth = depth;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

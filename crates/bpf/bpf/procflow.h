@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The ABI between procflow's eBPF programs and its Rust loader.
+ *
+ * Every struct that crosses the kernel boundary is defined here once; the
+ * Rust side uses the types that the libbpf-rs skeleton generates from it.
+ * Sizes are pinned by _Static_assert here and by const asserts in Rust.
+ */
+#ifndef PROCFLOW_H
+#define PROCFLOW_H
+
+#define PF_COMM_LEN 16
+#define PF_ARGS_LEN 256
+#define PF_FNAME_LEN 256
+#define PF_PATH_DEPTH 32
+#define PF_NAME_LEN 64
+
+/* Record kinds, in the ring buffer and in iterator output. */
+enum pf_kind {
+	PF_EV_OPEN = 1,    /* a flow was met for the first time */
+	PF_EV_CLOSE = 2,   /* a TCP flow closed: final counters */
+	PF_EV_OWNER = 3,   /* another process used a socket */
+	PF_EV_RELEASE = 4, /* a datagram socket was released: its flows end */
+	PF_EV_EXEC = 5,    /* a process called exec */
+	PF_EV_SCAN = 6,    /* start-up scan: an existing socket */
+	PF_EV_DUMP = 7,    /* periodic reading of a live socket */
+	PF_EV_TASKSOCK = 8,/* start-up scan: a process holds a socket */
+};
+
+enum pf_origin {
+	PF_ORIGIN_CONNECT = 1,
+	PF_ORIGIN_ACCEPT = 2,
+	PF_ORIGIN_SEND = 3,
+	PF_ORIGIN_STARTUP = 4,
+	PF_ORIGIN_PACKET = 5,
+};
+
+enum pf_direction {
+	PF_DIR_UNKNOWN = 0,
+	PF_DIR_OUT = 1,
+	PF_DIR_IN = 2,
+};
+
+/* pf_sock_ctx.flags */
+#define PF_F_ANNOUNCED  0x01 /* an OPEN record was sent */
+#define PF_F_OWNER      0x02 /* owner fields are set */
+#define PF_F_OWNER_WEAK 0x04 /* owner inherited (listener, scan), not seen acting */
+#define PF_F_BORN       0x08 /* created at the socket's birth: no earlier traffic */
+#define PF_F_CLOSED     0x10 /* the final record was sent */
+#define PF_F_BEFORE     0x20 /* before_start is meaningful (start-up scan) */
+
+struct pf_owner {
+	__u32 pid;  /* tgid */
+	__u32 ppid;
+	__u32 uid;
+	__u32 _pad;
+	__u64 cgroup_id;
+	char comm[PF_COMM_LEN];
+};
+
+struct pf_counters {
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 rx_packets;
+	__u64 tx_payload;
+	__u64 rx_payload;
+};
+
+struct pf_addr {
+	__u8 local[16];  /* IPv4 in the first 4 bytes */
+	__u8 remote[16];
+	__u16 lport;     /* host order */
+	__u16 rport;     /* host order */
+	__u8 family;     /* 4 or 6 */
+	__u8 proto;      /* IPPROTO_* */
+	__u8 direction;  /* enum pf_direction */
+	__u8 origin;     /* enum pf_origin */
+};
+
+/* Per-socket context, in socket storage: freed by the kernel with the socket. */
+struct pf_sock_ctx {
+	__u64 cookie;
+	__u64 start_ns;          /* boot-time ns when first met */
+	struct pf_counters c;    /* TCP: wire counters; payload derived at read time */
+	__u64 base_tx;           /* TCP payload counters when first met */
+	__u64 base_rx;
+	struct pf_owner owner;
+	struct pf_addr addr;
+	__u32 netns;
+	__u32 flags;
+	__u32 owner_changes;
+	__u32 _pad;
+};
+
+/* Key of a datagram flow: one per socket and remote. */
+struct pf_dgram_key {
+	__u64 cookie;
+	__u8 remote[16];
+	__u16 rport;
+	__u8 family;
+	__u8 _pad[5];
+};
+
+struct pf_dgram_val {
+	struct pf_counters c;
+	__u64 start_ns;
+	__u8 local[16];
+	__u16 lport;
+	__u8 direction;
+	__u8 origin;
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+/* Handshake packets of a connection not yet accepted, by 4-tuple. */
+struct pf_tuple {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 netns;
+};
+
+struct pf_pending {
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 rx_packets;
+	struct pf_owner owner;  /* the listener's owner */
+	__u8 has_owner;
+	__u8 _pad[7];
+};
+
+/* Flow records: OPEN, CLOSE, OWNER, RELEASE, SCAN, DUMP, TASKSOCK. */
+struct pf_flow_event {
+	__u32 kind;
+	__u32 flags;          /* pf_sock_ctx.flags */
+	__u64 cookie;
+	__u64 ts_ns;          /* boot-time ns of the event */
+	__u64 start_ns;       /* boot-time ns the flow was first met */
+	struct pf_addr addr;
+	__u32 netns;
+	__u32 _pad;
+	struct pf_owner owner;
+	struct pf_counters c;
+	__u64 before_tx;
+	__u64 before_rx;
+};
+
+struct pf_exec_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u16 depth;          /* path components in path[] (leaf first) */
+	__u16 args_len;
+	__u32 _pad;
+	char comm[PF_COMM_LEN];
+	char args[PF_ARGS_LEN];
+	char fname[PF_FNAME_LEN];
+	char path[PF_PATH_DEPTH][PF_NAME_LEN];
+};
+
+/* Counters for the stats record; one slot per CPU. */
+enum pf_stat {
+	PF_STAT_RB_LOST = 0,   /* ring buffer full: event dropped */
+	PF_STAT_NO_STORAGE,    /* socket storage could not be created */
+	PF_STAT_DGRAM_FULL,    /* datagram flow table full */
+	PF_STAT_MAX,
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct pf_owner) == 40, "pf_owner size");
+_Static_assert(sizeof(struct pf_counters) == 48, "pf_counters size");
+_Static_assert(sizeof(struct pf_addr) == 40, "pf_addr size");
+_Static_assert(sizeof(struct pf_flow_event) == 184, "pf_flow_event size");
+_Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
+#endif
+
+#endif /* PROCFLOW_H */

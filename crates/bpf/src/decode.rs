@@ -1,0 +1,237 @@
+//! Decoding the records that the eBPF programs write (ring buffer and
+//! iterators) into the kernel-free types of `procflow-core`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use procflow_core::event::FlowView;
+use procflow_core::flow::{BeforeStart, Counters, Direction, FlowInfo, FlowKey, Origin, Proto};
+use procflow_core::identity::{ExecInfo, Owner};
+
+use crate::skel::types::{pf_counters, pf_exec_event, pf_flow_event, pf_owner};
+
+pub const PF_EV_OPEN: u32 = 1;
+pub const PF_EV_CLOSE: u32 = 2;
+pub const PF_EV_OWNER: u32 = 3;
+pub const PF_EV_RELEASE: u32 = 4;
+pub const PF_EV_EXEC: u32 = 5;
+pub const PF_EV_SCAN: u32 = 6;
+pub const PF_EV_DUMP: u32 = 7;
+pub const PF_EV_TASKSOCK: u32 = 8;
+
+pub const PF_F_ANNOUNCED: u32 = 0x01;
+pub const PF_F_OWNER: u32 = 0x02;
+pub const PF_F_BEFORE: u32 = 0x20;
+
+pub const FLOW_EVENT_SIZE: usize = 184;
+const _: () = assert!(std::mem::size_of::<pf_flow_event>() == FLOW_EVENT_SIZE);
+const _: () = assert!(std::mem::size_of::<pf_owner>() == 40);
+const _: () = assert!(std::mem::size_of::<pf_counters>() == 48);
+
+/// Reads a `T` from the start of `bytes`, if it is long enough.
+pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked above; T is one of the skeleton's
+    // repr(C) record types made only of integers and integer arrays, for
+    // which every bit pattern is valid; read_unaligned copes with any
+    // alignment of the ring buffer or iterator bytes.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The kind of a record (its first u32).
+pub fn record_kind(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Converts boot-time nanoseconds (bpf_ktime_get_boot_ns) to Unix time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real as i128 - boot as i128,
+        }
+    }
+
+    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
+        (boot_ns as i128 + self.offset_ns).max(0) as u64
+    }
+
+    pub fn boot_now(&self) -> u64 {
+        clock_ns(libc::CLOCK_BOOTTIME)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; clock_gettime only writes it.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn ip(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if family == 6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+pub fn c_str(raw: &[i8]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pub fn owner(o: &pf_owner) -> Owner {
+    Owner {
+        pid: o.pid,
+        ppid: o.ppid,
+        uid: o.uid,
+        comm: c_str(&o.comm),
+        cgroup_id: o.cgroup_id,
+    }
+}
+
+pub fn counters(c: &pf_counters) -> Counters {
+    Counters {
+        tx_bytes: c.tx_bytes,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        rx_packets: c.rx_packets,
+        tx_payload: c.tx_payload,
+        rx_payload: c.rx_payload,
+    }
+}
+
+fn origin(o: u8) -> Origin {
+    match o {
+        1 => Origin::Connect,
+        2 => Origin::Accept,
+        3 => Origin::Send,
+        4 => Origin::Startup,
+        _ => Origin::Packet,
+    }
+}
+
+fn direction(d: u8) -> Direction {
+    match d {
+        1 => Direction::Out,
+        2 => Direction::In,
+        _ => Direction::Unknown,
+    }
+}
+
+/// Whether a record describes a datagram flow (keyed by socket and remote).
+pub fn is_datagram(e: &pf_flow_event) -> bool {
+    e.addr.proto != 6
+}
+
+/// The view of a flow that a record carries. `e.owner` counts only when the
+/// socket's owner is known.
+pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
+    let a = &e.addr;
+    let remote = ip(a.family, &a.remote);
+    let key = if is_datagram(e) {
+        FlowKey::datagram(e.cookie, remote, a.rport)
+    } else {
+        FlowKey::socket(e.cookie)
+    };
+    FlowView {
+        key,
+        info: FlowInfo {
+            proto: Proto::from_number(a.proto),
+            family: a.family,
+            direction: direction(a.direction),
+            origin: origin(a.origin),
+            local: (ip(a.family, &a.local), a.lport),
+            remote: (remote, a.rport),
+            netns: e.netns as u64,
+        },
+        owner: (e.flags & PF_F_OWNER != 0).then(|| owner(&e.owner)),
+        counters: counters(&e.c),
+        before_start: (e.flags & PF_F_BEFORE != 0).then_some(BeforeStart {
+            tx_payload: e.before_tx,
+            rx_payload: e.before_rx,
+        }),
+        start_ns: clock.unix_ns(e.start_ns),
+    }
+}
+
+/// The absolute executable path and command line of an exec record.
+pub fn exec_info(e: &pf_exec_event) -> (u32, ExecInfo) {
+    let depth = (e.depth as usize).min(e.path.len());
+    let mut exe = String::new();
+    for comp in e.path[..depth].iter().rev() {
+        exe.push('/');
+        exe.push_str(&c_str(comp));
+    }
+    if exe.is_empty() {
+        exe = c_str(&e.fname);
+    }
+    let args_len = (e.args_len as usize).min(e.args.len());
+    let args: Vec<u8> = e.args[..args_len].iter().map(|&c| c as u8).collect();
+    let cmdline = args
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (e.pid, ExecInfo { exe, cmdline })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> [i8; 64] {
+        let mut a = [0i8; 64];
+        for (i, b) in s.bytes().enumerate() {
+            a[i] = b as i8;
+        }
+        a
+    }
+
+    #[test]
+    fn exec_path_is_joined_leaf_last() {
+        let mut e = pf_exec_event {
+            pid: 42,
+            depth: 3,
+            ..Default::default()
+        };
+        e.path[0] = name("curl");
+        e.path[1] = name("bin");
+        e.path[2] = name("usr");
+        let args = b"curl\0-s\0http://x\0";
+        for (i, b) in args.iter().enumerate() {
+            e.args[i] = *b as i8;
+        }
+        e.args_len = args.len() as u16;
+        let (pid, info) = exec_info(&e);
+        assert_eq!(pid, 42);
+        assert_eq!(info.exe, "/usr/bin/curl");
+        assert_eq!(info.cmdline, "curl -s http://x");
+    }
+
+    #[test]
+    fn v4_addresses_use_the_first_four_bytes() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(ip(4, &raw).to_string(), "10.0.0.2");
+        assert_eq!(ip(6, &[0; 16]).to_string(), "::");
+    }
+}

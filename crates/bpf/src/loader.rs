@@ -1,0 +1,396 @@
+//! Loading and attaching procflow's programs, with feature probing: a
+//! program this kernel refuses is left out with its reason, and the others
+//! still load.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use procflow_core::flow::{Counters, FlowKey};
+
+use crate::cgroup::cgroup2_root;
+use crate::decode::{self, Clock};
+use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event};
+use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
+use crate::{BpfError, Record};
+
+/// Programs attached to the root cgroup.
+const CGROUP_PROGS: &[&str] = &[
+    "pf_sock_create",
+    "pf_post_bind4",
+    "pf_post_bind6",
+    "pf_connect4",
+    "pf_connect6",
+    "pf_sendmsg4",
+    "pf_sendmsg6",
+    "pf_sock_release",
+    "pf_egress",
+    "pf_ingress",
+    "pf_sockops",
+];
+/// Tracing programs attached to their tracepoints.
+const TRACE_PROGS: &[&str] = &["pf_send_len", "pf_recv_len", "pf_exec", "pf_tcp_state"];
+/// Iterators, attached when used.
+const ITER_PROGS: &[&str] = &[
+    "pf_iter_tcp",
+    "pf_iter_udp",
+    "pf_iter_task_file",
+    "pf_dump_tcp",
+    "pf_dump_udp",
+];
+
+/// A program the kernel would not load, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Counters the programs keep for the stats record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Ring buffer full: events dropped (counters are not affected).
+    pub events_lost: u64,
+    /// Socket storage could not be created.
+    pub no_storage: u64,
+    /// Datagram flow table full: packets not counted.
+    pub dgram_full: u64,
+}
+
+/// procflow's programs, loaded and attached.
+pub struct Kernel {
+    skel: &'static ProcflowSkel<'static>,
+    /// Held, not read: dropping a link detaches its program.
+    _links: Vec<Link>,
+    iter_links: Vec<(String, Link)>,
+    ring: Option<RingBuffer<'static>>,
+    queue: Rc<RefCell<VecDeque<Record>>>,
+    pub clock: Clock,
+    pub cgroup_root: PathBuf,
+    loaded: Vec<String>,
+    refused: Vec<Refused>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("loaded", &self.loaded)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
+/// Opens the object; `only` keeps a single program (probing), `skip` leaves
+/// out programs found refused.
+fn open(
+    only: Option<&str>,
+    skip: &[Refused],
+) -> Result<crate::skel::OpenProcflowSkel<'static>, BpfError> {
+    // The object lives as long as the process: procflow loads it once (a
+    // probe that fails leaks one small allocation).
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = ProcflowSkelBuilder::default()
+        .open(storage)
+        .map_err(|e| BpfError::Load(format!("opening the eBPF object: {e}")))?;
+    for mut p in open.open_object_mut().progs_mut() {
+        let name = p.name().to_string_lossy().into_owned();
+        let keep = match only {
+            Some(o) => o == name,
+            None => !skip.iter().any(|r| r.name == name),
+        };
+        p.set_autoload(keep);
+    }
+    Ok(open)
+}
+
+fn all_progs() -> impl Iterator<Item = &'static str> {
+    CGROUP_PROGS
+        .iter()
+        .chain(TRACE_PROGS)
+        .chain(ITER_PROGS)
+        .copied()
+}
+
+impl Kernel {
+    /// Loads every program this kernel accepts and attaches it.
+    pub fn open() -> Result<Kernel, BpfError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BpfError::NotRoot);
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(BpfError::NoBtf);
+        }
+        let cgroup_root = cgroup2_root()?;
+
+        let mut refused = Vec::new();
+        let skel = match open(None, &[])?.load() {
+            Ok(s) => s,
+            Err(first) => {
+                // Find which programs the kernel refuses, one at a time.
+                for name in all_progs() {
+                    if let Err(e) = open(Some(name), &[])?.load() {
+                        refused.push(Refused {
+                            name: name.to_string(),
+                            reason: format!("{e}"),
+                        });
+                    }
+                }
+                if refused.is_empty() {
+                    return Err(BpfError::Load(format!(
+                        "loading the eBPF programs: {first}"
+                    )));
+                }
+                open(None, &refused)?
+                    .load()
+                    .map_err(|e| BpfError::Load(format!("loading the eBPF programs: {e}")))?
+            }
+        };
+        let essential = ["pf_egress", "pf_ingress", "pf_sock_create"];
+        if let Some(r) = refused
+            .iter()
+            .find(|r| essential.contains(&r.name.as_str()))
+        {
+            return Err(BpfError::Load(format!(
+                "this kernel refused {}, which procflow cannot work without: {}",
+                r.name, r.reason
+            )));
+        }
+
+        // Leaked like its object: the ring buffer borrows its map for the
+        // life of the process.
+        let skel: &'static ProcflowSkel<'static> = Box::leak(Box::new(skel));
+        let cg = File::open(&cgroup_root)
+            .map_err(|e| BpfError::Cgroup(format!("opening {}: {e}", cgroup_root.display())))?;
+        let mut links = Vec::new();
+        let mut loaded = Vec::new();
+        for p in skel.object().progs() {
+            let name = p.name().to_string_lossy().into_owned();
+            if refused.iter().any(|r| r.name == name) {
+                continue;
+            }
+            loaded.push(name.clone());
+        }
+        {
+            let progs = skel.object().progs_mut();
+            for p in progs {
+                let name = p.name().to_string_lossy().into_owned();
+                if !loaded.contains(&name) {
+                    continue;
+                }
+                let link = if CGROUP_PROGS.contains(&name.as_str()) {
+                    p.attach_cgroup(cg.as_raw_fd())
+                } else if TRACE_PROGS.contains(&name.as_str()) {
+                    p.attach()
+                } else {
+                    continue;
+                };
+                match link {
+                    Ok(l) => links.push(l),
+                    Err(e) => refused.push(Refused {
+                        name: name.clone(),
+                        reason: format!("attach: {e}"),
+                    }),
+                }
+            }
+        }
+        loaded.retain(|n| !refused.iter().any(|r| &r.name == n));
+
+        let mut kernel = Kernel {
+            skel,
+            _links: links,
+            iter_links: Vec::new(),
+            ring: None,
+            queue: Rc::new(RefCell::new(VecDeque::new())),
+            clock: Clock::now(),
+            cgroup_root,
+            loaded,
+            refused,
+        };
+        kernel.start_ring()?;
+        Ok(kernel)
+    }
+
+    fn start_ring(&mut self) -> Result<(), BpfError> {
+        let queue = Rc::clone(&self.queue);
+        let clock = self.clock;
+        let mut b = RingBufferBuilder::new();
+        b.add(&self.skel.maps.events, move |data: &[u8]| {
+            if let Some(r) = decode_ring(data, &clock) {
+                queue.borrow_mut().push_back(r);
+            }
+            0
+        })
+        .map_err(|e| BpfError::Load(format!("ring buffer: {e}")))?;
+        self.ring = Some(
+            b.build()
+                .map_err(|e| BpfError::Load(format!("ring buffer: {e}")))?,
+        );
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for kernel records and returns what arrived.
+    pub fn poll(&mut self, timeout: Duration) -> Vec<Record> {
+        if let Some(r) = &self.ring {
+            let _ = r.poll(timeout);
+        }
+        self.queue.borrow_mut().drain(..).collect()
+    }
+
+    /// Names of the programs loaded and attached.
+    pub fn loaded(&self) -> &[String] {
+        &self.loaded
+    }
+
+    /// Programs this kernel refused, with the reason.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let mut out = [0u64; 3];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = self.skel.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
+                *slot = per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8))
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+                    .sum();
+            }
+        }
+        KernelStats {
+            events_lost: out[0],
+            no_storage: out[1],
+            dgram_full: out[2],
+        }
+    }
+
+    pub(crate) fn iter_link(&mut self, name: &str) -> Result<&Link, BpfError> {
+        if let Some(i) = self.iter_links.iter().position(|(n, _)| n == name) {
+            return Ok(&self.iter_links[i].1);
+        }
+        let prog = self
+            .skel
+            .object()
+            .progs_mut()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| BpfError::Load(format!("program {name} is not loaded")))?;
+        let link = prog
+            .attach()
+            .map_err(|e| BpfError::Load(format!("attaching iterator {name}: {e}")))?;
+        self.iter_links.push((name.to_string(), link));
+        Ok(&self.iter_links.last().expect("just pushed").1)
+    }
+
+    /// Current counters of every live TCP flow, in every network
+    /// namespace, and how many TCP and UDP sockets have a context.
+    pub fn dump_tcp(&mut self) -> Result<(Vec<procflow_core::event::FlowView>, usize), BpfError> {
+        let clock = self.clock;
+        let tcp_fd = self.iter_link("pf_dump_tcp")?.as_fd().as_raw_fd();
+        let udp_fd = self.iter_link("pf_dump_udp")?.as_fd().as_raw_fd();
+        let mut views = Vec::new();
+        let mut contexts = 0;
+        for (_ino, path) in crate::scan::namespaces() {
+            let Ok((tcp, udp)) = crate::scan::in_netns(&path, || {
+                Ok((
+                    crate::scan::read_iter(tcp_fd)?,
+                    crate::scan::read_iter(udp_fd)?,
+                ))
+            }) else {
+                continue; // the namespace is gone
+            };
+            contexts += (tcp.len() + udp.len()) / decode::FLOW_EVENT_SIZE;
+            for rec in tcp.chunks_exact(decode::FLOW_EVENT_SIZE) {
+                if decode::record_kind(rec) != Some(decode::PF_EV_DUMP) {
+                    continue;
+                }
+                if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
+                    views.push(decode::flow_view(&e, &clock));
+                }
+            }
+        }
+        Ok((views, contexts))
+    }
+
+    fn dgram_key(key: &FlowKey) -> Option<pf_dgram_key> {
+        let (ip, port) = key.remote?;
+        let mut k = pf_dgram_key {
+            cookie: key.cookie,
+            rport: port,
+            ..Default::default()
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                k.remote[..4].copy_from_slice(&v4.octets());
+                k.family = 4;
+            }
+            std::net::IpAddr::V6(v6) => {
+                k.remote = v6.octets();
+                k.family = 6;
+            }
+        }
+        Some(k)
+    }
+
+    /// Counters of a datagram flow; `remove` also deletes its entry (the
+    /// socket was released).
+    pub fn datagram_counters(&self, key: &FlowKey, remove: bool) -> Option<Counters> {
+        let k = Self::dgram_key(key)?;
+        let kb = struct_bytes(&k);
+        let map = &self.skel.maps.dgram_flows;
+        let v = map.lookup(kb, MapFlags::ANY).ok().flatten()?;
+        if remove {
+            let _ = map.delete(kb);
+        }
+        let v: pf_dgram_val = decode::read_struct(&v)?;
+        Some(decode::counters(&v.c))
+    }
+
+    /// Number of datagram flow entries in the kernel.
+    pub fn datagram_entries(&self) -> usize {
+        self.skel.maps.dgram_flows.keys().count()
+    }
+}
+
+/// The bytes of a plain record type, for map keys.
+fn struct_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a repr(C) skeleton type of integers (no padding bytes are
+    // left uninitialised: the key types spell their padding out as fields and
+    // are built from Default); the slice borrows v for its lifetime.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
+    use procflow_core::FlowEvent;
+    let kind = decode::record_kind(data)?;
+    if kind == decode::PF_EV_EXEC {
+        let e: pf_exec_event = decode::read_struct(data)?;
+        let (pid, info) = decode::exec_info(&e);
+        return Some(Record::Event(FlowEvent::Exec { pid, info }));
+    }
+    let e: pf_flow_event = decode::read_struct(data)?;
+    Some(match kind {
+        decode::PF_EV_OPEN => Record::Event(FlowEvent::Open(decode::flow_view(&e, clock))),
+        decode::PF_EV_CLOSE => Record::Event(FlowEvent::Close {
+            view: decode::flow_view(&e, clock),
+            end_ns: clock.unix_ns(e.ts_ns),
+        }),
+        decode::PF_EV_OWNER => Record::Event(FlowEvent::Owner {
+            cookie: e.cookie,
+            owner: decode::owner(&e.owner),
+        }),
+        decode::PF_EV_RELEASE => Record::Release {
+            cookie: e.cookie,
+            end_ns: clock.unix_ns(e.ts_ns),
+        },
+        _ => return None,
+    })
+}

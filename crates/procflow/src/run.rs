@@ -1,0 +1,241 @@
+//! `procflow run`: the monitor. Kernel records flow one way, through the
+//! flow table, into the sinks.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use procflow_bpf::{Kernel, Record, ScanReport};
+use procflow_core::flow::FlowRecord;
+use procflow_core::{FlowEvent, FlowTable};
+use serde_json::json;
+
+use crate::system::ProcSystem;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Write flow records as JSON lines to FILE ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Also write a cumulative record for every open flow every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    interval: Option<f64>,
+    /// Stop by itself after SECS seconds (SIGINT and SIGTERM stop it too).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+}
+
+/// Where records go.
+struct Sinks {
+    log: Option<Box<dyn Write>>,
+    /// Standard output was closed by its reader: not an error, just stop.
+    broken: bool,
+}
+
+impl Sinks {
+    fn write(&mut self, value: &impl serde::Serialize) -> Result<()> {
+        let Some(w) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        if let Err(e) = w.write_all(&line) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.broken = true;
+                self.log = None;
+                return Ok(());
+            }
+            return Err(e).context("writing the flow log");
+        }
+        Ok(())
+    }
+
+    fn flows(&mut self, recs: &[FlowRecord]) -> Result<()> {
+        for r in recs {
+            self.write(r)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(w) = self.log.as_mut() {
+            if let Err(e) = w.flush() {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    self.broken = true;
+                    self.log = None;
+                } else {
+                    return Err(e).context("writing the flow log");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The collector: applies kernel records to the flow table and sends the
+/// resulting records to the sinks.
+struct Collector {
+    kernel: Kernel,
+    table: FlowTable,
+    sys: ProcSystem,
+    sinks: Sinks,
+}
+
+impl Collector {
+    fn apply(&mut self, rec: Record) -> Result<()> {
+        match rec {
+            Record::Event(ev) => {
+                let out = self.table.ingest(ev, &mut self.sys);
+                self.sinks.flows(&out)
+            }
+            Record::Release { cookie, end_ns } => {
+                for key in self.table.keys_of_socket(cookie) {
+                    if let Some(c) = self.kernel.datagram_counters(&key, true) {
+                        self.table.update_counters(&key, c);
+                    }
+                    if let Some(r) = self.table.close(&key, end_ns, &mut self.sys) {
+                        self.sinks.write(&r)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the current counters of every live flow from the kernel.
+    fn refresh(&mut self) -> Result<usize> {
+        let (views, contexts) = self.kernel.dump_tcp()?;
+        for v in views {
+            self.table.ingest(FlowEvent::Update(v), &mut self.sys);
+        }
+        for key in self.table.keys() {
+            if key.remote.is_some() {
+                if let Some(c) = self.kernel.datagram_counters(&key, false) {
+                    self.table.update_counters(&key, c);
+                }
+            }
+        }
+        Ok(contexts)
+    }
+
+    fn drain(&mut self, timeout: Duration) -> Result<()> {
+        for r in self.kernel.poll(timeout) {
+            self.apply(r)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let log: Option<Box<dyn Write>> = match &args.log {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(BufWriter::new(std::io::stdout()))),
+        Some(p) => Some(Box::new(BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening the log {}", p.display()))?,
+        ))),
+    };
+
+    let started = Instant::now();
+    let kernel = Kernel::open().context("loading the kernel programs")?;
+    for r in kernel.refused() {
+        tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
+    }
+    let sys = ProcSystem::new(kernel.cgroup_root.clone());
+    let mut c = Collector {
+        kernel,
+        table: FlowTable::new(),
+        sys,
+        sinks: Sinks { log, broken: false },
+    };
+
+    // Records that arrived while attaching come first, then the scan's.
+    c.drain(Duration::ZERO)?;
+    let (found, scan) = c.kernel.scan().context("start-up scan")?;
+    for e in &scan.failed {
+        tracing::warn!("start-up scan: {e}");
+    }
+    for r in found {
+        c.apply(r)?;
+    }
+    let contexts_at_start = c.refresh()?;
+    c.sinks.flush()?;
+    tracing::info!(
+        "watching: {} namespaces, {} sockets found in {:?}",
+        scan.namespaces,
+        scan.sockets,
+        scan.elapsed
+    );
+
+    let interval = args.interval.map(Duration::from_secs_f64);
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let mut next_snapshot = interval.map(|i| Instant::now() + i);
+    while !stop.load(Ordering::Relaxed) && !c.sinks.broken {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        c.drain(Duration::from_millis(100))?;
+        if let (Some(at), Some(every)) = (next_snapshot, interval) {
+            if Instant::now() >= at {
+                c.refresh()?;
+                let snap = c.table.snapshot(&mut c.sys);
+                c.sinks.flows(&snap)?;
+                next_snapshot = Some(at + every);
+            }
+        }
+        c.sinks.flush()?;
+    }
+
+    // Stopping: everything still queued, then a final record for every open flow.
+    c.drain(Duration::ZERO)?;
+    let contexts_at_stop = c.refresh()?;
+    let snap = c.table.snapshot(&mut c.sys);
+    c.sinks.flows(&snap)?;
+    let stats = stats_record(&c, &scan, contexts_at_start, contexts_at_stop);
+    c.sinks.write(&stats)?;
+    c.sinks.flush()?;
+    Ok(())
+}
+
+fn stats_record(
+    c: &Collector,
+    scan: &ScanReport,
+    contexts_at_start: usize,
+    contexts_at_stop: usize,
+) -> serde_json::Value {
+    let k = c.kernel.stats();
+    let t = c.table.stats();
+    json!({
+        "type": "stats",
+        "flows_seen": t.flows_seen,
+        "flows_closed": t.flows_closed,
+        "flows_open": c.table.len(),
+        "events_lost": k.events_lost,
+        "storage_failures": k.no_storage,
+        "datagram_table_full": k.dgram_full,
+        "programs_loaded": c.kernel.loaded(),
+        "programs_refused": c.kernel.refused().iter()
+            .map(|r| json!({"name": r.name, "reason": r.reason}))
+            .collect::<Vec<_>>(),
+        "scan": {
+            "namespaces": scan.namespaces,
+            "sockets": scan.sockets,
+            "millis": scan.elapsed.as_secs_f64() * 1000.0,
+            "failed": scan.failed,
+        },
+        "socket_contexts_at_start": contexts_at_start,
+        "socket_contexts_at_stop": contexts_at_stop,
+        "datagram_entries": c.kernel.datagram_entries(),
+    })
+}
