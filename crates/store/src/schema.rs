@@ -80,7 +80,6 @@ CREATE TABLE flows (
     rule               TEXT,
     UNIQUE (run_id, flow_id)
 );
-CREATE INDEX flows_last ON flows(last_us);
 CREATE TABLE series (
     series_id   INTEGER PRIMARY KEY,
     process_id  INTEGER REFERENCES processes(process_id),
@@ -276,6 +275,11 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| open_error(path, e))?;
+    // Reports read much of the file: map it rather than copy it page by page.
+    conn.pragma_update(None, "mmap_size", 1i64 << 30)
+        .map_err(|e| open_error(path, e))?;
+    conn.pragma_update(None, "cache_size", -65_536)
         .map_err(|e| open_error(path, e))?;
     match check_header(path, &conn)? {
         None => Err(StoreError::Missing {

@@ -6,7 +6,7 @@
 //! until`), so a long-lived flow is split over time at the sample width
 //! (10 seconds, or 1 hour for samples rolled up by retention).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use rusqlite::Connection;
@@ -69,53 +69,50 @@ impl Cell {
     }
 }
 
-/// What a series (process, remote, port, proto, direction) is.
-#[derive(Debug, Clone, Default)]
-pub struct SeriesInfo {
-    pub exe: Option<String>,
+/// What a series (process, remote, port, proto, direction) is, borrowed
+/// from the rows it was read from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeriesInfo<'a> {
+    pub exe: Option<&'a str>,
     pub pid: Option<i64>,
-    pub comm: Option<String>,
+    pub comm: Option<&'a str>,
     pub uid: Option<i64>,
-    pub user: Option<String>,
-    pub cgroup: Option<String>,
-    pub remote_ip: String,
-    pub remote_name: Option<String>,
+    pub user: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
+    pub remote_ip: &'a str,
+    pub remote_name: Option<&'a str>,
     pub port: u16,
-    pub proto: String,
-    pub direction: String,
+    pub proto: &'a str,
+    pub direction: &'a str,
 }
 
-impl SeriesInfo {
-    fn user_label(&self) -> Option<String> {
-        self.user
-            .clone()
-            .or_else(|| self.uid.map(|u| u.to_string()))
-    }
-
+impl SeriesInfo<'_> {
     /// The group key of this series for `by`.
     pub fn key(&self, by: &[GroupBy]) -> Vec<Cell> {
         let mut k = Vec::with_capacity(by.len() + 1);
         for g in by {
             match g {
-                GroupBy::Exe => k.push(Cell::text(self.exe.as_deref())),
+                GroupBy::Exe => k.push(Cell::text(self.exe)),
                 GroupBy::Process => {
                     k.push(self.pid.map_or(Cell::Null, Cell::Int));
-                    k.push(Cell::text(self.comm.as_deref()));
+                    k.push(Cell::text(self.comm));
                 }
-                GroupBy::User => k.push(Cell::text(self.user_label().as_deref())),
-                GroupBy::Cgroup => k.push(Cell::text(self.cgroup.as_deref())),
-                GroupBy::Remote => k.push(Cell::Text(self.remote_ip.clone())),
+                GroupBy::User => k.push(match (self.user, self.uid) {
+                    (Some(u), _) => Cell::Text(u.to_string()),
+                    (None, Some(uid)) => Cell::Text(uid.to_string()),
+                    (None, None) => Cell::Null,
+                }),
+                GroupBy::Cgroup => k.push(Cell::text(self.cgroup)),
+                GroupBy::Remote => k.push(Cell::Text(self.remote_ip.to_string())),
                 GroupBy::Host => k.push(Cell::Text(
-                    self.remote_name
-                        .clone()
-                        .unwrap_or_else(|| self.remote_ip.clone()),
+                    self.remote_name.unwrap_or(self.remote_ip).to_string(),
                 )),
                 GroupBy::Port => {
                     k.push(Cell::Int(i64::from(self.port)));
                     k.push(Cell::text(services::service_name(self.port)));
                 }
-                GroupBy::Proto => k.push(Cell::Text(self.proto.clone())),
-                GroupBy::Direction => k.push(Cell::Text(self.direction.clone())),
+                GroupBy::Proto => k.push(Cell::Text(self.proto.to_string())),
+                GroupBy::Direction => k.push(Cell::Text(self.direction.to_string())),
             }
         }
         k
@@ -187,7 +184,7 @@ pub struct Filters {
 impl Filters {
     pub fn matches(&self, s: &SeriesInfo) -> bool {
         if let Some(want) = &self.exe {
-            let ok = s.exe.as_deref().is_some_and(|e| {
+            let ok = s.exe.is_some_and(|e| {
                 if want.contains('/') {
                     e == want
                 } else {
@@ -200,7 +197,7 @@ impl Filters {
         }
         if let Some(want) = &self.host {
             let want = want.trim_end_matches('.').to_ascii_lowercase();
-            let ok = match &s.remote_name {
+            let ok = match s.remote_name {
                 Some(n) => {
                     let n = n.trim_end_matches('.').to_ascii_lowercase();
                     n == want || n.ends_with(&format!(".{want}"))
@@ -223,12 +220,12 @@ impl Filters {
         if self
             .proto
             .as_ref()
-            .is_some_and(|p| !p.eq_ignore_ascii_case(&s.proto))
+            .is_some_and(|p| !p.eq_ignore_ascii_case(s.proto))
         {
             return false;
         }
         if let Some(u) = &self.user {
-            let by_name = s.user.as_deref() == Some(u.as_str());
+            let by_name = s.user == Some(u.as_str());
             let by_uid = u.parse::<i64>().ok().is_some_and(|n| s.uid == Some(n));
             if !(by_name || by_uid) {
                 return false;
@@ -254,57 +251,6 @@ impl Row {
     }
 }
 
-/// Loads what the given series are.
-fn load_series(
-    conn: &Connection,
-    ids: &HashSet<i64>,
-) -> Result<HashMap<i64, SeriesInfo>, StoreError> {
-    let mut out = HashMap::with_capacity(ids.len());
-    let sql = "SELECT s.series_id, s.remote_ip, s.remote_name, s.port, s.proto, s.direction,
-                      p.pid, p.comm, p.uid, p.user, p.cgroup, e.path
-               FROM series s
-               LEFT JOIN processes p ON p.process_id = s.process_id
-               LEFT JOIN executables e ON e.exe_id = p.exe_id";
-    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, SeriesInfo)> {
-        Ok((
-            r.get(0)?,
-            SeriesInfo {
-                remote_ip: r.get(1)?,
-                remote_name: r.get(2)?,
-                port: r.get::<_, i64>(3)?.clamp(0, 65_535) as u16,
-                proto: r.get(4)?,
-                direction: r.get(5)?,
-                pid: r.get(6)?,
-                comm: r.get(7)?,
-                uid: r.get(8)?,
-                user: r.get(9)?,
-                cgroup: r.get(10)?,
-                exe: r.get(11)?,
-            },
-        ))
-    };
-    // A few series: look them up one by one; many: read them all once.
-    if ids.len() < 2_000 {
-        let mut stmt = conn.prepare(&format!("{sql} WHERE s.series_id = ?1"))?;
-        for id in ids {
-            let mut rows = stmt.query_map([id], read)?;
-            if let Some(r) = rows.next() {
-                let (id, info) = r?;
-                out.insert(id, info);
-            }
-        }
-    } else {
-        let mut stmt = conn.prepare(sql)?;
-        for r in stmt.query_map([], read)? {
-            let (id, info) = r?;
-            if ids.contains(&id) {
-                out.insert(id, info);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The query of a report.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -317,50 +263,216 @@ pub struct Query {
     pub bucket: Option<i64>,
 }
 
+/// What a process row says, shared by the series of the process.
+#[derive(Debug)]
+struct ProcInfo {
+    pid: i64,
+    comm: String,
+    uid: i64,
+    user: Option<String>,
+    cgroup: Option<String>,
+    exe: Option<String>,
+}
+
+fn load_processes(conn: &Connection) -> Result<HashMap<i64, ProcInfo>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT p.process_id, p.pid, p.comm, p.uid, p.user, p.cgroup, e.path
+         FROM processes p LEFT JOIN executables e ON e.exe_id = p.exe_id",
+    )?;
+    let mut out = HashMap::new();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        out.insert(
+            r.get(0)?,
+            ProcInfo {
+                pid: r.get(1)?,
+                comm: r.get(2)?,
+                uid: r.get(3)?,
+                user: r.get(4)?,
+                cgroup: r.get(5)?,
+                exe: r.get(6)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn conversion(i: usize, e: rusqlite::types::FromSqlError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// A text column, borrowed from the row.
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(i)?.as_str().map_err(|e| conversion(i, e))
+}
+
+fn text_or_null<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
+    r.get_ref(i)?.as_str_or_null().map_err(|e| conversion(i, e))
+}
+
+/// Group keys, each stored once and named by its index.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Vec<Cell>, u32>,
+    keys: Vec<Vec<Cell>>,
+}
+
+impl Interner {
+    fn id(&mut self, key: Vec<Cell>) -> u32 {
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+}
+
+/// True when the key and the filters use only what the process row says,
+/// so the series table need not be read beyond its process column.
+fn process_only(q: &Query) -> bool {
+    let f = &q.filters;
+    q.by.iter().all(|g| {
+        matches!(
+            g,
+            GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup
+        )
+    }) && f.host.is_none()
+        && f.remote.is_none()
+        && f.port.is_none()
+        && f.proto.is_none()
+}
+
 /// Runs `q`: one row per group (per time bucket in a timeline), sorted by
 /// time, then by total bytes (largest first), then by key.
+///
+/// The samples of the window are read in primary-key order, summed per
+/// series (and time bucket) and sorted by series; the series are then read
+/// in id order beside them, so each series with traffic is looked at once,
+/// filtered and given its group.
 pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
     let width = q.bucket.unwrap_or(0).max(0);
-    // Sum per (time bucket, series) in SQL, then map series to groups here.
-    let mut stmt = conn.prepare_cached(
-        "SELECT CASE WHEN ?3 > 0 THEN bucket - (bucket % ?3) ELSE 0 END AS b,
-                series_id, sum(tx_bytes), sum(rx_bytes)
-         FROM samples WHERE bucket >= ?1 AND bucket < ?2
-         GROUP BY b, series_id",
-    )?;
-    let mut per_series: Vec<(i64, i64, u64, u64)> = Vec::new();
-    let mut ids = HashSet::new();
-    for r in stmt.query_map([q.since, q.until, width], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?.max(0) as u64,
-            r.get::<_, i64>(3)?.max(0) as u64,
-        ))
-    })? {
-        let r = r?;
-        ids.insert(r.1);
-        per_series.push(r);
-    }
-    let series = load_series(conn, &ids)?;
-    let mut groups: HashMap<(i64, Vec<Cell>), (u64, u64)> = HashMap::new();
-    for (b, id, tx, rx) in per_series {
-        let Some(info) = series.get(&id) else {
-            continue;
-        };
-        if !q.filters.matches(info) {
-            continue;
+    // (series, time bucket, tx, rx)
+    let mut sums: Vec<(i64, i64, u64, u64)> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT series_id, tx_bytes, rx_bytes, bucket FROM samples
+             WHERE bucket >= ?1 AND bucket < ?2",
+        )?;
+        let mut rows = stmt.query([q.since, q.until])?;
+        while let Some(r) = rows.next()? {
+            let b = if width > 0 {
+                bucket_start(r.get::<_, i64>(3)?, width)
+            } else {
+                0
+            };
+            sums.push((
+                r.get(0)?,
+                b,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ));
         }
-        let b = if width > 0 { bucket_start(b, width) } else { 0 };
-        let g = groups.entry((b, info.key(&q.by))).or_default();
-        g.0 = g.0.saturating_add(tx);
-        g.1 = g.1.saturating_add(rx);
+    }
+    sums.sort_unstable_by_key(|s| (s.0, s.1));
+    sums.dedup_by(|next, kept| {
+        if (next.0, next.1) == (kept.0, kept.1) {
+            kept.2 = kept.2.saturating_add(next.2);
+            kept.3 = kept.3.saturating_add(next.3);
+            true
+        } else {
+            false
+        }
+    });
+
+    let mut keys = Interner::default();
+    // (time bucket, group) -> (tx, rx)
+    let mut groups: HashMap<(i64, u32), (u64, u64)> = HashMap::new();
+    if let (Some(first), Some(last)) = (sums.first(), sums.last()) {
+        let (lo, hi) = (first.0, last.0);
+        let series_count = sums.chunk_by(|a, b| a.0 == b.0).count() as i64;
+        let procs = load_processes(conn)?;
+        let light = process_only(q);
+        let mut by_process: HashMap<Option<i64>, Option<u32>> = HashMap::new();
+        let mut visit =
+            |r: &rusqlite::Row<'_>, mine: &[(i64, i64, u64, u64)]| -> Result<(), StoreError> {
+                let process_id: Option<i64> = r.get(1)?;
+                let group = if let Some(g) = light.then(|| by_process.get(&process_id)).flatten() {
+                    *g
+                } else {
+                    let p = process_id.and_then(|id| procs.get(&id));
+                    let mut info = SeriesInfo {
+                        exe: p.and_then(|p| p.exe.as_deref()),
+                        pid: p.map(|p| p.pid),
+                        comm: p.map(|p| p.comm.as_str()),
+                        uid: p.map(|p| p.uid),
+                        user: p.and_then(|p| p.user.as_deref()),
+                        cgroup: p.and_then(|p| p.cgroup.as_deref()),
+                        ..Default::default()
+                    };
+                    if !light {
+                        info.remote_ip = text(r, 2)?;
+                        info.remote_name = text_or_null(r, 3)?;
+                        info.port = r.get::<_, i64>(4)?.clamp(0, 65_535) as u16;
+                        info.proto = text(r, 5)?;
+                        info.direction = text(r, 6)?;
+                    }
+                    let g = q.filters.matches(&info).then(|| keys.id(info.key(&q.by)));
+                    if light {
+                        by_process.insert(process_id, g);
+                    }
+                    g
+                };
+                if let Some(g) = group {
+                    for (_, b, tx, rx) in mine {
+                        let e = groups.entry((*b, g)).or_default();
+                        e.0 = e.0.saturating_add(*tx);
+                        e.1 = e.1.saturating_add(*rx);
+                    }
+                }
+                Ok(())
+            };
+        let cols = if light {
+            "SELECT series_id, process_id FROM series"
+        } else {
+            "SELECT series_id, process_id, remote_ip, remote_name, port, proto, direction
+             FROM series"
+        };
+        // Read the id range once, or, when only a few of the series in it
+        // have traffic, each of them by id.
+        if series_count.saturating_mul(8) >= hi - lo {
+            let mut stmt =
+                conn.prepare_cached(&format!("{cols} WHERE series_id BETWEEN ?1 AND ?2"))?;
+            let mut rows = stmt.query([lo, hi])?;
+            let mut rest = &sums[..];
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                // Samples of series that no longer exist are skipped.
+                while rest.first().is_some_and(|s| s.0 < id) {
+                    rest = &rest[1..];
+                }
+                let n = rest.iter().take_while(|s| s.0 == id).count();
+                if n > 0 {
+                    visit(r, &rest[..n])?;
+                    rest = &rest[n..];
+                }
+            }
+        } else {
+            let mut stmt = conn.prepare_cached(&format!("{cols} WHERE series_id = ?1"))?;
+            for mine in sums.chunk_by(|a, b| a.0 == b.0) {
+                let mut rows = stmt.query([mine[0].0])?;
+                if let Some(r) = rows.next()? {
+                    visit(r, mine)?;
+                }
+            }
+        }
     }
     let mut rows: Vec<Row> = groups
         .into_iter()
-        .map(|((b, key), (tx, rx))| Row {
+        .map(|((b, g), (tx, rx))| Row {
             bucket: (width > 0).then_some(b),
-            key,
+            key: keys.keys[g as usize].clone(),
             tx_bytes: tx,
             rx_bytes: rx,
         })
@@ -408,14 +520,14 @@ mod tests {
     #[test]
     fn filters_match_names_paths_and_users() {
         let s = SeriesInfo {
-            exe: Some("/usr/bin/curl".into()),
+            exe: Some("/usr/bin/curl"),
             uid: Some(1000),
-            user: Some("alice".into()),
-            remote_ip: "93.184.216.34".into(),
-            remote_name: Some("www.example.com".into()),
+            user: Some("alice"),
+            remote_ip: "93.184.216.34",
+            remote_name: Some("www.example.com"),
             port: 443,
-            proto: "tcp".into(),
-            direction: "out".into(),
+            proto: "tcp",
+            direction: "out",
             ..Default::default()
         };
         let f = |f: Filters| f.matches(&s);

@@ -1,0 +1,283 @@
+//! Store benchmark: ingestion rate, report time and database size.
+//!
+//! Writes N synthetic flows (default 1,000,000) spread over 24 hours, the
+//! way the daemon does (batches holding the opening records of new flows and
+//! the closing records of earlier ones), then times reports over all of them
+//! and measures the database file.
+//!
+//! ```text
+//! cargo run --release -p procflow-store --example store_bench [-- --flows N --db PATH --spread]
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use procflow_core::flow::{Counters, Direction, FlowRecord, FlowState, Origin, Proto};
+use procflow_core::timefmt::rfc3339;
+use procflow_core::ProcessIdentity;
+use procflow_store::report::{run_report_at, Format, GroupBy, ReportArgs};
+use procflow_store::Store;
+
+/// CPU time this thread has used, from /proc/self/schedstat (first field,
+/// nanoseconds on the CPU). Unlike wall time it does not depend on what else
+/// the machine is doing.
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(f64::NAN, |ns| ns as f64 / 1e9)
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Log-uniform in `0..n` (density about 1/x, like Zipf's law): a few
+    /// values get most draws.
+    fn skewed(&mut self, n: u64) -> u64 {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        (((n as f64 + 1.0).powf(u) - 1.0) as u64).min(n - 1)
+    }
+}
+
+const EXES: u64 = 200;
+const PROCESSES: u64 = 2_000;
+const REMOTES: u64 = 20_000;
+const REMOTES_PER_PROCESS: u64 = 200;
+const PORTS: [u16; 6] = [443, 80, 53, 22, 993, 8443];
+const FLOWS_PER_BATCH: usize = 500;
+const LONG_LIVED_EVERY: u64 = 20;
+const LONG_LIVED_STEPS: u64 = 20;
+const DAY: i64 = 86_400;
+const END_S: i64 = 1_795_000_000;
+
+fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
+    // Usually a few busy processes make most flows, each mostly to a few of
+    // its own remotes (up to REMOTES_PER_PROCESS of them); with `spread`,
+    // flows are spread evenly over processes and remotes, so that nearly
+    // every flow is a series of its own (the worst case for reports).
+    let (p, r) = if spread {
+        (rng.below(PROCESSES), rng.below(REMOTES) as u32)
+    } else {
+        let p = rng.skewed(PROCESSES);
+        let k = rng.skewed(REMOTES_PER_PROCESS);
+        (p, ((p * 7_919 + k * 104_729) % REMOTES) as u32)
+    };
+    let exe = p % EXES;
+    let port = PORTS[rng.skewed(PORTS.len() as u64) as usize];
+    let direction = if rng.below(10) == 0 {
+        Direction::In
+    } else {
+        Direction::Out
+    };
+    FlowRecord {
+        kind: "flow",
+        flow_id: i.to_string(),
+        state: FlowState::Open,
+        proto: if port == 53 { Proto::Udp } else { Proto::Tcp },
+        family: 4,
+        direction,
+        local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        local_port: if direction == Direction::In {
+            port
+        } else {
+            30_000 + (i % 30_000) as u16
+        },
+        remote_ip: IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + 0x0001_0000 + r)),
+        remote_port: if direction == Direction::In {
+            30_000 + (i % 30_000) as u16
+        } else {
+            port
+        },
+        process: Some(ProcessIdentity {
+            pid: 1_000 + p as u32,
+            ppid: 1,
+            uid: (p % 5) as u32 * 1_000,
+            user: Some(format!("user{}", p % 5)),
+            comm: format!("prog{exe}"),
+            exe: Some(format!("/usr/bin/prog{exe}")),
+            cmdline: Some(format!("/usr/bin/prog{exe} --worker {p}")),
+            cgroup: Some(format!("/system.slice/prog{exe}.service")),
+        }),
+        netns: 4_026_531_840,
+        start: rfc3339(start_s as u64 * 1_000_000_000),
+        end: None,
+        counters: Counters::default(),
+        before_start: None,
+        origin: Origin::Connect,
+        verdict: None,
+        rule: None,
+    }
+}
+
+fn main() {
+    let mut flows: u64 = 1_000_000;
+    let mut db: Option<PathBuf> = None;
+    let mut reports_only = false;
+    let mut spread = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--flows" => flows = args.next().and_then(|v| v.parse().ok()).expect("--flows N"),
+            "--db" => db = args.next().map(PathBuf::from),
+            // Time the reports on the database of an earlier run with --db.
+            "--reports-only" => reports_only = true,
+            "--spread" => spread = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = db.unwrap_or_else(|| dir.path().join("bench.db"));
+    if reports_only {
+        reports(&db, None);
+        return;
+    }
+    let _ = std::fs::remove_file(&db);
+    let mut store = Store::open(&db).expect("open the store");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+
+    // Each step writes one batch: the opening records of this step's new
+    // flows (no traffic yet: they were just connected), the records of the
+    // long-lived flows still open (one in LONG_LIVED_EVERY flows lives for
+    // LONG_LIVED_STEPS steps, with traffic in each), and the closing records
+    // of the short flows of the previous step (all their traffic).
+    let batches = flows.div_ceil(FLOWS_PER_BATCH as u64);
+    let step_ns = (DAY as u64 * 1_000_000_000) / batches.max(1);
+    let start_ns = (END_S - DAY) as u64 * 1_000_000_000;
+    let mut short: Vec<FlowRecord> = Vec::new();
+    let mut long: Vec<(FlowRecord, u64)> = Vec::new();
+    let mut records = 0u64;
+    let mut wire_bytes = 0u64;
+    let t0 = Instant::now();
+    let c0 = cpu_s();
+    let mut b = 0u64;
+    while b < batches || !short.is_empty() || !long.is_empty() {
+        let now_ns = start_ns + b * step_ns;
+        let now_s = (now_ns / 1_000_000_000) as i64;
+        let mut batch = Vec::with_capacity(2 * FLOWS_PER_BATCH);
+        for mut f in short.drain(..) {
+            f.state = FlowState::Closed;
+            f.end = Some(rfc3339(now_ns));
+            f.counters.tx_bytes = 200 + rng.below(2_000);
+            f.counters.rx_bytes = 500 + rng.skewed(200_000);
+            wire_bytes += f.counters.tx_bytes + f.counters.rx_bytes;
+            batch.push(f);
+        }
+        for (f, left) in long.iter_mut() {
+            let (tx, rx) = (1_000 + rng.below(10_000), 10_000 + rng.skewed(1_000_000));
+            f.counters.tx_bytes += tx;
+            f.counters.rx_bytes += rx;
+            wire_bytes += tx + rx;
+            *left -= 1;
+            if *left == 0 {
+                f.state = FlowState::Closed;
+                f.end = Some(rfc3339(now_ns));
+            }
+            batch.push(f.clone());
+        }
+        long.retain(|(_, left)| *left > 0);
+        if b < batches {
+            let first = b * FLOWS_PER_BATCH as u64;
+            for i in first..(first + FLOWS_PER_BATCH as u64).min(flows) {
+                let f = flow(i, &mut rng, now_s, spread);
+                if i % LONG_LIVED_EVERY == 0 {
+                    long.push((f.clone(), LONG_LIVED_STEPS));
+                } else {
+                    short.push(f.clone());
+                }
+                batch.push(f);
+            }
+        }
+        records += batch.len() as u64;
+        store.write(&batch, now_ns).expect("write a batch");
+        b += 1;
+    }
+    let ingest = t0.elapsed().as_secs_f64();
+    let ingest_cpu = cpu_s() - c0;
+    store.checkpoint().expect("checkpoint");
+    let size = std::fs::metadata(&db).expect("database size").len();
+    drop(store);
+
+    println!(
+        "procflow-store benchmark: {flows} flows over 24 h ({}), {records} records in batches of about {}",
+        if spread { "spread evenly over processes and remotes" } else { "skewed to busy processes and remotes" },
+        records / batches.max(1)
+    );
+    println!(
+        "ingestion: {ingest:.2} s wall, {ingest_cpu:.2} s CPU; {:.0} flows/s ({:.0} per CPU second), {:.0} records/s",
+        flows as f64 / ingest,
+        flows as f64 / ingest_cpu,
+        records as f64 / ingest
+    );
+    println!(
+        "database: {:.1} MiB, {:.0} bytes per flow, {:.0} MiB per million flows",
+        size as f64 / 1_048_576.0,
+        size as f64 / flows as f64,
+        size as f64 / flows as f64 * 1e6 / 1_048_576.0
+    );
+    let c = rusqlite::Connection::open(&db).expect("open");
+    for t in ["flows", "series", "samples", "processes", "executables"] {
+        let n: i64 = c
+            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap();
+        println!("  {t}: {n} rows");
+    }
+    drop(c);
+    reports(&db, Some(wire_bytes));
+}
+
+/// Times reports over the whole database; checks their total when known.
+fn reports(db: &std::path::Path, wire_bytes: Option<u64>) {
+    let cases: [(&str, Vec<GroupBy>, bool); 5] = [
+        ("by exe", vec![GroupBy::Exe], false),
+        ("by remote", vec![GroupBy::Remote], false),
+        ("by exe,remote", vec![GroupBy::Exe, GroupBy::Remote], false),
+        ("by port", vec![GroupBy::Port], false),
+        ("timeline 1h by exe", vec![GroupBy::Exe], true),
+    ];
+    for (name, by, timeline) in cases {
+        let args = ReportArgs {
+            db: db.to_path_buf(),
+            by,
+            format: Format::Json,
+            timeline,
+            bucket: timeline.then(|| "1h".to_string()),
+            // All of it: the last long-lived flows close after END_S.
+            since: "25h".into(),
+            until: Some(procflow_store::timespec::rfc3339_s(END_S + DAY)),
+            ..Default::default()
+        };
+        let (mut best, mut best_cpu) = (f64::MAX, f64::MAX);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.clear();
+            let (t, c) = (Instant::now(), cpu_s());
+            run_report_at(&args, END_S + 60, &mut out).expect("report");
+            best = best.min(t.elapsed().as_secs_f64());
+            best_cpu = best_cpu.min(cpu_s() - c);
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let total = doc["total"]["total_bytes"].as_u64().unwrap();
+        if let Some(w) = wire_bytes {
+            assert_eq!(total, w, "report total equals the bytes fed in");
+        }
+        println!(
+            "report {name}: {best:.3} s wall, {best_cpu:.3} s CPU (best of 3), {} rows",
+            doc["rows"].as_array().unwrap().len()
+        );
+    }
+}
