@@ -78,11 +78,27 @@ fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
         (p, ((p * 7_919 + k * 104_729) % REMOTES) as u32)
     };
     let exe = p % EXES;
-    let port = PORTS[rng.skewed(PORTS.len() as u64) as usize];
-    let direction = if rng.below(10) == 0 {
-        Direction::In
+    // A remote serves one service, and a process mostly either connects or
+    // accepts; with `spread` they are drawn for each flow.
+    let (port, direction) = if spread {
+        (
+            PORTS[rng.below(PORTS.len() as u64) as usize],
+            if rng.below(10) == 0 {
+                Direction::In
+            } else {
+                Direction::Out
+            },
+        )
     } else {
-        Direction::Out
+        let pick = (u64::from(r) * 2_654_435_761) >> 7;
+        (
+            PORTS[((pick % 100) as usize * PORTS.len() / 100).min(PORTS.len() - 1)],
+            if p % 10 == 3 {
+                Direction::In
+            } else {
+                Direction::Out
+            },
+        )
     };
     FlowRecord {
         kind: "flow",

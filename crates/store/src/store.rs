@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use procflow_core::flow::{Direction, FlowRecord, FlowState, Verdict};
+use std::net::IpAddr;
+
+use procflow_core::flow::{Direction, FlowRecord, FlowState, Origin, Proto, Verdict};
 use procflow_core::ProcessIdentity;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -37,46 +39,35 @@ pub struct WriteStats {
     pub records_failed: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ProcessKey {
-    pid: u32,
-    ppid: u32,
-    uid: u32,
-    user: Option<String>,
-    comm: String,
-    exe: Option<String>,
-    cmdline: Option<String>,
-    cgroup: Option<String>,
-}
-
-impl From<&ProcessIdentity> for ProcessKey {
-    fn from(p: &ProcessIdentity) -> Self {
-        ProcessKey {
-            pid: p.pid,
-            ppid: p.ppid,
-            uid: p.uid,
-            user: p.user.clone(),
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: p.cmdline.clone(),
-            cgroup: p.cgroup.clone(),
-        }
-    }
+/// A fingerprint of a process identity, so that looking one up in the
+/// cache copies nothing; entries keep the identity to compare.
+fn process_hash(p: &ProcessIdentity) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    (
+        p.pid, p.ppid, p.uid, &p.user, &p.comm, &p.exe, &p.cmdline, &p.cgroup,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
     process_id: Option<i64>,
-    remote_ip: String,
+    remote_ip: IpAddr,
     port: u16,
-    proto: String,
-    direction: &'static str,
+    proto: Proto,
+    direction: Direction,
     remote_name: Option<String>,
 }
 
 /// What the writer remembers of a live flow.
 #[derive(Debug, Clone, Default)]
 struct LiveFlow {
+    /// `flows.flow_row`
+    row: i64,
     tx_bytes: u64,
     rx_bytes: u64,
     remote_name: Option<String>,
@@ -85,7 +76,8 @@ struct LiveFlow {
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
     exes: HashMap<String, i64>,
-    processes: HashMap<ProcessKey, i64>,
+    /// Fingerprint -> (identity, row id).
+    processes: HashMap<u64, Vec<(ProcessIdentity, i64)>>,
     series: HashMap<SeriesKey, i64>,
     live: HashMap<String, LiveFlow>,
 }
@@ -140,11 +132,14 @@ fn verdict_str(v: Verdict) -> &'static str {
     }
 }
 
-fn origin_str(r: &FlowRecord) -> String {
-    serde_json::to_value(r.origin)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+fn origin_str(o: Origin) -> &'static str {
+    match o {
+        Origin::Connect => "connect",
+        Origin::Accept => "accept",
+        Origin::Send => "send",
+        Origin::Startup => "startup",
+        Origin::Packet => "packet",
+    }
 }
 
 /// The port that names the service of a flow: the remote port of flows we
@@ -292,14 +287,15 @@ impl Store {
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT tx_bytes, rx_bytes, remote_name FROM flows
+                    "SELECT flow_row, tx_bytes, rx_bytes, remote_name FROM flows
                      WHERE run_id = ?1 AND flow_id = ?2",
                 )?
                 .query_row(params![run_id, r.flow_id], |row| {
                     Ok(LiveFlow {
-                        tx_bytes: row.get::<_, i64>(0)?.max(0) as u64,
-                        rx_bytes: row.get::<_, i64>(1)?.max(0) as u64,
-                        remote_name: row.get(2)?,
+                        row: row.get(0)?,
+                        tx_bytes: row.get::<_, i64>(1)?.max(0) as u64,
+                        rx_bytes: row.get::<_, i64>(2)?.max(0) as u64,
+                        remote_name: row.get(3)?,
                     })
                 })
                 .optional()?,
@@ -311,59 +307,83 @@ impl Store {
             FlowState::Open => "open",
             FlowState::Closed => "closed",
         };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO flows (run_id, flow_id, process_id, state, proto, family,
-                    direction, local_ip, local_port, remote_ip, remote_port, netns,
-                    start_us, end_us, last_us, tx_bytes, rx_bytes, tx_packets, rx_packets,
-                    tx_payload, rx_payload, before_tx_payload, before_rx_payload,
-                    origin, verdict, rule)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                    ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
-                 ON CONFLICT (run_id, flow_id) DO UPDATE SET
-                    process_id = coalesce(excluded.process_id, process_id),
-                    state = excluded.state,
-                    end_us = excluded.end_us,
-                    last_us = excluded.last_us,
-                    tx_bytes = excluded.tx_bytes,
-                    rx_bytes = excluded.rx_bytes,
-                    tx_packets = excluded.tx_packets,
-                    rx_packets = excluded.rx_packets,
-                    tx_payload = excluded.tx_payload,
-                    rx_payload = excluded.rx_payload,
-                    before_tx_payload = coalesce(excluded.before_tx_payload, before_tx_payload),
-                    before_rx_payload = coalesce(excluded.before_rx_payload, before_rx_payload),
-                    verdict = coalesce(excluded.verdict, verdict),
-                    rule = coalesce(excluded.rule, rule)",
-            )?
-            .execute(params![
-                run_id,
-                r.flow_id,
-                process_id,
-                state,
-                r.proto.to_string(),
-                r.family,
-                direction_str(r.direction),
-                r.local_ip.to_string(),
-                r.local_port,
-                r.remote_ip.to_string(),
-                r.remote_port,
-                db_u64(r.netns),
-                start_us,
-                end_us,
-                now_us,
-                db_u64(c.tx_bytes),
-                db_u64(c.rx_bytes),
-                db_u64(c.tx_packets),
-                db_u64(c.rx_packets),
-                db_u64(c.tx_payload),
-                db_u64(c.rx_payload),
-                r.before_start.map(|b| db_u64(b.tx_payload)),
-                r.before_start.map(|b| db_u64(b.rx_payload)),
-                origin_str(r),
-                r.verdict.map(verdict_str),
-                r.rule,
-            ])?;
+        let row = match &prev {
+            // Known flow: update its row.
+            Some(l) => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE flows SET
+                            process_id = coalesce(?2, process_id),
+                            state = ?3, end_us = ?4, last_us = ?5,
+                            tx_bytes = ?6, rx_bytes = ?7, tx_packets = ?8, rx_packets = ?9,
+                            tx_payload = ?10, rx_payload = ?11,
+                            before_tx_payload = coalesce(?12, before_tx_payload),
+                            before_rx_payload = coalesce(?13, before_rx_payload),
+                            verdict = coalesce(?14, verdict),
+                            rule = coalesce(?15, rule)
+                         WHERE flow_row = ?1",
+                    )?
+                    .execute(params![
+                        l.row,
+                        process_id,
+                        state,
+                        end_us,
+                        now_us,
+                        db_u64(c.tx_bytes),
+                        db_u64(c.rx_bytes),
+                        db_u64(c.tx_packets),
+                        db_u64(c.rx_packets),
+                        db_u64(c.tx_payload),
+                        db_u64(c.rx_payload),
+                        r.before_start.map(|b| db_u64(b.tx_payload)),
+                        r.before_start.map(|b| db_u64(b.rx_payload)),
+                        r.verdict.map(verdict_str),
+                        r.rule,
+                    ])?;
+                l.row
+            }
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO flows (run_id, flow_id, process_id, state, proto, family,
+                            direction, local_ip, local_port, remote_ip, remote_port, netns,
+                            start_us, end_us, last_us, tx_bytes, rx_bytes, tx_packets,
+                            rx_packets, tx_payload, rx_payload, before_tx_payload,
+                            before_rx_payload, origin, verdict, rule)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                            ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                    )?
+                    .execute(params![
+                        run_id,
+                        r.flow_id,
+                        process_id,
+                        state,
+                        r.proto.to_string(),
+                        r.family,
+                        direction_str(r.direction),
+                        r.local_ip.to_string(),
+                        r.local_port,
+                        r.remote_ip.to_string(),
+                        r.remote_port,
+                        db_u64(r.netns),
+                        start_us,
+                        end_us,
+                        now_us,
+                        db_u64(c.tx_bytes),
+                        db_u64(c.rx_bytes),
+                        db_u64(c.tx_packets),
+                        db_u64(c.rx_packets),
+                        db_u64(c.tx_payload),
+                        db_u64(c.rx_payload),
+                        r.before_start.map(|b| db_u64(b.tx_payload)),
+                        r.before_start.map(|b| db_u64(b.rx_payload)),
+                        origin_str(r.origin),
+                        r.verdict.map(verdict_str),
+                        r.rule,
+                    ])?;
+                self.conn.last_insert_rowid()
+            }
+        };
 
         let prev = prev.unwrap_or_default();
         let dtx = c.tx_bytes.saturating_sub(prev.tx_bytes);
@@ -371,10 +391,10 @@ impl Store {
         if dtx > 0 || drx > 0 {
             let key = SeriesKey {
                 process_id,
-                remote_ip: r.remote_ip.to_string(),
+                remote_ip: r.remote_ip,
                 port: service_port(r),
-                proto: r.proto.to_string(),
-                direction: direction_str(r.direction),
+                proto: r.proto,
+                direction: r.direction,
                 remote_name: prev.remote_name.clone(),
             };
             let series = self.series_id(key)?;
@@ -398,6 +418,7 @@ impl Store {
                 live.insert(
                     r.flow_id.clone(),
                     LiveFlow {
+                        row,
                         tx_bytes: c.tx_bytes.max(prev.tx_bytes),
                         rx_bytes: c.rx_bytes.max(prev.rx_bytes),
                         remote_name: prev.remote_name,
@@ -430,9 +451,14 @@ impl Store {
         p: &ProcessIdentity,
         now_us: i64,
     ) -> rusqlite::Result<i64> {
-        let key = ProcessKey::from(p);
-        if let Some(id) = self.caches.processes.get(&key) {
-            return Ok(*id);
+        let hash = process_hash(p);
+        if let Some(id) = self
+            .caches
+            .processes
+            .get(&hash)
+            .and_then(|v| v.iter().find(|(q, _)| q == p))
+        {
+            return Ok(id.1);
         }
         let exe_id = match &p.exe {
             Some(e) => Some(self.exe_id(e)?),
@@ -467,7 +493,11 @@ impl Store {
             }
         };
         bound(&mut self.caches.processes);
-        self.caches.processes.insert(key, id);
+        self.caches
+            .processes
+            .entry(hash)
+            .or_default()
+            .push((p.clone(), id));
         Ok(id)
     }
 
@@ -485,10 +515,10 @@ impl Store {
             .query_row(
                 params![
                     key.process_id,
-                    key.remote_ip,
+                    key.remote_ip.to_string(),
                     key.port,
-                    key.proto,
-                    key.direction,
+                    key.proto.to_string(),
+                    direction_str(key.direction),
                     key.remote_name
                 ],
                 |r| r.get(0),
@@ -505,10 +535,10 @@ impl Store {
                     )?
                     .execute(params![
                         key.process_id,
-                        key.remote_ip,
+                        key.remote_ip.to_string(),
                         key.port,
-                        key.proto,
-                        key.direction,
+                        key.proto.to_string(),
+                        direction_str(key.direction),
                         key.remote_name
                     ])?;
                 self.conn.last_insert_rowid()
