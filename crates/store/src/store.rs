@@ -42,15 +42,12 @@ pub struct WriteStats {
 /// A fingerprint of a process identity, so that looking one up in the
 /// cache copies nothing; entries keep the identity to compare.
 fn process_hash(p: &ProcessIdentity) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
         std::sync::OnceLock::new();
-    let mut h = STATE.get_or_init(Default::default).build_hasher();
-    (
+    STATE.get_or_init(Default::default).hash_one((
         p.pid, p.ppid, p.uid, &p.user, &p.comm, &p.exe, &p.cmdline, &p.cgroup,
-    )
-        .hash(&mut h);
-    h.finish()
+    ))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
