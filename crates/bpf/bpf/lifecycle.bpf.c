@@ -95,6 +95,19 @@ int BPF_PROG(pf_tcp_state, struct sock *sk, int oldstate, int newstate)
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	struct pf_sock_ctx *fc = bpf_sk_storage_get(&sk_ctx, sk, 0, 0);
+	if (!fc && oldstate != TCP_LISTEN && oldstate != TCP_SYN_SENT) {
+		/* A connection from before procflow attached, idle since: it gets
+		 * its one record now, all of its traffic before_start. */
+		fc = bpf_sk_storage_get(&sk_ctx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!fc)
+			return 0;
+		if (!fc->cookie && ctx_claim(fc, bpf_get_socket_cookie(sk))) {
+			ctx_init(fc, sk, false);
+			addr_of_sock(sk, &fc->addr);
+			fc->addr.origin = PF_ORIGIN_STARTUP;
+			__sync_fetch_and_or(&fc->flags, PF_F_ANNOUNCED);
+		}
+	}
 	if (!fc || !(fc->flags & PF_F_ANNOUNCED))
 		return 0;
 	if (__sync_fetch_and_or(&fc->flags, PF_F_CLOSED) & PF_F_CLOSED)

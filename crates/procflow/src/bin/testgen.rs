@@ -33,6 +33,63 @@ enum Cmd {
         /// Read with splice(2) into a pipe instead of read(2).
         #[arg(long)]
         splice: bool,
+        /// Serve each connection in its own thread.
+        #[arg(long)]
+        parallel: bool,
+    },
+    /// Exchange BEFORE bytes each way, wait for a line on standard input,
+    /// then AFTER bytes each way, then close (pair with tcp-phased-serve).
+    TcpPhased {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        before: u64,
+        #[arg(long)]
+        after: u64,
+    },
+    /// Server side of tcp-phased: echo BEFORE then AFTER bytes.
+    TcpPhasedServe {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        before: u64,
+        #[arg(long)]
+        after: u64,
+    },
+    /// Send UPLOAD bytes spread evenly over SECS seconds, then close.
+    TcpSlow {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        upload: u64,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Connect, wait for a line on standard input, then hand the socket to a
+    /// child process (as its standard input) that sends UPLOAD bytes on it.
+    Handoff {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        upload: u64,
+    },
+    /// Write BYTES to standard input (a socket handed over by `handoff`).
+    StdinSend {
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// COUNT concurrent connections; connection i uploads a size derived
+    /// from i (1..=MAX_UPLOAD) at a small random-ish delay; one line each.
+    TcpMany {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        max_upload: u64,
+        /// Spread the connection starts over this many milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        spread_ms: u64,
     },
     /// COUNT times: connect, send UPLOAD bytes, shut down writing, read to EOF.
     TcpSend {
@@ -119,6 +176,17 @@ fn read_to_eof(s: &mut TcpStream) -> Res<u64> {
     }
 }
 
+fn read_exact_n(s: &mut TcpStream, n: u64) -> Res<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        s.read_exact(&mut buf[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
 fn splice_to_eof(s: &TcpStream) -> Res<u64> {
     use nix::fcntl::{splice, SpliceFFlags};
     let (r, w) = nix::unistd::pipe()?;
@@ -182,6 +250,38 @@ fn main() -> Res<()> {
             download,
             count,
             splice,
+            parallel: true,
+        } => {
+            let l = TcpListener::bind(listen)?;
+            ready(l.local_addr()?.port());
+            let mut handles = Vec::new();
+            for _ in 0..count {
+                let (mut s, _) = l.accept()?;
+                handles.push(std::thread::spawn(move || -> u64 {
+                    let got = if splice {
+                        splice_to_eof(&s)
+                    } else {
+                        read_to_eof(&mut s)
+                    }
+                    .unwrap_or(0);
+                    let _ = write_n(&mut s, download);
+                    let _ = s.shutdown(Shutdown::Write);
+                    let _ = read_to_eof(&mut s);
+                    got
+                }));
+            }
+            let received: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+            println!(
+                "{}",
+                json!({"connections": count, "received": received, "sent": download * count, "pid": std::process::id()})
+            );
+        }
+        Cmd::TcpServe {
+            listen,
+            download,
+            count,
+            splice,
+            parallel: false,
         } => {
             let l = TcpListener::bind(listen)?;
             ready(l.local_addr()?.port());
@@ -309,6 +409,127 @@ fn main() -> Res<()> {
                 "{}",
                 json!({"sent": msg.len() as u64 * count, "received": got, "pid": std::process::id()})
             );
+        }
+        Cmd::TcpPhased {
+            connect,
+            before,
+            after,
+        } => {
+            let mut s = TcpStream::connect(connect)?;
+            write_n(&mut s, before)?;
+            read_exact_n(&mut s, before)?;
+            println!("phase1 {}", s.local_addr()?.port());
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            write_n(&mut s, after)?;
+            read_exact_n(&mut s, after)?;
+            s.shutdown(Shutdown::Write)?;
+            read_to_eof(&mut s)?;
+            println!(
+                "{}",
+                json!({"local_port": s.local_addr()?.port(), "pid": std::process::id()})
+            );
+        }
+        Cmd::TcpPhasedServe {
+            listen,
+            before,
+            after,
+        } => {
+            let l = TcpListener::bind(listen)?;
+            ready(l.local_addr()?.port());
+            let (mut s, _) = l.accept()?;
+            read_exact_n(&mut s, before)?;
+            write_n(&mut s, before)?;
+            read_exact_n(&mut s, after)?;
+            write_n(&mut s, after)?;
+            read_to_eof(&mut s)?;
+            s.shutdown(Shutdown::Write)?;
+            println!("{}", json!({"pid": std::process::id()}));
+        }
+        Cmd::TcpSlow {
+            connect,
+            upload,
+            secs,
+        } => {
+            let mut s = TcpStream::connect(connect)?;
+            let steps = 100u64;
+            let chunk = upload / steps;
+            for i in 0..steps {
+                let n = if i == steps - 1 {
+                    upload - chunk * (steps - 1)
+                } else {
+                    chunk
+                };
+                write_n(&mut s, n)?;
+                std::thread::sleep(Duration::from_secs_f64(secs / steps as f64));
+            }
+            s.shutdown(Shutdown::Write)?;
+            read_to_eof(&mut s)?;
+            println!(
+                "{}",
+                json!({"local_port": s.local_addr()?.port(), "sent": upload, "pid": std::process::id()})
+            );
+        }
+        Cmd::Handoff { connect, upload } => {
+            let s = TcpStream::connect(connect)?;
+            println!("connected {}", s.local_addr()?.port());
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args(["stdin-send", "--bytes", &upload.to_string()])
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    s.try_clone()?,
+                )))
+                .spawn()?;
+            let child_pid = child.id();
+            let status = child.wait_with_output()?.status;
+            if !status.success() {
+                return Err("stdin-send failed".into());
+            }
+            println!(
+                "{}",
+                json!({"child_pid": child_pid, "pid": std::process::id()})
+            );
+        }
+        Cmd::StdinSend { bytes } => {
+            let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+            let mut s = TcpStream::from(fd);
+            write_n(&mut s, bytes)?;
+            s.shutdown(Shutdown::Write)?;
+        }
+        Cmd::TcpMany {
+            connect,
+            count,
+            max_upload,
+            spread_ms,
+        } => {
+            let handles: Vec<_> = (0..count)
+                .map(|i| {
+                    std::thread::spawn(move || -> Option<serde_json::Value> {
+                        std::thread::sleep(Duration::from_millis((i * 7919) % spread_ms.max(1)));
+                        let up = 1 + (i * 104_729) % max_upload;
+                        let mut s = TcpStream::connect(connect).ok()?;
+                        let port = s.local_addr().ok()?.port();
+                        // Half now, half a little later, so transfers straddle procflow's start.
+                        write_n(&mut s, up / 2).ok()?;
+                        std::thread::sleep(Duration::from_millis(20 + (i * 31) % 200));
+                        write_n(&mut s, up - up / 2).ok()?;
+                        s.shutdown(Shutdown::Write).ok()?;
+                        let got = read_to_eof(&mut s).ok()?;
+                        Some(json!({"local_port": port, "sent": up, "received": got}))
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for h in handles {
+                if let Some(v) = h.join().ok().flatten() {
+                    println!("{v}");
+                    ok += 1;
+                }
+            }
+            println!("{}", json!({"connections": ok, "pid": std::process::id()}));
         }
         Cmd::Storm { connect, secs } => {
             let end = Instant::now() + Duration::from_secs_f64(secs);

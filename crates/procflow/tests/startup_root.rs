@@ -1,0 +1,368 @@
+//! Root tests of flows that were open before procflow started, the start-up
+//! scan, late sockets and restarts (issue: "Flows that were open before
+//! procflow started"). Each runs in network namespaces it creates.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// A testgen process that prints one line, then waits for a line on stdin.
+struct Phased {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    first: String,
+}
+
+impl Phased {
+    fn start(ns: &Netns, args: &[&str]) -> Phased {
+        let mut child = ns
+            .command(TESTGEN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        Phased { child, out, first }
+    }
+
+    fn go(mut self) -> Value {
+        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "testgen failed: {rest}"
+        );
+        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
+    }
+}
+
+fn bs(f: &Value) -> (u64, u64) {
+    let b = &f["before_start"];
+    assert!(b.is_object(), "no before_start: {f}");
+    (u(b, "tx_payload"), u(b, "rx_payload"))
+}
+
+fn before_and_after(tag: &str, n: u8, v6: bool) {
+    let p = Pair::new(tag, n);
+    let (a, b) = (1_234_567u64, 345_678u64);
+    let bip = if v6 {
+        format!("[{}]", p.b6)
+    } else {
+        p.b4.to_string()
+    };
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &format!("{bip}:0"),
+            "--before",
+            &a.to_string(),
+            "--after",
+            &b.to_string(),
+        ],
+    );
+    let cl = Phased::start(
+        &p.a,
+        &[
+            "tcp-phased",
+            "--connect",
+            &format!("{bip}:{port}"),
+            "--before",
+            &a.to_string(),
+            "--after",
+            &b.to_string(),
+        ],
+    );
+    assert!(cl.first.starts_with("phase1"), "{}", cl.first);
+    let client_pid = cl.child.id();
+    let pf = Procflow::start(&[]);
+    let cj = cl.go();
+    let sj = finish(server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let c = one_flow(&flows, &p.a, "client", |f| {
+        f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+    });
+    let s = one_flow(&flows, &p.b, "server", |f| {
+        f["proto"] == "tcp" && u(f, "local_port") == port as u64
+    });
+    for (f, pid) in [
+        (c, cj["pid"].as_u64().unwrap()),
+        (s, sj["pid"].as_u64().unwrap()),
+    ] {
+        assert_eq!(f["origin"], "startup", "{f}");
+        assert_eq!(f["state"], "closed", "{f}");
+        assert_eq!(bs(f), (a, a), "before_start: {f}");
+        assert_eq!(
+            (u(f, "tx_payload"), u(f, "rx_payload")),
+            (b, b),
+            "after start: {f}"
+        );
+        assert_eq!(f["process"]["pid"].as_u64(), Some(pid), "owner: {f}");
+        assert_eq!(f["process"]["exe"], TESTGEN);
+    }
+    let _ = client_pid;
+    let st = stats(&recs);
+    assert!(u(&st["scan"], "namespaces") >= 3, "{st}");
+    assert!(u(&st["scan"], "sockets") >= 3, "{st}");
+}
+
+#[test]
+fn tcp_flow_open_before_start_counts_before_and_after_exactly_ipv4() {
+    before_and_after("pre4", 20, false);
+}
+
+#[test]
+fn tcp_flow_open_before_start_counts_before_and_after_exactly_ipv6() {
+    before_and_after("pre6", 21, true);
+}
+
+#[test]
+fn udp_socket_used_before_and_after_start_counts_after_exactly() {
+    let p = Pair::new("preudp", 22);
+    let (server, port) = serve(
+        &p.b,
+        &["udp-recv", "--bind", &format!("{}:0", p.b4), "--count", "8"],
+    );
+    let target = format!("{}:{port}", p.b4);
+    client(
+        &p.a,
+        &["udp-send", "--to", &target, "--size", "500", "--count", "3"],
+    );
+    let pf = Procflow::start(&[]);
+    client(
+        &p.a,
+        &["udp-send", "--to", &target, "--size", "700", "--count", "5"],
+    );
+    let sv = finish(server);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let got = flows_in(&flows, &p.b, |f| {
+        f["proto"] == "udp" && u(f, "local_port") == port as u64
+    });
+    let rx: u64 = got.iter().map(|f| u(f, "rx_payload")).sum();
+    assert_eq!(rx, 5 * 700, "{got:#?}");
+    for f in &got {
+        assert_eq!(f["process"]["pid"].as_u64(), sv["pid"].as_u64(), "{f}");
+        assert!(
+            f["before_start"].is_null(),
+            "UDP has no lifetime counters: {f}"
+        );
+    }
+}
+
+#[test]
+fn two_hundred_connections_racing_the_start_are_exact() {
+    for round in 0..3u8 {
+        let p = Pair::new(&format!("race{round}"), 23 + round);
+        let (server, port) = serve(
+            &p.b,
+            &[
+                "tcp-serve",
+                "--listen",
+                &format!("{}:0", p.b4),
+                "--count",
+                "200",
+                "--download",
+                "777",
+                "--parallel",
+            ],
+        );
+        let mut cl =
+            p.a.command(TESTGEN)
+                .args([
+                    "tcp-many",
+                    "--connect",
+                    &format!("{}:{port}", p.b4),
+                    "--count",
+                    "200",
+                    "--max-upload",
+                    "300000",
+                    "--spread-ms",
+                    "5000",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300 + 200 * round as u64));
+        let pf = Procflow::start(&[]);
+        let mut text = String::new();
+        std::io::Read::read_to_string(cl.stdout.as_mut().unwrap(), &mut text).unwrap();
+        assert!(cl.wait().unwrap().success());
+        finish(server);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let recs = pf.stop();
+        let flows = final_flows(&recs);
+        let truth: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut seen = 0;
+        for t in truth.iter().filter(|t| t.get("local_port").is_some()) {
+            let lp = u(t, "local_port");
+            let found = flows_in(&flows, &p.a, |f| {
+                f["proto"] == "tcp"
+                    && u(f, "local_port") == lp
+                    && u(f, "remote_port") == port as u64
+            });
+            assert!(found.len() <= 1, "{found:#?}");
+            let Some(f) = found.first() else { continue };
+            seen += 1;
+            let (btx, brx) = if f["before_start"].is_object() {
+                bs(f)
+            } else {
+                (0, 0)
+            };
+            assert_eq!(
+                u(f, "tx_payload") + btx,
+                u(t, "sent"),
+                "round {round}: {f} vs {t}"
+            );
+            assert_eq!(
+                u(f, "rx_payload") + brx,
+                u(t, "received"),
+                "round {round}: {f} vs {t}"
+            );
+            assert_eq!(f["state"], "closed", "{f}");
+        }
+        assert!(
+            seen >= 20,
+            "round {round}: only {seen} of 200 connections seen"
+        );
+        assert_eq!(stats(&recs)["events_lost"], 0);
+    }
+}
+
+#[test]
+fn restart_during_a_transfer_keeps_lifetime_totals_exact() {
+    let p = Pair::new("restart", 26);
+    let (server, port) = serve(&p.b, &["tcp-serve", "--listen", &format!("{}:0", p.b4)]);
+    let first = Procflow::start(&[]);
+    let total = 6_000_000u64;
+    let cl =
+        p.a.command(TESTGEN)
+            .args([
+                "tcp-slow",
+                "--connect",
+                &format!("{}:{port}", p.b4),
+                "--upload",
+                &total.to_string(),
+                "--secs",
+                "8",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let recs1 = first.stop();
+    let second = Procflow::start(&[]);
+    let out = cl.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let sv = finish(server);
+    assert_eq!(u(&sv, "received"), total);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs2 = second.stop();
+    let f1 = final_flows(&recs1);
+    let f2 = final_flows(&recs2);
+    let pick = |flows: &[Value]| -> Value {
+        one_flow(flows, &p.a, "client", |f| {
+            f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+        })
+        .clone()
+    };
+    let (r1, r2) = (pick(&f1), pick(&f2));
+    assert_eq!(r1["state"], "open", "run 1 stopped mid-transfer: {r1}");
+    let part1 = u(&r1, "tx_payload");
+    assert!(part1 > 0 && part1 < total, "{r1}");
+    assert_eq!(r2["state"], "closed");
+    let (before, _) = bs(&r2);
+    assert!(
+        before >= part1,
+        "run 2 before_start {before} < run 1 total {part1}"
+    );
+    assert_eq!(
+        before + u(&r2, "tx_payload"),
+        total,
+        "lifetime total across restart: {r2}"
+    );
+}
+
+#[test]
+fn listener_from_before_start_owns_connections_accepted_after() {
+    let p = Pair::new("prelisten", 27);
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--download",
+            "4321",
+        ],
+    );
+    let pf = Procflow::start(&[]);
+    client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--upload",
+            "54321",
+        ],
+    );
+    let sv = finish(server);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let s = one_flow(&flows, &p.b, "accepted", |f| {
+        f["proto"] == "tcp" && u(f, "local_port") == port as u64
+    });
+    assert_eq!(s["direction"], "in");
+    assert_eq!(s["process"]["pid"].as_u64(), sv["pid"].as_u64(), "{s}");
+    assert_eq!((u(s, "tx_payload"), u(s, "rx_payload")), (4321, 54321));
+}
+
+#[test]
+fn socket_made_by_parent_and_used_by_forked_child_belongs_to_the_child() {
+    let p = Pair::new("handoff", 28);
+    let (server, port) = serve(&p.b, &["tcp-serve", "--listen", &format!("{}:0", p.b4)]);
+    let h = Phased::start(
+        &p.a,
+        &[
+            "handoff",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--upload",
+            "99999",
+        ],
+    );
+    assert!(h.first.starts_with("connected"), "{}", h.first);
+    let parent = h.child.id();
+    let pf = Procflow::start(&[]);
+    let out = h.go();
+    finish(server);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let f = one_flow(&flows, &p.a, "handed-off", |f| {
+        f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+    });
+    assert_eq!(
+        f["process"]["pid"].as_u64(),
+        out["child_pid"].as_u64(),
+        "owner is the child, not the parent {parent}: {f}"
+    );
+    assert_eq!(u(f, "tx_payload"), 99_999);
+}
