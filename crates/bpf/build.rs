@@ -10,6 +10,7 @@ use libbpf_cargo::SkeletonBuilder;
 
 const SOURCES: &[&str] = &[
     "maps.bpf.c",
+    "policy.bpf.c", // defines the rule maps: before the objects using them
     "owner.bpf.c",
     "count.bpf.c",
     "lifecycle.bpf.c",

@@ -4,6 +4,7 @@
  * the segments it stands for, each with its own headers, as a NIC sees them.
  * These hooks may run in softirq: they never take ownership. */
 #include "common.h"
+#include "policy.h" /* rules enforcement */
 
 struct pkt {
 	__u8 version;   /* 4 or 6 */
@@ -188,6 +189,11 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 
 	struct sock *sk = bpf_core_cast(bsk, struct sock);
 	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
+	/* ---- rules enforcement (policy.h): 0 drops the packet ---- */
+	if (!pf_policy_skb(skb, bsk, egress, stream, state, p.version, p.l4, p.src, p.dst,
+			   p.sport, p.dport, p.tcpflags))
+		return 0;
+	/* ---- end rules enforcement ---- */
 	if (stream && state == BPF_TCP_LISTEN) {
 		struct pf_sock_ctx *lctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
 		count_pending(lctx, sk, &p, egress, wire, segs);

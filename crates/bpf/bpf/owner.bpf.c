@@ -3,6 +3,7 @@
  * the socket's context if it has none and record who acts on it. Also the
  * exec capture that names short-lived processes. */
 #include "common.h"
+#include "policy.h" /* rules enforcement */
 
 static __always_inline bool inet_family(__u32 family)
 {
@@ -54,8 +55,12 @@ int pf_post_bind6(struct bpf_sock *sk)
 	return on_bind(sk);
 }
 
-static __always_inline int on_addr(struct bpf_sock_addr *sa)
+static __always_inline int on_addr(struct bpf_sock_addr *sa, bool sendmsg, bool v6)
 {
+	/* ---- rules enforcement (policy.h): 0 refuses with EPERM ---- */
+	if (!pf_policy_addr(sa, sendmsg, v6))
+		return 0;
+	/* ---- end rules enforcement ---- */
 	struct bpf_sock *sk = sa->sk;
 	if (!sk)
 		return 1;
@@ -68,25 +73,25 @@ static __always_inline int on_addr(struct bpf_sock_addr *sa)
 SEC("cgroup/connect4")
 int pf_connect4(struct bpf_sock_addr *sa)
 {
-	return on_addr(sa);
+	return on_addr(sa, false, false);
 }
 
 SEC("cgroup/connect6")
 int pf_connect6(struct bpf_sock_addr *sa)
 {
-	return on_addr(sa);
+	return on_addr(sa, false, true);
 }
 
 SEC("cgroup/sendmsg4")
 int pf_sendmsg4(struct bpf_sock_addr *sa)
 {
-	return on_addr(sa);
+	return on_addr(sa, true, false);
 }
 
 SEC("cgroup/sendmsg6")
 int pf_sendmsg6(struct bpf_sock_addr *sa)
 {
-	return on_addr(sa);
+	return on_addr(sa, true, true);
 }
 
 /* Every send and receive, in the calling process. A socket met here first

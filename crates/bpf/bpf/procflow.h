@@ -178,4 +178,107 @@ _Static_assert(sizeof(struct pf_flow_event) == 184, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 #endif
 
+/* ---- Rules enforcement (policy.bpf.c, crates/bpf/src/policy.rs) ---- */
+
+#define PF_EV_VERDICT 9      /* a rule (or the default) decided a connection */
+#define PF_RULE_WORDS 16     /* 1024 rules, one bit each */
+#define PF_EXE_KEY 256       /* bytes of path in an exe LPM key */
+#define PF_CG_LEVELS 16      /* cgroup levels a rule may name: 0 (/) to 15 */
+#define PF_PORT_SEGS 4096    /* port segments per dimension and generation */
+
+/* A set of rules: rule i is bit i % 64 of w[i / 64]. */
+struct pf_mask {
+	__u64 w[PF_RULE_WORDS];
+};
+
+/* exe LPM keys: the path and its NUL (prefix table) or the path's last
+ * bytes reversed (suffix table), zero padded. */
+struct pf_exe_key {
+	__u32 prefixlen;
+	__u8 data[PF_EXE_KEY];
+};
+
+struct pf_ip4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct pf_ip6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* The executable of a process (task storage of its group leader) or of the
+ * process that bound or created a socket (socket storage). */
+struct pf_exe_ident {
+	struct pf_exe_key fwd;
+	struct pf_exe_key rev;
+	__u32 len;          /* path bytes; 0 when unknown */
+	__u32 uid;          /* socket storage only */
+	char comm[PF_COMM_LEN];
+};
+
+/* One rule set generation's scalars and miss masks. */
+struct pf_policy_hdr {
+	__u32 rule_count;
+	__u8 default_block;
+	__u8 cg_levels;     /* cgroup levels to look up: 0..cg_levels-1 */
+	__u16 nseg[2];      /* port segments: 0 remote, 1 local */
+	__u16 _pad;         /* pol_cg entries already include cg_wild and the
+			     * rules of every named ancestor */
+	struct pf_mask block;   /* rules whose action is block */
+	struct pf_mask exe_miss;
+	struct pf_mask comm_miss;
+	struct pf_mask uid_miss;
+	struct pf_mask cg_wild;
+	struct pf_mask r4_miss;
+	struct pf_mask r6_miss;
+};
+
+/* Each port's segment, for one generation and port dimension. */
+struct pf_port_index {
+	__u16 seg[65536];
+};
+
+/* Which generation the programs read; enabled = 0 when no rules are loaded. */
+struct pf_policy_state {
+	__u32 gen;
+	__u32 enabled;
+};
+
+enum pf_hook {
+	PF_HOOK_CONNECT = 1,
+	PF_HOOK_SENDMSG = 2,
+	PF_HOOK_EGRESS = 3,
+	PF_HOOK_INGRESS = 4,
+};
+
+struct pf_verdict_event {
+	__u32 kind;          /* PF_EV_VERDICT */
+	__u32 block;         /* 1 blocked, 0 allowed */
+	__u64 ts_ns;
+	__u64 cookie;
+	__s32 rule;          /* deciding rule, -1 for the default */
+	__u32 gen;
+	struct pf_owner owner;
+	__u8 remote[16];     /* IPv4 in the first 4 bytes */
+	__u8 local[16];
+	__u16 rport;         /* host order */
+	__u16 lport;
+	__u8 family;
+	__u8 proto;
+	__u8 direction;      /* enum pf_direction */
+	__u8 hook;           /* enum pf_hook */
+	__u32 netns;
+	__u32 exe_len;
+	char exe[PF_EXE_KEY];
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct pf_mask) == 128, "pf_mask size");
+_Static_assert(sizeof(struct pf_exe_key) == 260, "pf_exe_key size");
+_Static_assert(sizeof(struct pf_policy_hdr) == 912, "pf_policy_hdr size");
+_Static_assert(sizeof(struct pf_verdict_event) == 376, "pf_verdict_event size");
+#endif
+
 #endif /* PROCFLOW_H */

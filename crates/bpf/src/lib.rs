@@ -7,7 +7,9 @@
 pub mod cgroup;
 pub mod decode;
 pub mod loader;
+pub mod policy;
 pub mod scan;
+pub mod sock_destroy;
 
 #[allow(
     clippy::all,
@@ -35,6 +37,8 @@ pub enum Record {
         cookie: u64,
         end_ns: u64,
     },
+    /// A rule (or the default) decided a connection (see [`policy`]).
+    Verdict(policy::KernelVerdict),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,4 +56,7 @@ pub enum BpfError {
     Load(String),
     #[error("start-up scan: {0}")]
     Scan(String),
+    /// A rule set that does not fit the kernel's tables.
+    #[error("rules: {0}")]
+    Rules(String),
 }

@@ -34,9 +34,18 @@ const CGROUP_PROGS: &[&str] = &[
     "pf_egress",
     "pf_ingress",
     "pf_sockops",
+    "pf_pol_bind4",
+    "pf_pol_bind6",
+    "pf_pol_sock",
 ];
 /// Tracing programs attached to their tracepoints.
-const TRACE_PROGS: &[&str] = &["pf_send_len", "pf_recv_len", "pf_exec", "pf_tcp_state"];
+const TRACE_PROGS: &[&str] = &[
+    "pf_send_len",
+    "pf_recv_len",
+    "pf_exec",
+    "pf_tcp_state",
+    "pf_pol_exec",
+];
 /// Iterators, attached when used.
 const ITER_PROGS: &[&str] = &[
     "pf_iter_tcp",
@@ -244,6 +253,11 @@ impl Kernel {
         self.queue.borrow_mut().drain(..).collect()
     }
 
+    /// The loaded object (for the rule maps, see [`crate::policy`]).
+    pub(crate) fn skel(&self) -> &'static ProcflowSkel<'static> {
+        self.skel
+    }
+
     /// Names of the programs loaded and attached.
     pub fn loaded(&self) -> &[String] {
         &self.loaded
@@ -371,6 +385,9 @@ fn struct_bytes<T: Copy>(v: &T) -> &[u8] {
 fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
     use procflow_core::FlowEvent;
     let kind = decode::record_kind(data)?;
+    if kind == crate::policy::PF_EV_VERDICT {
+        return crate::policy::decode_verdict(data, clock).map(Record::Verdict);
+    }
     if kind == decode::PF_EV_EXEC {
         let e: pf_exec_event = decode::read_struct(data)?;
         let (pid, info) = decode::exec_info(&e);

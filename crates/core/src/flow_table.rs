@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{FlowEvent, FlowView};
-use crate::flow::{FlowKey, FlowRecord, FlowState};
+use crate::flow::{FlowKey, FlowRecord, FlowState, Verdict};
 use crate::identity::{IdentityResolver, Owner, ProcessIdentity, SystemLookup};
 use crate::timefmt::rfc3339;
 
@@ -32,6 +32,9 @@ pub struct FlowTable {
     owners: HashMap<u64, Owner>,
     identities: IdentityResolver,
     stats: TableStats,
+    /// Rules' decisions by flow, for flows decided while rules are loaded
+    /// (possibly before the flow is announced).
+    verdicts: HashMap<FlowKey, (Verdict, Option<String>)>,
 }
 
 impl FlowTable {
@@ -138,10 +141,27 @@ impl FlowTable {
         self.stats.flows_closed += 1;
         let rec = self.record(key, FlowState::Closed, Some(end_ns), sys);
         self.flows.remove(key);
+        self.verdicts.remove(key);
         if self.keys_of_socket(key.cookie).is_empty() {
             self.owners.remove(&key.cookie);
         }
         Some(rec)
+    }
+
+    /// Records the rules' decision for a flow, live or not yet announced:
+    /// its records carry `verdict` and `rule` from now on.
+    pub fn set_verdict(&mut self, key: FlowKey, verdict: Verdict, rule: Option<String>) {
+        if self.verdicts.len() >= 65536 {
+            // Decisions for flows that never opened: keep the live ones.
+            let flows = &self.flows;
+            self.verdicts.retain(|k, _| flows.contains_key(k));
+        }
+        self.verdicts.insert(key, (verdict, rule));
+    }
+
+    /// A process's identity as flow records give it.
+    pub fn identity(&mut self, owner: &Owner, sys: &mut dyn SystemLookup) -> ProcessIdentity {
+        self.identities.resolve(owner, sys)
     }
 
     /// Cumulative records of every open flow (for `--interval` and at stop).
@@ -212,8 +232,8 @@ impl FlowTable {
             counters,
             before_start,
             origin: info.origin,
-            verdict: None,
-            rule: None,
+            verdict: self.verdicts.get(key).map(|v| v.0),
+            rule: self.verdicts.get(key).and_then(|v| v.1.clone()),
         }
     }
 }

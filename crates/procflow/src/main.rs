@@ -1,6 +1,8 @@
 //! procflow: per-process network traffic monitor and application firewall.
 #![forbid(unsafe_code)]
 
+mod enforce;
+mod rules_cmd;
 mod run;
 mod system;
 
@@ -25,6 +27,9 @@ struct Cli {
 enum Command {
     /// Monitor: load the kernel programs and record every flow.
     Run(run::RunArgs),
+    /// Check a rules file, or explain which rule decides a connection.
+    #[command(subcommand)]
+    Rules(rules_cmd::RulesCmd),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Rules(cmd) => rules_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,8 @@ pub struct RunArgs {
     /// Stop by itself after SECS seconds (SIGINT and SIGTERM stop it too).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    #[command(flatten)]
+    rules: crate::enforce::RulesArgs,
 }
 
 /// Where records go.
@@ -82,6 +84,7 @@ struct Collector {
     table: FlowTable,
     sys: ProcSystem,
     sinks: Sinks,
+    rules: crate::enforce::Enforcer,
 }
 
 impl Collector {
@@ -102,6 +105,10 @@ impl Collector {
                 }
                 Ok(())
             }
+            Record::Verdict(v) => match self.rules.verdict(&v, &mut self.table, &mut self.sys) {
+                Some(r) => self.sinks.write(&r),
+                None => Ok(()),
+            },
         }
     }
 
@@ -152,12 +159,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     for r in kernel.refused() {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
     }
+    let rules = crate::enforce::Enforcer::start(&args.rules, &kernel)?;
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let mut c = Collector {
         kernel,
         table: FlowTable::new(),
         sys,
         sinks: Sinks { log, broken: false },
+        rules,
     };
 
     // Records that arrived while attaching come first, then the scan's.
@@ -170,6 +179,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         c.apply(r)?;
     }
     let contexts_at_start = c.refresh()?;
+    c.rules
+        .after_start(&mut c.kernel, &mut c.table, &mut c.sys)?;
     c.sinks.flush()?;
     tracing::info!(
         "watching: {} namespaces, {} sockets found in {:?}",
@@ -186,6 +197,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             break;
         }
         c.drain(Duration::from_millis(100))?;
+        c.rules
+            .check_reload(&mut c.kernel, &mut c.table, &mut c.sys)?;
         if let (Some(at), Some(every)) = (next_snapshot, interval) {
             if Instant::now() >= at {
                 c.refresh()?;

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Rules enforcement: the definition of the rule maps (see policy.h) and the
+ * programs that keep the identities the decisions need. The decisions
+ * themselves are made in on_addr (owner.bpf.c) and count (count.bpf.c),
+ * which call into policy.h. */
+#define PF_POLICY_DEFINE
+#include "policy.h"
+
+struct pf_verdict_event _pf_verdict_event = {};
+struct pf_policy_hdr _pf_policy_hdr = {};
+struct pf_policy_state _pf_policy_state = {};
+struct pf_exe_ident _pf_exe_ident = {};
+struct pf_ip4_key _pf_ip4_key = {};
+struct pf_ip6_key _pf_ip6_key = {};
+struct pf_port_index _pf_port_index = {};
+struct pf_exe_key _pf_exe_key = {};
+struct pf_mask _pf_mask = {};
+
+/* See policy.h. Returns 1 when decided, 0 when a table is missing. */
+__noinline int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
+			    const struct pf_mask *cg, __u32 gen, struct pol_decision *d)
+{
+	if (!q || !exe || !cg || !d)
+		return 0;
+	gen &= 1;
+	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
+	if (!h)
+		return 0;
+	const struct pf_mask *pre, *suf, *comm, *uid, *dir, *proto, *rem, *rp, *lp;
+	/* Every LPM table has a /0 entry and every hash table a miss key, so
+	 * a lookup finds an entry of its own map: one verifier state per
+	 * generation, not one per combination of hits and misses. */
+	pre = PF_GEN_LOOKUP(gen, pol_exe_pre, &exe->fwd);
+	suf = PF_GEN_LOOKUP(gen, pol_exe_suf, &exe->rev);
+	if (!pre || !suf)
+		return 0;
+	comm = PF_GEN_LOOKUP(gen, pol_comm, q->comm);
+	if (!comm) {
+		char miss[PF_COMM_LEN];
+		__builtin_memset(miss, 0xff, sizeof(miss));
+		comm = PF_GEN_LOOKUP(gen, pol_comm, miss);
+	}
+	uid = PF_GEN_LOOKUP(gen, pol_uid, &q->uid);
+	if (!uid) {
+		__u32 miss = PF_UID_MISS;
+		uid = PF_GEN_LOOKUP(gen, pol_uid, &miss);
+	}
+	if (!comm || !uid)
+		return 0;
+	__u32 k = gen * 2 + (q->dir & 1);
+	dir = bpf_map_lookup_elem(&pol_dir, &k);
+	k = gen * 256 + q->proto;
+	proto = bpf_map_lookup_elem(&pol_proto, &k);
+	if (!dir || !proto)
+		return 0;
+	if (q->family == 4) {
+		struct pf_ip4_key k4 = { .prefixlen = 32 };
+		__builtin_memcpy(k4.addr, q->remote, 4);
+		rem = PF_GEN_LOOKUP(gen, pol_r4, &k4);
+	} else {
+		struct pf_ip6_key k6 = { .prefixlen = 128 };
+		__builtin_memcpy(k6.addr, q->remote, 16);
+		rem = PF_GEN_LOOKUP(gen, pol_r6, &k6);
+	}
+	if (!rem)
+		return 0;
+	rp = pol_port(gen, 0, q->rport);
+	lp = pol_port(gen, 1, q->lport);
+	if (!rp || !lp)
+		return 0;
+
+	d->gen = gen;
+	d->rule = -1;
+	d->block = h->default_block;
+	for (int i = 0; i < PF_RULE_WORDS; i++) {
+		__u64 w = (pre->w[i] | suf->w[i]) & comm->w[i] & uid->w[i] & cg->w[i] &
+			  dir->w[i] & proto->w[i] & rem->w[i] & rp->w[i] & lp->w[i];
+		if (w) {
+			__u32 r = i * 64 + lowest_bit(w);
+			d->rule = r;
+			d->block = (h->block.w[i] >> (r & 63)) & 1;
+			break;
+		}
+	}
+	return 1;
+}
+
+/* exec: the process runs another executable; its identity is recomputed at
+ * its next decision (from mm->exe_file, which is set by now). */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(pf_pol_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	bpf_task_storage_delete(&pol_task, p);
+	return 0;
+}
+
+/* Keeps the current process's identity on the socket, for the packet hooks. */
+static __always_inline void keep_identity(struct bpf_sock *sk)
+{
+	struct pf_exe_ident *cur = pol_current_exe();
+	if (!cur)
+		return;
+	struct pf_exe_ident *id = bpf_sk_storage_get(&pol_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!id)
+		return;
+	__builtin_memcpy(id, cur, sizeof(*id));
+	id->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(id->comm, sizeof(id->comm));
+}
+
+static __always_inline int on_pol_bind(struct bpf_sock *sk)
+{
+	__u32 zero = 0;
+	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
+	if (st && st->enabled)
+		keep_identity(sk);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int pf_pol_bind4(struct bpf_sock *sk)
+{
+	return on_pol_bind(sk);
+}
+
+SEC("cgroup/post_bind6")
+int pf_pol_bind6(struct bpf_sock *sk)
+{
+	return on_pol_bind(sk);
+}
+
+/* ICMP and raw sockets are decided at egress: keep their creator. */
+SEC("cgroup/sock_create")
+int pf_pol_sock(struct bpf_sock *sk)
+{
+	__u32 family = sk->family;
+	__u32 proto = sk->protocol;
+	if (family != AF_INET && family != AF_INET6)
+		return 1;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+		return 1;
+	return on_pol_bind(sk);
+}

@@ -1,0 +1,540 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Rules enforcement: the compiled rule tables (crates/core/src/rules/compile.rs)
+ * in maps, and the decision the hooks call.
+ *
+ * Every condition kind is a dimension that maps a connection's value to a
+ * 1024-bit mask of the rules whose condition holds; the AND of the nine masks
+ * holds the matching rules, the lowest set bit decides, none means the
+ * default. The cost does not grow with the number of rules.
+ *
+ * Atomic swap: every table exists for two generations (LPM and hash maps as
+ * two maps, `_0` and `_1`; arrays indexed by generation). User space writes
+ * the generation not in use, then flips pol_state.gen; a program reads the
+ * generation once and uses only that one.
+ *
+ * The maps are defined in policy.bpf.c (PF_POLICY_DEFINE) and declared
+ * extern elsewhere; the functions are inlined into the hooks that call them
+ * (owner.bpf.c on_addr, count.bpf.c count).
+ */
+#ifndef PF_POLICY_H
+#define PF_POLICY_H
+
+#include "common.h"
+
+#ifdef PF_POLICY_DEFINE
+#define PF_PMAP
+#else
+#define PF_PMAP extern
+#endif
+
+#define PF_PATH_BUF 2048 /* scratch for composing a path backwards */
+#define PF_PATH_END 1024 /* the path ends here; bytes above stay zero */
+#define PF_WALK_STEPS 80
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pf_policy_state);
+} pol_state SEC(".maps");
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct pf_policy_hdr);
+} pol_hdr SEC(".maps");
+
+#define PF_LPM(name, key_t, n)                                   \
+	PF_PMAP struct {                                         \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);             \
+		__uint(map_flags, BPF_F_NO_PREALLOC);            \
+		__uint(max_entries, n);                          \
+		__type(key, key_t);                              \
+		__type(value, struct pf_mask);                   \
+	} name SEC(".maps")
+
+#define PF_HASH(name, key_t, n)                                  \
+	PF_PMAP struct {                                         \
+		__uint(type, BPF_MAP_TYPE_HASH);                 \
+		__uint(max_entries, n);                          \
+		__type(key, key_t);                              \
+		__type(value, struct pf_mask);                   \
+	} name SEC(".maps")
+
+PF_LPM(pol_exe_pre_0, struct pf_exe_key, 2048);
+PF_LPM(pol_exe_pre_1, struct pf_exe_key, 2048);
+PF_LPM(pol_exe_suf_0, struct pf_exe_key, 2048);
+PF_LPM(pol_exe_suf_1, struct pf_exe_key, 2048);
+PF_LPM(pol_r4_0, struct pf_ip4_key, 16384);
+PF_LPM(pol_r4_1, struct pf_ip4_key, 16384);
+PF_LPM(pol_r6_0, struct pf_ip6_key, 16384);
+PF_LPM(pol_r6_1, struct pf_ip6_key, 16384);
+PF_HASH(pol_comm_0, char[PF_COMM_LEN], 1024);
+PF_HASH(pol_comm_1, char[PF_COMM_LEN], 1024);
+PF_HASH(pol_uid_0, __u32, 1024);
+PF_HASH(pol_uid_1, __u32, 1024);
+PF_HASH(pol_cg_0, __u64, 1024);
+PF_HASH(pol_cg_1, __u64, 1024);
+
+/* gen * 2 + direction (0 out, 1 in) */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct pf_mask);
+} pol_dir SEC(".maps");
+
+/* gen * 256 + IP protocol */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 512);
+	__type(key, __u32);
+	__type(value, struct pf_mask);
+} pol_proto SEC(".maps");
+
+/* gen * 2 + dim (0 remote, 1 local): each port's segment. The masks of the
+ * segments are in pol_port_mask at (gen * 2 + dim) * PF_PORT_SEGS + segment. */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct pf_port_index);
+} pol_port_idx SEC(".maps");
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * PF_PORT_SEGS);
+	__type(key, __u32);
+	__type(value, struct pf_mask);
+} pol_port_mask SEC(".maps");
+
+/* The executable of each process, on its thread-group leader: computed at
+ * its first connect from mm->exe_file, dropped at exec. */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pf_exe_ident);
+} pol_task SEC(".maps");
+
+/* The identity of the process that bound (TCP, UDP) or created (ICMP, raw)
+ * a socket, for decisions in packet hooks, where the current process is
+ * anyone's. */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pf_exe_ident);
+} pol_sk SEC(".maps");
+
+/* Per-socket: the last allowed (remote, generation) announced, so an
+ * unconnected socket's every send does not make an event. */
+struct pf_pol_last {
+	__u8 remote[16];
+	__u16 rport;
+	__u16 _pad;
+	__u32 gen1; /* generation + 1; 0 = none */
+};
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pf_pol_last);
+} pol_last SEC(".maps");
+
+/* Scratch: a path composed backwards, and an all-zero identity. */
+struct pf_path_buf {
+	char b[PF_PATH_BUF];
+};
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pf_path_buf);
+} pol_scratch SEC(".maps");
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pf_exe_ident);
+} pol_zero SEC(".maps");
+
+/* ---- the executable's path ---- */
+
+struct pol_walk {
+	char *buf;
+	struct dentry *d;
+	struct mount *mnt;
+	__u32 pos; /* the path starts here, up to PF_PATH_END */
+	__u32 full;
+};
+
+/* One step up from a dentry: prepend its name, or cross a mount point. */
+static int pol_walk_step(__u32 i, struct pol_walk *w)
+{
+	struct dentry *d = w->d;
+	struct mount *mnt = w->mnt;
+	struct dentry *root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	if (d == root || d == parent) {
+		struct mount *pm = BPF_CORE_READ(mnt, mnt_parent);
+		if (pm == mnt || !pm) {
+			w->full = 1;
+			return 1;
+		}
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = pm;
+		return 0;
+	}
+	__u32 len = BPF_CORE_READ(d, d_name.len);
+	__u32 pos = w->pos;
+	if (len > 255 || pos < len + 1)
+		return 1; /* too long: the path stays unknown */
+	pos -= len;
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	bpf_probe_read_kernel(w->buf + (pos & (PF_PATH_END - 1)), len & 255, name);
+	pos -= 1;
+	w->buf[pos & (PF_PATH_END - 1)] = '/';
+	w->pos = pos;
+	w->d = parent;
+	return 0;
+}
+
+struct pol_rev {
+	char *buf;
+	struct pf_exe_ident *id;
+	__u32 len;
+};
+
+static int pol_rev_step(__u32 i, struct pol_rev *r)
+{
+	if (i >= r->len || i >= PF_EXE_KEY)
+		return 1;
+	r->id->rev.data[i & (PF_EXE_KEY - 1)] =
+		r->buf[(PF_PATH_END - 1 - i) & (PF_PATH_END - 1)];
+	return 0;
+}
+
+/* The absolute path of `file` into id's LPM keys (len 0 if it cannot be
+ * found or is longer than PF_PATH_END - 1 bytes). */
+static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ident *id)
+{
+	__u32 zero = 0;
+	struct pf_path_buf *sb = bpf_map_lookup_elem(&pol_scratch, &zero);
+	id->len = 0;
+	id->fwd.prefixlen = PF_EXE_KEY * 8;
+	id->rev.prefixlen = PF_EXE_KEY * 8;
+	__builtin_memset(id->fwd.data, 0, PF_EXE_KEY);
+	__builtin_memset(id->rev.data, 0, PF_EXE_KEY);
+	if (!sb || !file)
+		return;
+	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	struct pol_walk w = {
+		.buf = sb->b,
+		.d = BPF_CORE_READ(file, f_path.dentry),
+		.mnt = container_of(vm, struct mount, mnt),
+		.pos = PF_PATH_END,
+		.full = 0,
+	};
+	bpf_loop(PF_WALK_STEPS, pol_walk_step, &w, 0);
+	if (!w.full || w.pos >= PF_PATH_END)
+		return;
+	__u32 pos = w.pos & (PF_PATH_END - 1);
+	/* sb->b[PF_PATH_END..] is never written: the NUL and zero padding. */
+	bpf_probe_read_kernel(id->fwd.data, PF_EXE_KEY, sb->b + pos);
+	id->len = PF_PATH_END - pos;
+	struct pol_rev r = { .buf = sb->b, .id = id, .len = id->len };
+	bpf_loop(PF_EXE_KEY, pol_rev_step, &r, 0);
+}
+
+/* The current process's identity (task storage of its leader), computed
+ * on first use. Never null: an all-zero identity when none can be had. */
+static __always_inline struct pf_exe_ident *pol_current_exe(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *leader = t->group_leader;
+	__u32 zero = 0;
+	struct pf_exe_ident *id = bpf_task_storage_get(&pol_task, leader, 0, 0);
+	if (id)
+		return id;
+	if (!(t->flags & PF_KTHREAD)) {
+		id = bpf_task_storage_get(&pol_task, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (id) {
+			pol_exe_of_file(BPF_CORE_READ(t, mm, exe_file), id);
+			return id;
+		}
+	}
+	return bpf_map_lookup_elem(&pol_zero, &zero);
+}
+
+/* ---- the decision ---- */
+
+struct pol_query {
+	char comm[PF_COMM_LEN];
+	__u32 uid;
+	__u8 dir;                 /* 0 out, 1 in */
+	__u8 proto;
+	__u8 family;              /* 4 or 6 (IPv4-mapped already turned into 4) */
+	__u8 _pad;
+	__u16 rport;
+	__u16 lport;
+	__u8 remote[16];
+	__u8 local[16];
+};
+
+/* Index of the lowest set bit of x (x != 0), without branches. */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	x = (x & -x) - 1; /* the bits below it */
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* Hash tables hold their miss mask under a key no real value has. */
+#define PF_UID_MISS 0xffffffffU /* (uid_t)-1 is no user */
+/* comm miss key: 16 bytes of 0xff (a real comm has its NUL within 16) */
+
+#define PF_GEN_LOOKUP(gen, name, key) \
+	((gen) ? bpf_map_lookup_elem(&name##_1, key) : bpf_map_lookup_elem(&name##_0, key))
+
+/* The mask of the port segment holding `port`. */
+static __always_inline const struct pf_mask *pol_port(__u32 gen, __u32 dim, __u16 port)
+{
+	__u32 key = gen * 2 + dim;
+	struct pf_port_index *ix = bpf_map_lookup_elem(&pol_port_idx, &key);
+	if (!ix)
+		return 0;
+	__u32 seg = ix->seg[port];
+	if (seg >= PF_PORT_SEGS)
+		return 0;
+	key = key * PF_PORT_SEGS + seg;
+	return bpf_map_lookup_elem(&pol_port_mask, &key);
+}
+
+struct pol_decision {
+	__s32 rule;  /* -1: the default */
+	__u32 block;
+	__u32 gen;
+};
+
+/* The decision proper, in policy.bpf.c: a global function, so the verifier
+ * checks it once and not once per path of every hook that calls it. `exe`
+ * holds the LPM keys, `cg` the cgroup dimension's mask (from pol_cgroup). */
+int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
+		 const struct pf_mask *cg, __u32 gen, struct pol_decision *d);
+
+/* Decides q under the active rules; false when no rules are loaded. The
+ * cgroup is the socket's (`sk`) or, when sk is null, the current process's. */
+static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_ident *exe,
+				       struct pol_decision *d, struct bpf_sock *sk)
+{
+	__u32 zero = 0;
+	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
+	if (!st || !st->enabled)
+		return false;
+	__u32 gen = st->gen & 1;
+	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
+	if (!h)
+		return false;
+	/* cgroup: the deepest ancestor in the table; its entry already holds
+	 * the rules of every named ancestor above it and the wildcard rules. */
+	const struct pf_mask *cg = &h->cg_wild, *m;
+	__u32 levels = h->cg_levels;
+	for (int j = 0; j < PF_CG_LEVELS; j++) {
+		int i = PF_CG_LEVELS - 1 - j;
+		if (i >= levels)
+			continue;
+		__u64 id = sk ? bpf_sk_ancestor_cgroup_id(sk, i)
+			      : bpf_get_current_ancestor_cgroup_id(i);
+		if (!id)
+			continue;
+		m = PF_GEN_LOOKUP(gen, pol_cg, &id);
+		if (m) {
+			cg = m;
+			break;
+		}
+	}
+	return pol_decide_g(q, exe, cg, gen, d) == 1;
+}
+
+/* Writes a verdict record. */
+static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_ident *exe,
+				     struct pol_decision *d, __u64 cookie, struct pf_owner *o,
+				     __u32 netns, __u8 hook)
+{
+	struct pf_verdict_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	e->kind = PF_EV_VERDICT;
+	e->block = d->block;
+	e->ts_ns = now_ns();
+	e->cookie = cookie;
+	e->rule = d->rule;
+	e->gen = d->gen;
+	e->owner = *o;
+	__builtin_memcpy(e->remote, q->remote, 16);
+	__builtin_memcpy(e->local, q->local, 16);
+	e->rport = q->rport;
+	e->lport = q->lport;
+	e->family = q->family;
+	e->proto = q->proto;
+	e->direction = q->dir ? PF_DIR_IN : PF_DIR_OUT;
+	e->hook = hook;
+	e->netns = netns;
+	e->exe_len = exe->len;
+	__builtin_memcpy(e->exe, exe->fwd.data, PF_EXE_KEY);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Whether an allowed (remote, generation) was already announced for this
+ * socket; records it if not. */
+static __always_inline bool pol_seen(void *bsk, struct pol_query *q, __u32 gen)
+{
+	struct pf_pol_last *l = bpf_sk_storage_get(&pol_last, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!l)
+		return false;
+	if (l->gen1 == gen + 1 && l->rport == q->rport &&
+	    __builtin_memcmp(l->remote, q->remote, 16) == 0)
+		return true;
+	__builtin_memcpy(l->remote, q->remote, 16);
+	l->rport = q->rport;
+	l->gen1 = gen + 1;
+	return false;
+}
+
+static __always_inline bool is_v4_mapped(const __u32 *w)
+{
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* connect4/6, sendmsg4/6: returns 0 to refuse (the application gets EPERM). */
+static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg, bool v6)
+{
+	struct pol_query q = {};
+	__u32 family = sa->user_family;
+	__u32 proto = sa->protocol;
+	__u32 port = sa->user_port;
+	q.rport = bpf_ntohs((__u16)port);
+	if (!v6 && family == AF_INET) {
+		__u32 ip = sa->user_ip4;
+		__builtin_memcpy(q.remote, &ip, 4);
+		q.family = 4;
+	} else if (v6 && family == AF_INET6) {
+		__u32 w[4];
+		w[0] = sa->user_ip6[0];
+		w[1] = sa->user_ip6[1];
+		w[2] = sa->user_ip6[2];
+		w[3] = sa->user_ip6[3];
+		if (is_v4_mapped(w)) {
+			__builtin_memcpy(q.remote, &w[3], 4);
+			q.family = 4;
+		} else {
+			__builtin_memcpy(q.remote, w, 16);
+			q.family = 6;
+		}
+	} else {
+		return 1;
+	}
+	struct bpf_sock *sk = sa->sk;
+	if (!sk)
+		return 1;
+	__u32 sport = sk->src_port;
+	q.lport = sport;
+	q.proto = proto;
+	q.dir = 0;
+	struct pf_exe_ident *exe = pol_current_exe();
+	if (!exe)
+		return 1;
+	bpf_get_current_comm(q.comm, sizeof(q.comm));
+	q.uid = (__u32)bpf_get_current_uid_gid();
+	struct pol_decision d;
+	if (!pol_decide(&q, exe, &d, 0))
+		return 1;
+	if (!d.block && sendmsg && pol_seen(sk, &q, d.gen))
+		return 1;
+	struct pf_owner o = {};
+	owner_current(&o);
+	pol_emit(&q, exe, &d, bpf_get_socket_cookie(sa), &o,
+		 sk_netns(bpf_core_cast(sk, struct sock)),
+		 sendmsg ? PF_HOOK_SENDMSG : PF_HOOK_CONNECT);
+	return d.block ? 0 : 1;
+}
+
+/* cgroup_skb: the first packet of an inbound TCP connection (a SYN on a
+ * listener), and every egress packet of sockets other than TCP and UDP
+ * (ICMP, raw). Returns 0 to drop. */
+static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock *bsk,
+					 bool egress, bool stream, __u32 state, __u8 version,
+					 __u8 l4, const __u8 *src, const __u8 *dst, __u16 sport,
+					 __u16 dport, __u8 tcpflags)
+{
+	__u32 sproto = bsk->protocol;
+	bool inbound = !egress && stream && state == BPF_TCP_LISTEN &&
+		       (tcpflags & 0x12) == 0x02; /* SYN without ACK */
+	bool other = egress && sproto != IPPROTO_TCP && sproto != IPPROTO_UDP;
+	if (!inbound && !other)
+		return 1;
+	__u32 zero = 0;
+	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
+	if (!st || !st->enabled)
+		return 1;
+
+	struct pol_query q = {};
+	q.family = version;
+	q.proto = l4;
+	q.dir = inbound ? 1 : 0;
+	if (egress) {
+		__builtin_memcpy(q.remote, dst, 16);
+		__builtin_memcpy(q.local, src, 16);
+		q.rport = dport;
+		q.lport = sport;
+	} else {
+		__builtin_memcpy(q.remote, src, 16);
+		__builtin_memcpy(q.local, dst, 16);
+		q.rport = sport;
+		q.lport = dport;
+	}
+	if (q.family == 6 && is_v4_mapped((__u32 *)q.remote)) {
+		__builtin_memmove(q.remote, q.remote + 12, 4);
+		__builtin_memset(q.remote + 4, 0, 12);
+		q.family = 4;
+	}
+
+	/* Who: the identity kept when the socket was bound or created, else
+	 * what its flow context knows. */
+	struct pf_owner o = {};
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+	if (ctx && (ctx->flags & PF_F_OWNER))
+		o = ctx->owner;
+	struct pf_exe_ident *exe = bpf_sk_storage_get(&pol_sk, bsk, 0, 0);
+	if (exe) {
+		q.uid = exe->uid;
+		__builtin_memcpy(q.comm, exe->comm, PF_COMM_LEN);
+	} else {
+		exe = bpf_map_lookup_elem(&pol_zero, &zero);
+		if (!exe)
+			return 1;
+		q.uid = o.uid;
+		__builtin_memcpy(q.comm, o.comm, PF_COMM_LEN);
+	}
+	struct sock *sk = bpf_core_cast(bsk, struct sock);
+	struct pol_decision d;
+	if (!pol_decide(&q, exe, &d, bsk))
+		return 1;
+	if (!d.block && (inbound || pol_seen(bsk, &q, d.gen)))
+		return 1;
+	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), &o, sk_netns(sk),
+		 egress ? PF_HOOK_EGRESS : PF_HOOK_INGRESS);
+	return d.block ? 0 : 1;
+}
+
+#endif /* PF_POLICY_H */

@@ -1,0 +1,475 @@
+//! Rules enforcement: a compiled rule set written into the kernel's rule
+//! maps (see `bpf/policy.h`), swapped in atomically, and the verdict records
+//! the programs send back.
+//!
+//! Every table exists for two generations. [`Policy::install`] checks that
+//! the rule set fits and resolves its cgroups first (a rule set that does not
+//! fit never touches the maps), then clears and fills the generation not in
+//! use, and only then flips `pol_state.gen`, one 8-byte array write that the
+//! programs read once per decision. The generation in force is never written.
+
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags};
+use procflow_core::flow::Direction;
+use procflow_core::identity::Owner;
+use procflow_core::rules::{
+    cgroup_covers, CompiledRules, LpmTable, Mask, PortTable, Rules, EXE_KEY_BYTES,
+};
+
+use crate::decode::{self, Clock};
+use crate::skel::types::{pf_policy_hdr, pf_verdict_event};
+use crate::{BpfError, Kernel};
+
+/// Port segments per dimension (`PF_PORT_SEGS`).
+pub const PORT_SEGS: usize = 4096;
+/// Cgroup levels the kernel looks up (`PF_CG_LEVELS`): a rule may name a
+/// cgroup at most this many components deep, less one.
+pub const CG_LEVELS: usize = 16;
+/// Entries of each remote LPM table, one kept for the /0 entry.
+pub const REMOTE_ENTRIES: usize = 16384;
+/// `PF_UID_MISS`: the uid key that holds the uid table's miss mask.
+const UID_MISS: u32 = u32::MAX;
+/// The comm key that holds the comm table's miss mask (no NUL in it).
+const COMM_MISS: [u8; 16] = [0xff; 16];
+
+pub const PF_EV_VERDICT: u32 = 9;
+pub const VERDICT_EVENT_SIZE: usize = 376;
+const _: () = assert!(std::mem::size_of::<pf_verdict_event>() == VERDICT_EVENT_SIZE);
+const _: () = assert!(std::mem::size_of::<pf_policy_hdr>() == 912);
+
+/// The hook that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Sendmsg,
+    Egress,
+    Ingress,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Sendmsg => "sendmsg",
+            Hook::Egress => "egress",
+            Hook::Ingress => "ingress",
+        }
+    }
+}
+
+/// A decision the kernel made (a `PF_EV_VERDICT` record): every block, and
+/// the first allow of each connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelVerdict {
+    /// Unix ns.
+    pub time_ns: u64,
+    pub cookie: u64,
+    pub block: bool,
+    /// Index of the deciding rule in the generation's rule set; `None` for
+    /// the default.
+    pub rule: Option<usize>,
+    /// Generation of the rule set that decided.
+    pub generation: u32,
+    pub owner: Owner,
+    /// The executable path the kernel matched, when it knew it.
+    pub exe: Option<String>,
+    pub family: u8,
+    pub proto: u8,
+    pub direction: Direction,
+    pub remote: (IpAddr, u16),
+    pub local: (IpAddr, u16),
+    pub netns: u64,
+    pub hook: Hook,
+}
+
+/// Decodes a `PF_EV_VERDICT` record.
+pub fn decode_verdict(data: &[u8], clock: &Clock) -> Option<KernelVerdict> {
+    let e: pf_verdict_event = decode::read_struct(data)?;
+    let len = (e.exe_len as usize).min(EXE_KEY_BYTES);
+    let exe_bytes: Vec<u8> = e.exe[..len].iter().map(|&c| c as u8).collect();
+    Some(KernelVerdict {
+        time_ns: clock.unix_ns(e.ts_ns),
+        cookie: e.cookie,
+        block: e.block != 0,
+        rule: usize::try_from(e.rule).ok(),
+        generation: e.r#gen,
+        owner: decode::owner(&e.owner),
+        exe: (len > 0).then(|| String::from_utf8_lossy(&exe_bytes).into_owned()),
+        family: e.family,
+        proto: e.proto,
+        direction: if e.direction == 2 {
+            Direction::In
+        } else {
+            Direction::Out
+        },
+        remote: (decode::ip(e.family, &e.remote), e.rport),
+        local: (decode::ip(e.family, &e.local), e.lport),
+        netns: u64::from(e.netns),
+        hook: match e.hook {
+            2 => Hook::Sendmsg,
+            3 => Hook::Egress,
+            4 => Hook::Ingress,
+            _ => Hook::Connect,
+        },
+    })
+}
+
+fn mask_bytes(m: &Mask) -> Vec<u8> {
+    m.0.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+fn lpm_key(prefix_len: u32, key: &[u8], data_bytes: usize) -> Vec<u8> {
+    let mut k = prefix_len.to_ne_bytes().to_vec();
+    let mut data = key.to_vec();
+    data.resize(data_bytes, 0);
+    k.extend_from_slice(&data);
+    k
+}
+
+/// Everything written for one generation, computed before any map is
+/// touched.
+struct Tables {
+    hdr: Vec<u8>,
+    exe_pre: Vec<(Vec<u8>, Vec<u8>)>,
+    exe_suf: Vec<(Vec<u8>, Vec<u8>)>,
+    r4: Vec<(Vec<u8>, Vec<u8>)>,
+    r6: Vec<(Vec<u8>, Vec<u8>)>,
+    comm: Vec<(Vec<u8>, Vec<u8>)>,
+    uid: Vec<(Vec<u8>, Vec<u8>)>,
+    cg: Vec<(Vec<u8>, Vec<u8>)>,
+    dir: [Vec<u8>; 2],
+    proto: Vec<Vec<u8>>,
+    /// Remote, local: each port's segment (65536 u16) and segment masks.
+    ports: [(Vec<u8>, Vec<Vec<u8>>); 2],
+}
+
+fn lpm_entries(t: &LpmTable, data_bytes: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // The /0 entry holds the miss mask, so a lookup always finds an entry.
+    let mut out = vec![(lpm_key(0, &[], data_bytes), mask_bytes(&t.miss))];
+    for e in &t.entries {
+        if e.prefix_len == 0 {
+            out[0].1 = mask_bytes(&e.mask);
+            continue;
+        }
+        out.push((
+            lpm_key(e.prefix_len, &e.key, data_bytes),
+            mask_bytes(&e.mask),
+        ));
+    }
+    out
+}
+
+fn port_tables(t: &PortTable, what: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), BpfError> {
+    if t.starts.len() > PORT_SEGS {
+        return Err(BpfError::Rules(format!(
+            "the {what} conditions cut the port space into {} ranges; the kernel holds at most \
+             {PORT_SEGS}",
+            t.starts.len()
+        )));
+    }
+    let mut idx = Vec::with_capacity(65536 * 2);
+    let mut seg: u16 = 0;
+    for port in 0..=u16::MAX {
+        while (seg as usize + 1) < t.starts.len() && t.starts[seg as usize + 1] <= port {
+            seg += 1;
+        }
+        idx.extend_from_slice(&seg.to_ne_bytes());
+    }
+    Ok((idx, t.masks.iter().map(mask_bytes).collect()))
+}
+
+/// The cgroup v2 id (inode) of `path` under `root`, if it exists.
+fn cgroup_id(root: &Path, path: &str) -> Option<u64> {
+    let rel = path.trim_start_matches('/');
+    let p = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    std::fs::metadata(p).ok().map(|m| m.ino())
+}
+
+/// Whether a compiled rule set fits the kernel's tables.
+pub fn check_fits(c: &CompiledRules) -> Result<(), BpfError> {
+    if c.cgroup.max_level >= CG_LEVELS {
+        return Err(BpfError::Rules(format!(
+            "a `cgroup` condition is {} levels deep; the kernel looks at most {} levels down",
+            c.cgroup.max_level,
+            CG_LEVELS - 1
+        )));
+    }
+    if c.remote_v4.entries.len() >= REMOTE_ENTRIES || c.remote_v6.entries.len() >= REMOTE_ENTRIES {
+        return Err(BpfError::Rules(format!(
+            "too many distinct `remote` prefixes for one family (at most {})",
+            REMOTE_ENTRIES - 1
+        )));
+    }
+    for (t, what) in [
+        (&c.remote_port, "`remote_port`"),
+        (&c.local_port, "`local_port`"),
+    ] {
+        if t.starts.len() > PORT_SEGS {
+            return Err(BpfError::Rules(format!(
+                "the {what} conditions cut the port space into {} ranges; the kernel holds at \
+                 most {PORT_SEGS}",
+                t.starts.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
+    check_fits(c)?;
+    let mut block = Mask::EMPTY;
+    for (i, a) in c.actions.iter().enumerate() {
+        if *a == procflow_core::rules::Action::Block {
+            block.set(i);
+        }
+    }
+    let mut hdr = pf_policy_hdr {
+        rule_count: c.rule_count as u32,
+        default_block: u8::from(c.default == procflow_core::rules::Action::Block),
+        cg_levels: if c.cgroup.entries.is_empty() {
+            0
+        } else {
+            (c.cgroup.max_level + 1) as u8
+        },
+        nseg: [
+            c.remote_port.starts.len() as u16,
+            c.local_port.starts.len() as u16,
+        ],
+        ..Default::default()
+    };
+    let m = |x: &Mask| crate::skel::types::pf_mask { w: x.0 };
+    hdr.block = m(&block);
+    hdr.exe_miss = m(&c.exe_prefix.miss);
+    hdr.comm_miss = m(&c.comm.miss);
+    hdr.uid_miss = m(&c.uid.miss);
+    hdr.cg_wild = m(&c.cgroup.wildcard);
+    hdr.r4_miss = m(&c.remote_v4.miss);
+    hdr.r6_miss = m(&c.remote_v6.miss);
+
+    let mut comm: Vec<_> = c
+        .comm
+        .entries
+        .iter()
+        .map(|(k, v)| (k.to_vec(), mask_bytes(v)))
+        .collect();
+    comm.push((COMM_MISS.to_vec(), mask_bytes(&c.comm.miss)));
+    let mut uid: Vec<_> = c
+        .uid
+        .entries
+        .iter()
+        .filter(|(k, _)| *k != UID_MISS)
+        .map(|(k, v)| (k.to_ne_bytes().to_vec(), mask_bytes(v)))
+        .collect();
+    uid.push((UID_MISS.to_ne_bytes().to_vec(), mask_bytes(&c.uid.miss)));
+
+    // The kernel takes the deepest ancestor it finds: each entry holds the
+    // rules of every named cgroup that covers it, and the wildcard rules.
+    let mut cg = Vec::new();
+    for (path, _) in &c.cgroup.entries {
+        let Some(id) = cgroup_id(cgroup_root, path) else {
+            continue; // matches nothing until the rules are reloaded
+        };
+        let mut mask = c.cgroup.wildcard;
+        for (q, qm) in &c.cgroup.entries {
+            if cgroup_covers(q, path) {
+                mask |= *qm;
+            }
+        }
+        cg.push((id.to_ne_bytes().to_vec(), mask_bytes(&mask)));
+    }
+
+    Ok(Tables {
+        hdr: struct_bytes(&hdr).to_vec(),
+        exe_pre: lpm_entries(&c.exe_prefix, EXE_KEY_BYTES),
+        exe_suf: lpm_entries(&c.exe_suffix, EXE_KEY_BYTES),
+        r4: lpm_entries(&c.remote_v4, 4),
+        r6: lpm_entries(&c.remote_v6, 16),
+        comm,
+        uid,
+        cg,
+        dir: [mask_bytes(&c.direction[0]), mask_bytes(&c.direction[1])],
+        proto: c.proto.iter().map(mask_bytes).collect(),
+        ports: [
+            port_tables(&c.remote_port, "`remote_port`")?,
+            port_tables(&c.local_port, "`local_port`")?,
+        ],
+    })
+}
+
+fn struct_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a repr(C) skeleton type made of integers (its padding is
+    // spelled out as fields and zeroed by Default); the slice borrows v.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn map_err(what: &str) -> impl Fn(libbpf_rs::Error) -> BpfError + '_ {
+    move |e| BpfError::Load(format!("writing the rule map {what}: {e}"))
+}
+
+fn clear(map: &dyn MapCore, what: &str) -> Result<(), BpfError> {
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    for k in keys {
+        map.delete(&k).map_err(map_err(what))?;
+    }
+    Ok(())
+}
+
+fn fill(map: &dyn MapCore, what: &str, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), BpfError> {
+    clear(map, what)?;
+    for (k, v) in entries {
+        map.update(k, v, MapFlags::ANY).map_err(map_err(what))?;
+    }
+    Ok(())
+}
+
+/// The rule sets in the kernel: which generation is in force and the rules
+/// of each generation (verdict records name rules by generation and index).
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Generation in force, when rules are loaded.
+    active: Option<u32>,
+    by_gen: [Option<Rules>; 2],
+}
+
+impl Policy {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rule set in force.
+    pub fn rules(&self) -> Option<&Rules> {
+        self.by_gen[self.active? as usize].as_ref()
+    }
+
+    /// The rule set of a generation (for verdict records).
+    pub fn rules_of(&self, generation: u32) -> Option<&Rules> {
+        self.by_gen[(generation & 1) as usize].as_ref()
+    }
+
+    /// Writes `rules` into the generation not in use and makes it the one
+    /// in force. On error the rules in force stay in force, untouched.
+    pub fn install(&mut self, kernel: &Kernel, rules: Rules) -> Result<(), BpfError> {
+        let compiled = CompiledRules::compile(&rules);
+        let t = build(&compiled, &kernel.cgroup_root)?;
+        let next = self.active.map_or(0, |g| 1 - g);
+        let maps = &kernel.skel().maps;
+        let g = next as usize;
+        let pick = |a: &'static libbpf_rs::Map<'static>, b: &'static libbpf_rs::Map<'static>| {
+            if g == 0 {
+                a
+            } else {
+                b
+            }
+        };
+        fill(
+            pick(&maps.pol_exe_pre_0, &maps.pol_exe_pre_1),
+            "exe prefix",
+            &t.exe_pre,
+        )?;
+        fill(
+            pick(&maps.pol_exe_suf_0, &maps.pol_exe_suf_1),
+            "exe suffix",
+            &t.exe_suf,
+        )?;
+        fill(pick(&maps.pol_r4_0, &maps.pol_r4_1), "remote v4", &t.r4)?;
+        fill(pick(&maps.pol_r6_0, &maps.pol_r6_1), "remote v6", &t.r6)?;
+        fill(pick(&maps.pol_comm_0, &maps.pol_comm_1), "comm", &t.comm)?;
+        fill(pick(&maps.pol_uid_0, &maps.pol_uid_1), "uid", &t.uid)?;
+        fill(pick(&maps.pol_cg_0, &maps.pol_cg_1), "cgroup", &t.cg)?;
+        let put = |map: &libbpf_rs::Map<'_>, what: &str, idx: usize, v: &[u8]| {
+            map.update(&(idx as u32).to_ne_bytes(), v, MapFlags::ANY)
+                .map_err(map_err(what))
+        };
+        for (d, v) in t.dir.iter().enumerate() {
+            put(&maps.pol_dir, "direction", g * 2 + d, v)?;
+        }
+        for (p, v) in t.proto.iter().enumerate() {
+            put(&maps.pol_proto, "proto", g * 256 + p, v)?;
+        }
+        for (dim, (idx, masks)) in t.ports.iter().enumerate() {
+            let base = (g * 2 + dim) * PORT_SEGS;
+            for (i, v) in masks.iter().enumerate() {
+                put(&maps.pol_port_mask, "port masks", base + i, v)?;
+            }
+            put(&maps.pol_port_idx, "port index", g * 2 + dim, idx)?;
+        }
+        put(&maps.pol_hdr, "header", g, &t.hdr)?;
+
+        // The flip: from here on, new decisions use generation `next`.
+        let mut state = next.to_ne_bytes().to_vec();
+        state.extend_from_slice(&1u32.to_ne_bytes());
+        put(&maps.pol_state, "state", 0, &state)?;
+        self.by_gen[g] = Some(rules);
+        self.active = Some(next);
+        Ok(())
+    }
+
+    /// Stops enforcing: every connection is allowed again.
+    pub fn disable(&mut self, kernel: &Kernel) -> Result<(), BpfError> {
+        let mut state = self.active.unwrap_or(0).to_ne_bytes().to_vec();
+        state.extend_from_slice(&0u32.to_ne_bytes());
+        kernel
+            .skel()
+            .maps
+            .pol_state
+            .update(&0u32.to_ne_bytes(), &state, MapFlags::ANY)
+            .map_err(map_err("state"))?;
+        self.active = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procflow_core::rules::{parse_rules, NoUsers};
+
+    #[test]
+    fn port_index_maps_each_port_to_its_segment() {
+        let r = parse_rules(
+            "t.toml",
+            "[[rule]]\nname = \"a\"\naction = \"block\"\nremote_port = \"100-200\"\n",
+            &NoUsers,
+        )
+        .unwrap();
+        let c = CompiledRules::compile(&r);
+        let (idx, masks) = port_tables(&c.remote_port, "remote_port").unwrap();
+        let seg = |p: usize| u16::from_ne_bytes([idx[p * 2], idx[p * 2 + 1]]) as usize;
+        assert_eq!(masks.len(), 3);
+        assert_eq!(
+            (seg(0), seg(99), seg(100), seg(200), seg(201)),
+            (0, 0, 1, 1, 2)
+        );
+        for p in [0u16, 99, 100, 150, 200, 201, 65535] {
+            assert_eq!(
+                masks[seg(p as usize)],
+                mask_bytes(&c.remote_port.lookup(p)),
+                "port {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn lpm_tables_get_a_catch_all_entry_with_the_miss_mask() {
+        let r = parse_rules(
+            "t.toml",
+            "[[rule]]\nname = \"a\"\naction = \"block\"\nremote = \"10.0.0.0/8\"\n\
+             [[rule]]\nname = \"b\"\naction = \"allow\"\n",
+            &NoUsers,
+        )
+        .unwrap();
+        let c = CompiledRules::compile(&r);
+        let e = lpm_entries(&c.remote_v4, 4);
+        assert_eq!(e[0].0, lpm_key(0, &[], 4));
+        assert_eq!(e[0].1, mask_bytes(&c.remote_v4.miss));
+        assert_eq!(e[1].0, [8, 0, 0, 0, 10, 0, 0, 0]);
+        assert_eq!(e.len(), 2);
+    }
+}

@@ -1,0 +1,279 @@
+//! `procflow run --rules FILE`: loads the rules into the kernel, reloads them
+//! on SIGHUP (a refused file leaves the rules in force untouched), turns the
+//! kernel's decisions into `"type":"verdict"` records and flow `verdict` /
+//! `rule` fields, and with `--enforce-existing` closes established TCP
+//! connections that the rules block.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use procflow_bpf::policy::{KernelVerdict, Policy};
+use procflow_bpf::sock_destroy::{self, TcpId};
+use procflow_bpf::Kernel;
+use procflow_core::flow::{FlowKey, Proto, Verdict};
+use procflow_core::identity::SystemLookup;
+use procflow_core::rules::{
+    cgroup_ancestors, normalize_ip, CompiledRules, Direction, Query, Rules,
+};
+use procflow_core::timefmt::rfc3339;
+use procflow_core::FlowTable;
+use serde_json::json;
+
+use crate::rules_cmd;
+
+#[derive(Debug, clap::Args)]
+pub struct RulesArgs {
+    /// Allow or block connections by the rules in FILE (see docs/rules.md).
+    /// SIGHUP reloads the file; a refused file leaves the rules in force.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// When rules are loaded or reloaded, also close the established TCP
+    /// connections they block (sock_diag SOCK_DESTROY).
+    #[arg(long, requires = "rules")]
+    pub enforce_existing: bool,
+}
+
+/// Programs without which rules cannot be enforced.
+const NEEDED: &[&str] = &[
+    "pf_connect4",
+    "pf_connect6",
+    "pf_sendmsg4",
+    "pf_sendmsg6",
+    "pf_egress",
+    "pf_ingress",
+    "pf_pol_exec",
+    "pf_pol_bind4",
+    "pf_pol_bind6",
+    "pf_pol_sock",
+];
+
+#[derive(Debug)]
+pub struct Enforcer {
+    path: Option<PathBuf>,
+    enforce_existing: bool,
+    policy: Policy,
+    hup: Arc<AtomicBool>,
+}
+
+impl Enforcer {
+    /// Loads the rules file, if one was given, into the kernel.
+    pub fn start(args: &RulesArgs, kernel: &Kernel) -> Result<Enforcer> {
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+            .context("installing the SIGHUP handler")?;
+        let mut e = Enforcer {
+            path: args.rules.clone(),
+            enforce_existing: args.enforce_existing,
+            policy: Policy::new(),
+            hup,
+        };
+        if let Some(path) = &e.path {
+            if let Some(r) = kernel
+                .refused()
+                .iter()
+                .find(|r| NEEDED.contains(&r.name.as_str()))
+            {
+                bail!(
+                    "cannot enforce rules: this kernel refused {}: {}",
+                    r.name,
+                    r.reason
+                );
+            }
+            let rules = rules_cmd::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let n = rules.rules.len();
+            e.policy
+                .install(kernel, rules)
+                .with_context(|| format!("loading {}", path.display()))?;
+            tracing::info!("rules: {} loaded ({n} rules)", path.display());
+        }
+        Ok(e)
+    }
+
+    /// Once the start-up scan is done: closes what the rules block.
+    pub fn after_start(
+        &mut self,
+        kernel: &mut Kernel,
+        table: &mut FlowTable,
+        sys: &mut dyn SystemLookup,
+    ) -> Result<()> {
+        if self.enforce_existing && self.policy.rules().is_some() {
+            self.close_blocked(kernel, table, sys)?;
+        }
+        Ok(())
+    }
+
+    /// Reloads the rules file when SIGHUP arrived.
+    pub fn check_reload(
+        &mut self,
+        kernel: &mut Kernel,
+        table: &mut FlowTable,
+        sys: &mut dyn SystemLookup,
+    ) -> Result<()> {
+        if !self.hup.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(path) = self.path.clone() else {
+            tracing::warn!("SIGHUP: no --rules file to reload");
+            return Ok(());
+        };
+        let rules = match rules_cmd::load(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("rules: reload refused, the rules in force stay in force:\n{e}");
+                return Ok(());
+            }
+        };
+        let n = rules.rules.len();
+        if let Err(e) = self.policy.install(kernel, rules) {
+            tracing::error!(
+                "rules: reload of {} refused, the rules in force stay in force: {e}",
+                path.display()
+            );
+            return Ok(());
+        }
+        tracing::info!("rules: {} reloaded ({n} rules)", path.display());
+        if self.enforce_existing {
+            self.close_blocked(kernel, table, sys)?;
+        }
+        Ok(())
+    }
+
+    /// A kernel decision: the flow's `verdict` and `rule`, and for a block a
+    /// verdict record to write.
+    pub fn verdict(
+        &mut self,
+        v: &KernelVerdict,
+        table: &mut FlowTable,
+        sys: &mut dyn SystemLookup,
+    ) -> Option<serde_json::Value> {
+        let rule = v.rule.and_then(|i| {
+            self.policy
+                .rules_of(v.generation)
+                .and_then(|r| r.rules.get(i))
+                .map(|r| r.name.clone())
+        });
+        let verdict = if v.block {
+            Verdict::Block
+        } else {
+            Verdict::Allow
+        };
+        let key = if v.proto == 6 {
+            FlowKey::socket(v.cookie)
+        } else {
+            FlowKey::datagram(v.cookie, v.remote.0, v.remote.1)
+        };
+        table.set_verdict(key, verdict, rule.clone());
+        if !v.block {
+            return None;
+        }
+        let mut process = table.identity(&v.owner, sys);
+        if v.exe.is_some() {
+            process.exe = v.exe.clone();
+        }
+        Some(verdict_record(v, rule.as_deref(), &process))
+    }
+
+    /// Closes established TCP connections that the rules in force block.
+    fn close_blocked(
+        &mut self,
+        kernel: &mut Kernel,
+        table: &mut FlowTable,
+        sys: &mut dyn SystemLookup,
+    ) -> Result<()> {
+        let Some(rules) = self.policy.rules() else {
+            return Ok(());
+        };
+        let targets = blocked_connections(rules, kernel, table, sys)?;
+        for (netns, ids) in targets {
+            match sock_destroy::destroy_in(netns, &ids) {
+                Ok(n) => {
+                    tracing::info!("rules: closed {n} established connections (netns {netns})")
+                }
+                Err(e) => tracing::warn!("rules: closing connections in netns {netns}: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The live TCP connections that `rules` block, by network namespace.
+fn blocked_connections(
+    rules: &Rules,
+    kernel: &mut Kernel,
+    table: &mut FlowTable,
+    sys: &mut dyn SystemLookup,
+) -> Result<BTreeMap<u64, Vec<TcpId>>> {
+    let compiled = CompiledRules::compile(rules);
+    let (views, _) = kernel.dump_tcp().context("reading live connections")?;
+    let mut out: BTreeMap<u64, Vec<TcpId>> = BTreeMap::new();
+    for v in views {
+        let (rip, rport) = v.info.remote;
+        if v.info.proto != Proto::Tcp || rport == 0 || rip.is_unspecified() {
+            continue; // listeners and sockets not connected
+        }
+        let Some(owner) = &v.owner else { continue };
+        let ident = table.identity(owner, sys);
+        let exe = ident.exe.clone().unwrap_or_default();
+        let ancestors = ident
+            .cgroup
+            .as_deref()
+            .map(cgroup_ancestors)
+            .unwrap_or_default();
+        let q = Query {
+            exe: &exe,
+            comm: &owner.comm,
+            uid: owner.uid,
+            cgroup_ancestors: &ancestors,
+            direction: if v.info.direction == procflow_core::flow::Direction::In {
+                Direction::In
+            } else {
+                Direction::Out
+            },
+            proto: 6,
+            remote: normalize_ip(rip),
+            remote_port: rport,
+            local_port: v.info.local.1,
+        };
+        if compiled.decide(&q).action == procflow_core::rules::Action::Block {
+            out.entry(v.info.netns).or_default().push(TcpId {
+                family: v.info.family,
+                local: v.info.local,
+                remote: v.info.remote,
+                cookie: v.key.cookie,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn proto_name(p: u8) -> String {
+    Proto::from_number(p).to_string()
+}
+
+fn verdict_record(
+    v: &KernelVerdict,
+    rule: Option<&str>,
+    process: &procflow_core::ProcessIdentity,
+) -> serde_json::Value {
+    json!({
+        "type": "verdict",
+        "time": rfc3339(v.time_ns),
+        "verdict": if v.block { "block" } else { "allow" },
+        "rule": rule,
+        "rule_index": v.rule,
+        "hook": v.hook.name(),
+        "proto": proto_name(v.proto),
+        "family": v.family,
+        "direction": if v.direction == procflow_core::flow::Direction::In { "in" } else { "out" },
+        "local_ip": v.local.0,
+        "local_port": v.local.1,
+        "remote_ip": v.remote.0,
+        "remote_port": v.remote.1,
+        "process": process,
+        "netns": v.netns,
+        "socket": v.cookie,
+    })
+}
