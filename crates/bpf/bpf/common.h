@@ -43,6 +43,7 @@ PF_MAP struct {
  * space deletes a socket's entries after its RELEASE record. */
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct pf_dgram_key);
 	__type(value, struct pf_dgram_val);
@@ -51,7 +52,7 @@ PF_MAP struct {
 /* Handshake packets seen on a listener, waiting for the accepted socket. */
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct pf_tuple);
 	__type(value, struct pf_pending);
 } pending SEC(".maps");

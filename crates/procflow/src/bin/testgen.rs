@@ -146,6 +146,12 @@ enum Cmd {
         #[arg(long)]
         secs: f64,
     },
+    /// Open CONNECTIONS loopback connections to itself (two sockets each),
+    /// print "ready", and hold them until standard input closes (benchmark).
+    Hold {
+        #[arg(long)]
+        connections: u64,
+    },
     /// Serve connections until killed: read to EOF, close (benchmark).
     Sink {
         #[arg(long)]
@@ -550,6 +556,23 @@ fn main() -> Res<()> {
                 "{}",
                 json!({"connections": made, "failed": failed, "pid": std::process::id()})
             );
+        }
+        Cmd::Hold { connections } => {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let addr = l.local_addr()?;
+            let mut held = Vec::new();
+            for _ in 0..connections {
+                let c = TcpStream::connect(addr)?;
+                let (s, _) = l.accept()?;
+                held.push((c, s));
+            }
+            ready(addr.port());
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_to_string(&mut sink);
+            drop(held);
         }
         Cmd::Sink { listen } => {
             let l = TcpListener::bind(listen)?;
