@@ -1,12 +1,14 @@
-//! Retention: old flows are deleted, old samples rolled up into hourly buckets.
+//! Retention: old flows and samples are deleted; hourly totals outlive the
+//! fine samples.
 //!
 //! [`Store::apply_retention`] with `retain` and `now`:
 //! - deletes the flows whose last record (their end, or for a flow that never
 //!   got a final record, the last time it was written) is older than
-//!   `now - retain`, and the samples whose bucket ended before that;
-//! - merges 10-second samples that started more than [`ROLLUP_AFTER`] before
-//!   `now` into 1-hour samples ([`ROLLUP_WIDTH`]) of the same series, summing
-//!   their bytes: totals never change, only the time resolution of old data;
+//!   `now - retain`, and the hourly totals of hours that ended before that;
+//! - deletes the 10-second samples that started more than [`FINE_FOR`]
+//!   before `now` (on the hour): older traffic is kept in the hourly totals
+//!   only, which the writer fills beside the samples, so totals never change,
+//!   only the time resolution of old data;
 //! - deletes the series, processes, executables and runs nothing refers to
 //!   any more.
 //!
@@ -16,22 +18,21 @@
 use std::time::Duration;
 
 use crate::error::StoreError;
-use crate::store::Store;
+use crate::store::{Store, HOUR_SECONDS};
 use crate::timespec::bucket_start;
 
-/// Samples older than this are rolled up.
-pub const ROLLUP_AFTER: Duration = Duration::from_secs(2 * 86_400);
-
-/// Width of rolled-up samples, in seconds.
-pub const ROLLUP_WIDTH: i64 = 3_600;
+/// How long 10-second samples are kept; hourly totals are kept for the
+/// whole retention time.
+pub const FINE_FOR: Duration = Duration::from_secs(2 * 86_400);
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionSummary {
     pub flows_deleted: usize,
+    /// 10-second samples deleted (their traffic stays in the hourly totals
+    /// unless those were deleted too).
     pub samples_deleted: usize,
-    /// Fine samples merged into hourly ones.
-    pub samples_rolled_up: usize,
+    pub hours_deleted: usize,
 }
 
 impl Store {
@@ -44,51 +45,31 @@ impl Store {
         let now_s = i64::try_from(now_unix_ns / 1_000_000_000).unwrap_or(i64::MAX);
         let retain_s = i64::try_from(retain.as_secs()).unwrap_or(i64::MAX);
         let cutoff_s = now_s.saturating_sub(retain_s);
-        let rollup_before = bucket_start(
-            now_s.saturating_sub(ROLLUP_AFTER.as_secs() as i64),
-            ROLLUP_WIDTH,
-        );
+        let fine_from = bucket_start(
+            now_s.saturating_sub(FINE_FOR.as_secs() as i64),
+            HOUR_SECONDS,
+        )
+        .max(cutoff_s);
         let current_run = self.run_id().unwrap_or(-1);
         let conn = &self.conn;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let pass = || -> rusqlite::Result<RetentionSummary> {
-            let mut sum = RetentionSummary {
+            let sum = RetentionSummary {
                 flows_deleted: conn.execute(
                     "DELETE FROM flows WHERE coalesce(end_us, last_us) < ?1",
                     [cutoff_s.saturating_mul(1_000_000)],
                 )?,
                 samples_deleted: conn
-                    .execute("DELETE FROM samples WHERE bucket + width <= ?1", [cutoff_s])?,
-                samples_rolled_up: 0,
+                    .execute("DELETE FROM samples WHERE bucket < ?1", [fine_from])?,
+                hours_deleted: conn.execute(
+                    "DELETE FROM hourly WHERE hour + ?2 <= ?1",
+                    [cutoff_s, HOUR_SECONDS],
+                )?,
             };
             conn.execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS rollup (
-                    bucket INTEGER, series_id INTEGER, tx_bytes INTEGER, rx_bytes INTEGER);
-                 DELETE FROM temp.rollup;",
-            )?;
-            conn.execute(
-                "INSERT INTO temp.rollup
-                 SELECT bucket - bucket % ?2, series_id, sum(tx_bytes), sum(rx_bytes)
-                 FROM samples WHERE bucket < ?1 AND width < ?2
-                 GROUP BY 1, 2",
-                [rollup_before, ROLLUP_WIDTH],
-            )?;
-            sum.samples_rolled_up = conn.execute(
-                "DELETE FROM samples WHERE bucket < ?1 AND width < ?2",
-                [rollup_before, ROLLUP_WIDTH],
-            )?;
-            conn.execute(
-                "INSERT INTO samples (bucket, series_id, width, tx_bytes, rx_bytes)
-                 SELECT bucket, series_id, ?1, tx_bytes, rx_bytes FROM temp.rollup WHERE true
-                 ON CONFLICT (bucket, series_id) DO UPDATE SET
-                    tx_bytes = tx_bytes + excluded.tx_bytes,
-                    rx_bytes = rx_bytes + excluded.rx_bytes,
-                    width = max(width, excluded.width)",
-                [ROLLUP_WIDTH],
-            )?;
-            conn.execute_batch(
-                "DELETE FROM temp.rollup;
-                 DELETE FROM series WHERE series_id NOT IN (SELECT series_id FROM samples);
+                "DELETE FROM series
+                  WHERE series_id NOT IN (SELECT series_id FROM hourly)
+                    AND series_id NOT IN (SELECT series_id FROM samples);
                  DELETE FROM processes
                   WHERE process_id NOT IN
                         (SELECT process_id FROM flows WHERE process_id IS NOT NULL)

@@ -25,7 +25,7 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// Version 1: runs, executables, processes, flows, series and samples.
 ///
 /// Times are integers: `*_us` columns are microseconds since the Unix epoch,
-/// `samples.bucket` and `samples.width` are seconds.
+/// `samples.bucket` and `hourly.hour` are seconds.
 const V1: &str = "
 CREATE TABLE runs (
     run_id      INTEGER PRIMARY KEY,
@@ -92,10 +92,16 @@ CREATE INDEX series_key ON series(process_id, remote_ip, port);
 CREATE TABLE samples (
     bucket     INTEGER NOT NULL,
     series_id  INTEGER NOT NULL REFERENCES series(series_id),
-    width      INTEGER NOT NULL,
     tx_bytes   INTEGER NOT NULL,
     rx_bytes   INTEGER NOT NULL,
     PRIMARY KEY (bucket, series_id)
+) WITHOUT ROWID;
+CREATE TABLE hourly (
+    hour       INTEGER NOT NULL,
+    series_id  INTEGER NOT NULL REFERENCES series(series_id),
+    tx_bytes   INTEGER NOT NULL,
+    rx_bytes   INTEGER NOT NULL,
+    PRIMARY KEY (hour, series_id)
 ) WITHOUT ROWID;
 ";
 

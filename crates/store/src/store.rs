@@ -4,7 +4,8 @@
 //! and writes it in one transaction: each record upserts its flow's row, and
 //! the growth of its byte counters since the flow's previous record goes into
 //! a 10-second sample of its series (process, remote, service port, proto,
-//! direction). The previous counters of live flows are kept in memory, and
+//! direction) and into the hourly total of that series. The previous
+//! counters of live flows are kept in memory, and
 //! read back from the flow's row when they are not (after a restart of the
 //! writer, or when the bounded caches were emptied), so a flow is never
 //! counted twice. A batch either lands whole or not at all.
@@ -24,6 +25,9 @@ use crate::timespec::{self, bucket_start};
 
 /// Width of the samples written by [`Store::write`], in seconds.
 pub const SAMPLE_SECONDS: i64 = 10;
+
+/// Width of the rows of `hourly`, in seconds.
+pub const HOUR_SECONDS: i64 = 3_600;
 
 /// How many entries each in-memory cache may hold before it is emptied.
 /// Emptying is always safe: everything is read back from the database.
@@ -248,22 +252,31 @@ impl Store {
         for r in records {
             self.write_record(run_id, r, now_us, &mut samples)?;
         }
+        let mut hours: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
         let mut up = self.conn.prepare_cached(
-            "INSERT INTO samples (bucket, series_id, width, tx_bytes, rx_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO samples (bucket, series_id, tx_bytes, rx_bytes)
+             VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (bucket, series_id) DO UPDATE SET
                 tx_bytes = tx_bytes + excluded.tx_bytes,
-                rx_bytes = rx_bytes + excluded.rx_bytes,
-                width = max(width, excluded.width)",
+                rx_bytes = rx_bytes + excluded.rx_bytes",
         )?;
         for ((bucket, series), (tx, rx)) in samples {
-            up.execute(params![
-                bucket,
-                series,
-                SAMPLE_SECONDS,
-                db_u64(tx),
-                db_u64(rx)
-            ])?;
+            up.execute(params![bucket, series, db_u64(tx), db_u64(rx)])?;
+            let h = hours
+                .entry((bucket_start(bucket, HOUR_SECONDS), series))
+                .or_default();
+            h.0 += tx;
+            h.1 += rx;
+        }
+        let mut up = self.conn.prepare_cached(
+            "INSERT INTO hourly (hour, series_id, tx_bytes, rx_bytes)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (hour, series_id) DO UPDATE SET
+                tx_bytes = tx_bytes + excluded.tx_bytes,
+                rx_bytes = rx_bytes + excluded.rx_bytes",
+        )?;
+        for ((hour, series), (tx, rx)) in hours {
+            up.execute(params![hour, series, db_u64(tx), db_u64(rx)])?;
         }
         Ok(())
     }

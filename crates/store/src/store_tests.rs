@@ -59,16 +59,26 @@ fn open_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-/// (sum of sampled tx, sum of sampled rx)
-fn sampled(store: &Store) -> (i64, i64) {
+fn sums(store: &Store, table: &str) -> (i64, i64) {
     store
         .conn
         .query_row(
-            "SELECT coalesce(sum(tx_bytes), 0), coalesce(sum(rx_bytes), 0) FROM samples",
+            &format!("SELECT coalesce(sum(tx_bytes), 0), coalesce(sum(rx_bytes), 0) FROM {table}"),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap()
+}
+
+/// (sum of sampled tx, sum of sampled rx); the hourly totals agree.
+fn sampled(store: &Store) -> (i64, i64) {
+    let s = sums(store, "samples");
+    assert_eq!(
+        sums(store, "hourly"),
+        s,
+        "hourly totals differ from the samples"
+    );
+    s
 }
 
 fn count(store: &Store, table: &str) -> i64 {
@@ -210,28 +220,36 @@ fn retention_deletes_old_flows_and_rolls_samples_up_to_hours() {
     let summary = store
         .apply_retention(Duration::from_secs(30 * day as u64), ns(NOW_S))
         .unwrap();
-    assert_eq!(summary.flows_deleted, 0);
-    assert_eq!(summary.samples_deleted, 0);
-    assert!(summary.samples_rolled_up > 0);
-    assert_eq!(sampled(&store), total, "rolling up keeps every byte");
-    let cutoff = bucket_start(NOW_S - 2 * day, 3_600);
-    let (old_fine, bad_hours): (i64, i64) = store
+    assert_eq!((summary.flows_deleted, summary.hours_deleted), (0, 0));
+    assert!(summary.samples_deleted > 0);
+    assert_eq!(
+        sums(&store, "hourly"),
+        total,
+        "hourly totals keep every byte"
+    );
+    let fine_from = bucket_start(NOW_S - 2 * day, 3_600);
+    let (oldest, fine_tx): (i64, i64) = store
         .conn
-        .query_row(
-            "SELECT (SELECT count(*) FROM samples WHERE bucket < ?1 AND width < 3600),
-                    (SELECT count(*) FROM samples WHERE width = 3600 AND bucket % 3600 <> 0)",
-            [cutoff],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((old_fine, bad_hours), (0, 0));
-    let recent: i64 = store
-        .conn
-        .query_row("SELECT count(*) FROM samples WHERE width = 10", [], |r| {
-            r.get(0)
+        .query_row("SELECT min(bucket), sum(tx_bytes) FROM samples", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert!(recent > 0, "the last two days keep 10-second samples");
+    assert!(
+        oldest >= fine_from,
+        "10-second samples older than two days are gone"
+    );
+    let recent_tx: i64 = store
+        .conn
+        .query_row(
+            "SELECT sum(tx_bytes) FROM flows WHERE end_us >= ?1",
+            [fine_from * 1_000_000],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        fine_tx, recent_tx,
+        "the last two days keep their 10-second samples"
+    );
     // Running it again changes nothing.
     let again = store
         .apply_retention(Duration::from_secs(30 * day as u64), ns(NOW_S))
@@ -256,17 +274,17 @@ fn retention_deletes_old_flows_and_rolls_samples_up_to_hours() {
         summary.flows_deleted as i64,
         flows_before - count(&store, "flows")
     );
-    assert!(summary.samples_deleted > 0);
+    assert!(summary.hours_deleted > 0);
     let oldest: i64 = store
         .conn
-        .query_row("SELECT min(bucket) FROM samples", [], |r| r.get(0))
+        .query_row("SELECT min(hour) FROM hourly", [], |r| r.get(0))
         .unwrap();
-    assert!(oldest + 3_600 > NOW_S - 3 * day, "oldest sample {oldest}");
+    assert!(oldest + 3_600 > NOW_S - 3 * day, "oldest hour {oldest}");
     // What no sample or flow refers to is gone; what remains is referenced.
     let orphans: i64 = store
         .conn
         .query_row(
-            "SELECT count(*) FROM series WHERE series_id NOT IN (SELECT series_id FROM samples)",
+            "SELECT count(*) FROM series WHERE series_id NOT IN (SELECT series_id FROM hourly)",
             [],
             |r| r.get(0),
         )

@@ -223,3 +223,113 @@ fn chart_is_an_svg_with_title_axes_and_legend() {
     assert!(err.contains("PNG output is not supported"), "{err}");
     assert!(!png.exists());
 }
+
+#[test]
+fn data_older_than_two_days_is_reported_from_the_hourly_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let mut flows = synthetic_flows();
+    let day = 86_400;
+    // Five days ago, one flow every 10 minutes for 3 hours, each 1000 bytes sent.
+    let base = NOW_S - 5 * day - (NOW_S - 5 * day).rem_euclid(3_600); // on the hour
+    let mut store = Store::open(&db).unwrap();
+    for (i, f) in flows.iter_mut().take(18).enumerate() {
+        let t = base + i as i64 * 600 + 30;
+        f.start_s = t;
+        store
+            .write(&[f.record(FlowState::Closed, 1_000, 10, Some(t))], ns(t))
+            .unwrap();
+    }
+    store
+        .apply_retention(std::time::Duration::from_secs(30 * day as u64), ns(NOW_S))
+        .unwrap();
+    let total = |since: i64, until: i64| -> u64 {
+        let args = ReportArgs {
+            db: db.clone(),
+            format: Format::Json,
+            since: rfc3339_s(since),
+            until: Some(rfc3339_s(until)),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        run_report_at(&args, NOW_S, &mut out).unwrap();
+        let doc: Value = serde_json::from_slice(&out).unwrap();
+        doc["total"]["tx_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(total(base - day, base + day), 18_000);
+    assert_eq!(total(base + 3_600, base + 7_200), 6_000, "the second hour");
+    // Hours count where they start: a window from the middle of the first
+    // hour leaves it out, one that ends in the middle of the third keeps it.
+    assert_eq!(total(base + 1_800, base + 2 * 3_600 + 60), 12_000);
+    let doc: Value = serde_json::from_str(&timeline(
+        &db,
+        &[GroupBy::Exe],
+        "1h",
+        Format::Json,
+        &rfc3339_s(base - 3_600),
+    ))
+    .unwrap();
+    let hours: Vec<(i64, u64)> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["bucket_start"].as_i64().unwrap(),
+                r["tx_bytes"].as_u64().unwrap(),
+            )
+        })
+        .fold(Vec::new(), |mut v: Vec<(i64, u64)>, (b, tx)| {
+            match v.last_mut() {
+                Some(last) if last.0 == b => last.1 += tx,
+                _ => v.push((b, tx)),
+            }
+            v
+        });
+    assert_eq!(
+        hours,
+        vec![(base, 6_000), (base + 3_600, 6_000), (base + 7_200, 6_000)]
+    );
+}
+
+#[test]
+fn hourly_totals_and_samples_give_the_same_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let flows = synthetic_flows();
+    let mut store = Store::open(&db).unwrap();
+    feed(&mut store, &flows);
+    // A 10-minute timeline reads only samples; totals read hourly rows for
+    // the whole hours of the window.
+    let by = [GroupBy::Host, GroupBy::Port];
+    let fine: Value =
+        serde_json::from_str(&timeline(&db, &by, "10m", Format::Json, "24h")).unwrap();
+    let mut fine_sums: HashMap<String, u64> = HashMap::new();
+    for r in fine["rows"].as_array().unwrap() {
+        *fine_sums
+            .entry(format!("{}/{}", r["host"], r["port"]))
+            .or_default() += r["total_bytes"].as_u64().unwrap();
+    }
+    let args = ReportArgs {
+        db: db.clone(),
+        by: by.to_vec(),
+        format: Format::Json,
+        since: "24h".into(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    run_report_at(&args, NOW_S, &mut out).unwrap();
+    let coarse: Value = serde_json::from_slice(&out).unwrap();
+    let coarse_sums: HashMap<String, u64> = coarse["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                format!("{}/{}", r["host"], r["port"]),
+                r["total_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(fine_sums, coarse_sums);
+}

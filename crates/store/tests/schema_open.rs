@@ -41,8 +41,12 @@ CREATE TABLE series (
 CREATE INDEX series_key ON series(process_id, remote_ip, port);
 CREATE TABLE samples (
     bucket INTEGER NOT NULL, series_id INTEGER NOT NULL REFERENCES series(series_id),
-    width INTEGER NOT NULL, tx_bytes INTEGER NOT NULL, rx_bytes INTEGER NOT NULL,
+    tx_bytes INTEGER NOT NULL, rx_bytes INTEGER NOT NULL,
     PRIMARY KEY (bucket, series_id)) WITHOUT ROWID;
+CREATE TABLE hourly (
+    hour INTEGER NOT NULL, series_id INTEGER NOT NULL REFERENCES series(series_id),
+    tx_bytes INTEGER NOT NULL, rx_bytes INTEGER NOT NULL,
+    PRIMARY KEY (hour, series_id)) WITHOUT ROWID;
 ";
 
 fn json_report(db: &Path, by: &[GroupBy]) -> Value {
@@ -75,8 +79,10 @@ fn a_version_1_database_is_migrated_and_keeps_its_data() {
                VALUES (1, '7', 1, 'closed', 'tcp', 4, 'out', '10.0.0.1', 40000, '192.0.2.1', 443,
                  1, {us}, {us}, {us}, 300, 7000, 3, 7, 200, 6900, 'connect');
              INSERT INTO series VALUES (1, 1, '192.0.2.1', 443, 'tcp', 'out');
-             INSERT INTO samples VALUES ({t}, 1, 10, 300, 7000);",
+             INSERT INTO samples VALUES ({t}, 1, 300, 7000);
+             INSERT INTO hourly VALUES ({h}, 1, 300, 7000);",
             us = t * 1_000_000,
+            h = t - t % 3_600,
         ))
         .unwrap();
         c.pragma_update(None, "application_id", APPLICATION_ID)

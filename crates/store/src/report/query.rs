@@ -3,8 +3,10 @@
 //!
 //! Traffic is counted from the samples, not from the flow rows: a sample is
 //! counted whole in a window when its bucket starts in it (`since <= bucket <
-//! until`), so a long-lived flow is split over time at the sample width
-//! (10 seconds, or 1 hour for samples rolled up by retention).
+//! until`), so a long-lived flow is split over time at the sample width:
+//! 10 seconds for the last two days, 1 hour (the hourly totals) before. Whole
+//! hours of a window are read from the hourly totals, which have far fewer
+//! rows; see [`plan`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +15,7 @@ use rusqlite::Connection;
 
 use crate::error::StoreError;
 use crate::services;
+use crate::store::HOUR_SECONDS;
 use crate::timespec::bucket_start;
 
 /// What a report can be grouped by.
@@ -344,6 +347,52 @@ fn process_only(q: &Query) -> bool {
         && f.proto.is_none()
 }
 
+/// Where the traffic of a time range is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// 10-second samples (the last two days).
+    Samples,
+    /// Hourly totals (the whole retention time).
+    Hourly,
+}
+
+/// Splits the window `[since, until)` into ranges read from one table each:
+/// whole hours from the hourly totals (far fewer rows), the rest from the
+/// 10-second samples where they are still kept. Each row counts in the
+/// range where its bucket (or hour) starts. A timeline whose buckets do not
+/// hold whole hours reads the samples wherever it can.
+fn plan(
+    conn: &Connection,
+    since: i64,
+    until: i64,
+    width: i64,
+) -> Result<Vec<(Table, i64, i64)>, StoreError> {
+    let ceil_h = |t: i64| bucket_start(t.saturating_add(HOUR_SECONDS - 1), HOUR_SECONDS);
+    let floor_h = |t: i64| bucket_start(t, HOUR_SECONDS);
+    let oldest: Option<i64> =
+        conn.query_row("SELECT min(bucket) FROM samples", [], |r| r.get(0))?;
+    // Samples are complete from the hour of the oldest one on.
+    let fine_from = oldest.map_or(i64::MAX, floor_h);
+    let mut plan = Vec::new();
+    if since < fine_from.min(until) {
+        plan.push((Table::Hourly, since, fine_from.min(until)));
+    }
+    let start = since.max(fine_from);
+    if start >= until {
+        return Ok(plan);
+    }
+    let (h0, h1) = (ceil_h(start), floor_h(until));
+    if (width == 0 || width % HOUR_SECONDS == 0) && h0 < h1 {
+        plan.push((Table::Samples, start, h0));
+        plan.push((Table::Hourly, h0, h1));
+        plan.push((Table::Samples, h1, until));
+    } else {
+        plan.push((Table::Samples, start, until));
+    }
+    plan.retain(|(_, lo, hi)| lo < hi);
+    Ok(plan)
+}
+
 /// Runs `q`: one row per group (per time bucket in a timeline), sorted by
 /// time, then by total bytes (largest first), then by key.
 ///
@@ -355,23 +404,32 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
     let width = q.bucket.unwrap_or(0).max(0);
     // (series, time bucket, tx, rx)
     let mut sums: Vec<(i64, i64, u64, u64)> = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT series_id, tx_bytes, rx_bytes, bucket FROM samples
-             WHERE bucket >= ?1 AND bucket < ?2",
-        )?;
-        let mut rows = stmt.query([q.since, q.until])?;
+    for (table, lo, hi) in plan(conn, q.since, q.until, width)? {
+        let sql = match table {
+            Table::Samples => {
+                "SELECT series_id, tx_bytes, rx_bytes, bucket FROM samples
+                 WHERE bucket >= ?1 AND bucket < ?2"
+            }
+            Table::Hourly => {
+                "SELECT series_id, tx_bytes, rx_bytes, hour FROM hourly
+                 WHERE hour >= ?1 AND hour < ?2"
+            }
+        };
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query([lo, hi])?;
+        // Integer columns of a known table: read them without conversions.
+        let int = |r: &rusqlite::Row<'_>, i| r.get_ref_unwrap(i).as_i64().unwrap_or(0);
         while let Some(r) = rows.next()? {
             let b = if width > 0 {
-                bucket_start(r.get::<_, i64>(3)?, width)
+                bucket_start(int(r, 3), width)
             } else {
                 0
             };
             sums.push((
-                r.get(0)?,
+                int(r, 0),
                 b,
-                r.get::<_, i64>(1)?.max(0) as u64,
-                r.get::<_, i64>(2)?.max(0) as u64,
+                int(r, 1).max(0) as u64,
+                int(r, 2).max(0) as u64,
             ));
         }
     }
