@@ -246,7 +246,14 @@ fn main() {
         size as f64 / flows as f64 * 1e6 / 1_048_576.0
     );
     let c = rusqlite::Connection::open(&db).expect("open");
-    for t in ["flows", "series", "samples", "processes", "executables"] {
+    for t in [
+        "flows",
+        "series",
+        "samples",
+        "hourly",
+        "processes",
+        "executables",
+    ] {
         let n: i64 = c
             .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
             .unwrap();

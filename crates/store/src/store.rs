@@ -29,9 +29,13 @@ pub const SAMPLE_SECONDS: i64 = 10;
 /// Width of the rows of `hourly`, in seconds.
 pub const HOUR_SECONDS: i64 = 3_600;
 
-/// How many entries each in-memory cache may hold before it is emptied.
-/// Emptying is always safe: everything is read back from the database.
-const CACHE_LIMIT: usize = 1 << 18;
+/// How many live flows the writer remembers, and how many row ids of
+/// executables, processes and series, before such a cache is emptied.
+/// Emptying is always safe: everything is read back from the database. With
+/// SQLite's page cache (32 MiB) this bounds the writer's memory to about
+/// 100 MiB however many flows arrive.
+const LIVE_LIMIT: usize = 1 << 18;
+const ID_LIMIT: usize = 1 << 16;
 
 /// Counters of the writer, for the daemon's stats.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +101,8 @@ impl Caches {
     }
 }
 
-fn bound<K, V>(map: &mut HashMap<K, V>) {
-    if map.len() >= CACHE_LIMIT {
+fn bound<K, V>(map: &mut HashMap<K, V>, limit: usize) {
+    if map.len() >= limit {
         map.clear();
     }
 }
@@ -424,7 +428,7 @@ impl Store {
                 live.remove(&r.flow_id);
             }
             FlowState::Open => {
-                bound(live);
+                bound(live, LIVE_LIMIT);
                 live.insert(
                     r.flow_id.clone(),
                     LiveFlow {
@@ -450,7 +454,7 @@ impl Store {
             .conn
             .prepare_cached("SELECT exe_id FROM executables WHERE path = ?1")?
             .query_row([path], |r| r.get(0))?;
-        bound(&mut self.caches.exes);
+        bound(&mut self.caches.exes, ID_LIMIT);
         self.caches.exes.insert(path.to_string(), id);
         Ok(id)
     }
@@ -502,7 +506,7 @@ impl Store {
                 self.conn.last_insert_rowid()
             }
         };
-        bound(&mut self.caches.processes);
+        bound(&mut self.caches.processes, ID_LIMIT);
         self.caches
             .processes
             .entry(hash)
@@ -554,7 +558,7 @@ impl Store {
                 self.conn.last_insert_rowid()
             }
         };
-        bound(&mut self.caches.series);
+        bound(&mut self.caches.series, ID_LIMIT);
         self.caches.series.insert(key, id);
         Ok(id)
     }
