@@ -231,6 +231,8 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // 32 MiB of page cache: the indexes that every batch touches stay in memory.
         conn.pragma_update(None, "cache_size", -32_768)?;
+        // Checkpoint every ~40 MiB of log rather than 4 MiB: fewer fsyncs.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         migrate(&conn)
     };
     setup().map_err(|e| open_error(path, e))?;

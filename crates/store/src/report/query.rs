@@ -393,6 +393,27 @@ fn plan(
     Ok(plan)
 }
 
+/// The columns of `series` that `q` needs; the others are read as empty
+/// values, which saves decoding them.
+fn series_columns(q: &Query) -> String {
+    let f = &q.filters;
+    let by = |g: GroupBy| q.by.contains(&g);
+    let remote = by(GroupBy::Remote) || by(GroupBy::Host) || f.remote.is_some() || f.host.is_some();
+    let name = by(GroupBy::Host) || f.host.is_some();
+    let port = by(GroupBy::Port) || f.port.is_some();
+    let proto = by(GroupBy::Proto) || f.proto.is_some();
+    let direction = by(GroupBy::Direction);
+    let pick = |need: bool, col: &'static str, empty: &'static str| if need { col } else { empty };
+    format!(
+        "SELECT series_id, process_id, {}, {}, {}, {}, {} FROM series",
+        pick(remote, "remote_ip", "''"),
+        pick(name, "remote_name", "NULL"),
+        pick(port, "port", "NULL"),
+        pick(proto, "proto", "''"),
+        pick(direction, "direction", "''"),
+    )
+}
+
 /// Runs `q`: one row per group (per time bucket in a timeline), sorted by
 /// time, then by total bytes (largest first), then by key.
 ///
@@ -453,49 +474,49 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
         let procs = load_processes(conn)?;
         let light = process_only(q);
         let mut by_process: HashMap<Option<i64>, Option<u32>> = HashMap::new();
-        let mut visit =
-            |r: &rusqlite::Row<'_>, mine: &[(i64, i64, u64, u64)]| -> Result<(), StoreError> {
-                let process_id: Option<i64> = r.get(1)?;
-                let group = if let Some(g) = light.then(|| by_process.get(&process_id)).flatten() {
-                    *g
-                } else {
-                    let p = process_id.and_then(|id| procs.get(&id));
-                    let mut info = SeriesInfo {
-                        exe: p.and_then(|p| p.exe.as_deref()),
-                        pid: p.map(|p| p.pid),
-                        comm: p.map(|p| p.comm.as_str()),
-                        uid: p.map(|p| p.uid),
-                        user: p.and_then(|p| p.user.as_deref()),
-                        cgroup: p.and_then(|p| p.cgroup.as_deref()),
-                        ..Default::default()
-                    };
-                    if !light {
-                        info.remote_ip = text(r, 2)?;
-                        info.remote_name = text_or_null(r, 3)?;
-                        info.port = r.get::<_, i64>(4)?.clamp(0, 65_535) as u16;
-                        info.proto = text(r, 5)?;
-                        info.direction = text(r, 6)?;
-                    }
-                    let g = q.filters.matches(&info).then(|| keys.id(info.key(&q.by)));
-                    if light {
-                        by_process.insert(process_id, g);
-                    }
-                    g
+        let mut visit = |r: &rusqlite::Row<'_>,
+                         mine: &[(i64, i64, u64, u64)]|
+         -> Result<(), StoreError> {
+            let process_id: Option<i64> = r.get(1)?;
+            let group = if let Some(g) = light.then(|| by_process.get(&process_id)).flatten() {
+                *g
+            } else {
+                let p = process_id.and_then(|id| procs.get(&id));
+                let mut info = SeriesInfo {
+                    exe: p.and_then(|p| p.exe.as_deref()),
+                    pid: p.map(|p| p.pid),
+                    comm: p.map(|p| p.comm.as_str()),
+                    uid: p.map(|p| p.uid),
+                    user: p.and_then(|p| p.user.as_deref()),
+                    cgroup: p.and_then(|p| p.cgroup.as_deref()),
+                    ..Default::default()
                 };
-                if let Some(g) = group {
-                    for (_, b, tx, rx) in mine {
-                        let e = groups.entry((*b, g)).or_default();
-                        e.0 = e.0.saturating_add(*tx);
-                        e.1 = e.1.saturating_add(*rx);
-                    }
+                if !light {
+                    info.remote_ip = text(r, 2)?;
+                    info.remote_name = text_or_null(r, 3)?;
+                    info.port = r.get::<_, Option<i64>>(4)?.unwrap_or(0).clamp(0, 65_535) as u16;
+                    info.proto = text(r, 5)?;
+                    info.direction = text(r, 6)?;
                 }
-                Ok(())
+                let g = q.filters.matches(&info).then(|| keys.id(info.key(&q.by)));
+                if light {
+                    by_process.insert(process_id, g);
+                }
+                g
             };
+            if let Some(g) = group {
+                for (_, b, tx, rx) in mine {
+                    let e = groups.entry((*b, g)).or_default();
+                    e.0 = e.0.saturating_add(*tx);
+                    e.1 = e.1.saturating_add(*rx);
+                }
+            }
+            Ok(())
+        };
         let cols = if light {
-            "SELECT series_id, process_id FROM series"
+            "SELECT series_id, process_id FROM series".to_string()
         } else {
-            "SELECT series_id, process_id, remote_ip, remote_name, port, proto, direction
-             FROM series"
+            series_columns(q)
         };
         // Read the id range once, or, when only a few of the series in it
         // have traffic, each of them by id.
