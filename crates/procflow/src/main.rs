@@ -4,6 +4,7 @@
 mod enforce;
 mod rules_cmd;
 mod run;
+mod sinks;
 mod system;
 
 use std::process::ExitCode;
@@ -27,9 +28,20 @@ struct Cli {
 enum Command {
     /// Monitor: load the kernel programs and record every flow.
     Run(run::RunArgs),
+    /// Report on the flow history: top processes, remotes, ports over time.
+    Report(procflow_store::ReportArgs),
     /// Check a rules file, or explain which rule decides a connection.
     #[command(subcommand)]
     Rules(rules_cmd::RulesCmd),
+}
+
+fn report(args: &procflow_store::ReportArgs) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match procflow_store::run_report(args, &mut out) {
+        Ok(()) | Err(procflow_store::StoreError::BrokenPipe) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -49,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Rules(cmd) => rules_cmd::run(cmd),
+        Command::Report(args) => report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

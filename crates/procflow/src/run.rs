@@ -1,25 +1,22 @@
 //! `procflow run`: the monitor. Kernel records flow one way, through the
 //! flow table, into the sinks.
 
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use procflow_bpf::{Kernel, Record, ScanReport};
-use procflow_core::flow::FlowRecord;
 use procflow_core::{FlowEvent, FlowTable};
 use serde_json::json;
 
+use crate::sinks::Sinks;
 use crate::system::ProcSystem;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Write flow records as JSON lines to FILE ("-" for standard output).
-    #[arg(long, value_name = "FILE")]
-    log: Option<PathBuf>,
+    #[command(flatten)]
+    sinks: crate::sinks::SinkArgs,
     /// Also write a cumulative record for every open flow every SECS seconds.
     #[arg(long, value_name = "SECS")]
     interval: Option<f64>,
@@ -28,53 +25,6 @@ pub struct RunArgs {
     duration: Option<f64>,
     #[command(flatten)]
     rules: crate::enforce::RulesArgs,
-}
-
-/// Where records go.
-struct Sinks {
-    log: Option<Box<dyn Write>>,
-    /// Standard output was closed by its reader: not an error, just stop.
-    broken: bool,
-}
-
-impl Sinks {
-    fn write(&mut self, value: &impl serde::Serialize) -> Result<()> {
-        let Some(w) = self.log.as_mut() else {
-            return Ok(());
-        };
-        let mut line = serde_json::to_vec(value)?;
-        line.push(b'\n');
-        if let Err(e) = w.write_all(&line) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                self.broken = true;
-                self.log = None;
-                return Ok(());
-            }
-            return Err(e).context("writing the flow log");
-        }
-        Ok(())
-    }
-
-    fn flows(&mut self, recs: &[FlowRecord]) -> Result<()> {
-        for r in recs {
-            self.write(r)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if let Some(w) = self.log.as_mut() {
-            if let Err(e) = w.flush() {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    self.broken = true;
-                    self.log = None;
-                } else {
-                    return Err(e).context("writing the flow log");
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The collector: applies kernel records to the flow table and sends the
@@ -100,7 +50,7 @@ impl Collector {
                         self.table.update_counters(&key, c);
                     }
                     if let Some(r) = self.table.close(&key, end_ns, &mut self.sys) {
-                        self.sinks.write(&r)?;
+                        self.sinks.flows(&[r])?;
                     }
                 }
                 Ok(())
@@ -142,17 +92,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let log: Option<Box<dyn Write>> = match &args.log {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(BufWriter::new(std::io::stdout()))),
-        Some(p) => Some(Box::new(BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening the log {}", p.display()))?,
-        ))),
-    };
+    let sinks = Sinks::open(&args.sinks)?;
 
     let started = Instant::now();
     let kernel = Kernel::open().context("loading the kernel programs")?;
@@ -165,7 +105,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         kernel,
         table: FlowTable::new(),
         sys,
-        sinks: Sinks { log, broken: false },
+        sinks,
         rules,
     };
 
@@ -250,5 +190,6 @@ fn stats_record(
         "socket_contexts_at_start": contexts_at_start,
         "socket_contexts_at_stop": contexts_at_stop,
         "datagram_entries": c.kernel.datagram_entries(),
+        "store": c.sinks.stats(),
     })
 }

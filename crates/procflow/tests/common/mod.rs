@@ -222,6 +222,8 @@ impl NftCounter {
 pub struct Procflow {
     child: Option<Child>,
     pub log: PathBuf,
+    /// This instance's own flow history.
+    pub db: PathBuf,
 }
 
 static LOG_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -233,9 +235,13 @@ impl Procflow {
         let log =
             std::env::temp_dir().join(format!("procflow-test-{}-{seq}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&log);
+        let db = log.with_extension("db");
+        remove_db(&db);
         let mut child = Command::new(PROCFLOW)
             .args(["-v", "run", "--log"])
             .arg(&log)
+            .arg("--db")
+            .arg(&db)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -263,6 +269,7 @@ impl Procflow {
         Procflow {
             child: Some(child),
             log,
+            db,
         }
     }
 
@@ -272,6 +279,16 @@ impl Procflow {
 
     /// SIGINT, wait for exit 0, return every record of the log.
     pub fn stop(mut self) -> Vec<Value> {
+        self.stop_inner()
+    }
+
+    /// Stops it and keeps its database (the caller removes it).
+    pub fn stop_keep_db(mut self) -> (Vec<Value>, PathBuf) {
+        let db = std::mem::take(&mut self.db);
+        (self.stop_inner(), db)
+    }
+
+    fn stop_inner(&mut self) -> Vec<Value> {
         let mut child = self.child.take().unwrap();
         sh(&["kill", "-INT", &child.id().to_string()]);
         let status = child.wait().unwrap();
@@ -293,6 +310,15 @@ impl Drop for Procflow {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        remove_db(&self.db);
+    }
+}
+
+fn remove_db(db: &std::path::Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(p));
     }
 }
 

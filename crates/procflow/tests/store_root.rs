@@ -1,0 +1,118 @@
+//! Root end-to-end tests of the flow history: real traffic recorded by
+//! `procflow run` into its store, then `procflow report`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn report(db: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(PROCFLOW)
+        .args(["report", "--db"])
+        .arg(db)
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn report_by_exe_and_remote_equals_ground_truth() {
+    let p = Pair::new("report", 30);
+    // A second executable: the generator copied under another name.
+    let dir = std::env::temp_dir().join(format!("pf-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("othergen");
+    std::fs::copy(TESTGEN, &other).unwrap();
+    let other_s = other.to_str().unwrap().to_string();
+
+    let pf = Procflow::start(&[]);
+    let mut truth = Vec::new();
+    for (exe, up, down) in [
+        (TESTGEN, 300_000u64, 20_000u64),
+        (other_s.as_str(), 111_111, 7_777),
+    ] {
+        for (remote, fam) in [(p.b4, "ip"), (p.b6, "ip6")] {
+            let host = if fam == "ip" {
+                remote.to_string()
+            } else {
+                format!("[{remote}]")
+            };
+            let (server, port) = serve(
+                &p.b,
+                &[
+                    "tcp-serve",
+                    "--listen",
+                    &format!("{host}:0"),
+                    "--download",
+                    &down.to_string(),
+                ],
+            );
+            let tag = format!("{port}");
+            let tx = nft_counter(
+                &p.b,
+                "input",
+                &format!("tx{tag}"),
+                &format!(
+                    "{fam} saddr {} tcp dport {port}",
+                    if fam == "ip" { p.a4 } else { p.a6 }
+                ),
+            );
+            let rx = nft_counter(
+                &p.a,
+                "input",
+                &format!("rx{tag}"),
+                &format!(
+                    "{fam} daddr {} tcp sport {port}",
+                    if fam == "ip" { p.a4 } else { p.a6 }
+                ),
+            );
+            let out =
+                p.a.command(exe)
+                    .args([
+                        "tcp-send",
+                        "--connect",
+                        &format!("{host}:{port}"),
+                        "--upload",
+                        &up.to_string(),
+                    ])
+                    .output()
+                    .unwrap();
+            assert!(out.status.success());
+            finish(server);
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            truth.push((
+                exe.to_string(),
+                remote.to_string(),
+                tx.read().1,
+                rx.read().1,
+            ));
+        }
+    }
+    let (_recs, db) = pf.stop_keep_db();
+    let doc = report(&db, &["--by", "exe,remote"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = doc["rows"].as_array().unwrap();
+    for (exe, remote, tx, rx) in &truth {
+        let row = rows
+            .iter()
+            .find(|r| r["exe"] == exe.as_str() && r["remote"] == remote.as_str())
+            .unwrap_or_else(|| panic!("no row for {exe} -> {remote} in {doc:#}"));
+        assert_eq!(
+            (u(row, "tx_bytes"), u(row, "rx_bytes")),
+            (*tx, *rx),
+            "{exe} -> {remote}: {row}"
+        );
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+}
