@@ -150,6 +150,32 @@ fn file_kind(path: &Path) -> Result<FileKind, StoreError> {
     Ok(FileKind::Sqlite)
 }
 
+/// Creates the directory of a new database and the file itself, readable by
+/// its owner only: flow records tell who talked to whom and with which
+/// command line. SQLite gives its -wal and -shm files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    Ok(())
+}
+
 /// What the header pragmas say.
 struct Header {
     application_id: i32,
@@ -216,7 +242,9 @@ fn check_header(path: &Path, conn: &Connection) -> Result<Option<i64>, StoreErro
 /// to [`SCHEMA_VERSION`]. A file that is not a procflow database, or has a
 /// newer schema, is refused before anything is written to it.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    file_kind(path)?;
+    if let FileKind::Fresh = file_kind(path)? {
+        create_private(path)?;
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

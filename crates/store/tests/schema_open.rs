@@ -253,3 +253,49 @@ fn store_pragma(p: &Path, name: &str) -> String {
     c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
         .unwrap()
 }
+
+#[test]
+fn a_new_database_gets_its_directory_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("var/lib/procflow/procflow.db");
+    drop(Store::open(&p).unwrap());
+    let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // An existing file keeps the mode its owner gave it.
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    drop(Store::open(&p).unwrap());
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}
+
+#[test]
+fn a_report_reads_while_a_writer_holds_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let mut store = Store::open(&db).unwrap();
+    let f = synthetic_flows().remove(0);
+    store
+        .write(
+            &[f.record(FlowState::Closed, 100, 200, Some(NOW_S - 60))],
+            ns(NOW_S - 59),
+        )
+        .unwrap();
+    // Another writer is in the middle of a batch.
+    let other = Connection::open(&db).unwrap();
+    other
+        .execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO hourly VALUES (0, 1, 5, 5);",
+        )
+        .unwrap();
+    let doc = json_report(&db, &[GroupBy::Exe]);
+    assert_eq!(
+        doc["total"]["total_bytes"],
+        json!(300),
+        "committed data only"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+}
