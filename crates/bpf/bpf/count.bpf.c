@@ -161,6 +161,32 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 	}
 }
 
+/* A DNS response for the remote-name table: its payload, with the owner of
+ * the socket that received it. Over TCP, the first segment of each message
+ * (after the 2-byte length). */
+static __noinline void capture_dns(struct __sk_buff *skb, __u32 off, __u32 len, __u32 pid)
+{
+	if (off >= len)
+		return;
+	__u32 n = len - off;
+	if (n > PF_DNS_MAX)
+		n = PF_DNS_MAX;
+	struct pf_dns_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	e->kind = PF_EV_DNS;
+	e->pid = pid;
+	e->_pad = 0;
+	if (n < 1 || bpf_skb_load_bytes(skb, off, e->data, n)) {
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
+	e->len = n;
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline int count(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *bsk = skb->sk;
@@ -208,6 +234,9 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skb)))
 		ctx_init(ctx, sk, false);
 
+	if (!egress && p.sport == 53 && (p.l4 == IPPROTO_UDP || p.l4 == IPPROTO_TCP))
+		capture_dns(skb, p.l3len + p.l4len + (p.l4 == IPPROTO_TCP ? 2 : 0), len,
+			    (ctx->flags & PF_F_OWNER) ? ctx->owner.pid : 0);
 	if (!stream) {
 		count_dgram(ctx, &p, egress, len, wire, segs);
 		return 1;

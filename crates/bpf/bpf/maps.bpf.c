@@ -9,5 +9,6 @@ struct pf_exec_event _pf_exec_event = {};
 struct pf_dgram_key _pf_dgram_key = {};
 struct pf_dgram_val _pf_dgram_val = {};
 struct pf_sock_ctx _pf_sock_ctx = {};
+struct pf_dns_event _pf_dns_event = {};
 
 char LICENSE[] SEC("license") = "GPL";

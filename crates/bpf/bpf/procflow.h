@@ -25,6 +25,7 @@ enum pf_kind {
 	PF_EV_SCAN = 6,    /* start-up scan: an existing socket */
 	PF_EV_DUMP = 7,    /* periodic reading of a live socket */
 	PF_EV_TASKSOCK = 8,/* start-up scan: a process holds a socket */
+	PF_EV_DNS = 10,    /* a DNS response arrived (remote names) */
 };
 
 enum pf_origin {
@@ -160,6 +161,17 @@ struct pf_exec_event {
 	char args[PF_ARGS_LEN];
 	char fname[PF_FNAME_LEN];
 	char path[PF_PATH_DEPTH][PF_NAME_LEN];
+};
+
+#define PF_DNS_MAX 512
+
+/* The payload of a DNS response (UDP or TCP source port 53), for names. */
+struct pf_dns_event {
+	__u32 kind;  /* PF_EV_DNS */
+	__u32 pid;   /* owner of the receiving socket, 0 if unknown */
+	__u32 len;   /* bytes of data used */
+	__u32 _pad;
+	__u8 data[PF_DNS_MAX];
 };
 
 /* Counters for the stats record; one slot per CPU. */

@@ -388,6 +388,14 @@ fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
     if kind == crate::policy::PF_EV_VERDICT {
         return crate::policy::decode_verdict(data, clock).map(Record::Verdict);
     }
+    if kind == decode::PF_EV_DNS {
+        let e: crate::skel::types::pf_dns_event = decode::read_struct(data)?;
+        let n = (e.len as usize).min(e.data.len());
+        return Some(Record::Event(FlowEvent::Dns {
+            pid: e.pid,
+            message: e.data[..n].to_vec(),
+        }));
+    }
     if kind == decode::PF_EV_EXEC {
         let e: pf_exec_event = decode::read_struct(data)?;
         let (pid, info) = decode::exec_info(&e);

@@ -32,4 +32,6 @@ pub enum FlowEvent {
     Owner { cookie: u64, owner: Owner },
     /// A process called exec; captured in the kernel at that moment.
     Exec { pid: u32, info: ExecInfo },
+    /// A DNS response received by a socket of process `pid` (0: unknown).
+    Dns { pid: u32, message: Vec<u8> },
 }

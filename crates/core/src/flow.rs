@@ -198,6 +198,8 @@ pub struct FlowRecord {
     pub local_port: u16,
     pub remote_ip: IpAddr,
     pub remote_port: u16,
+    /// The remote's name, from a DNS answer this machine received.
+    pub remote_name: Option<String>,
     pub process: Option<ProcessIdentity>,
     pub netns: u64,
     pub start: String,

@@ -15,6 +15,8 @@ use crate::timefmt::rfc3339;
 #[derive(Debug)]
 struct Entry {
     view: FlowView,
+    /// The remote's name, once learned (it then stays for the flow's life).
+    remote_name: Option<String>,
 }
 
 /// Totals kept over a run, for the stats record.
@@ -31,6 +33,7 @@ pub struct FlowTable {
     /// Owner by socket cookie, when it changed after the flow opened.
     owners: HashMap<u64, Owner>,
     identities: IdentityResolver,
+    names: crate::dns::NameTable,
     stats: TableStats,
     /// Rules' decisions by flow, for flows decided while rules are loaded
     /// (possibly before the flow is announced).
@@ -72,6 +75,12 @@ impl FlowTable {
     /// Applies one event; returns the records it produces.
     pub fn ingest(&mut self, ev: FlowEvent, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
         match ev {
+            FlowEvent::Dns { pid, message } => {
+                if let Some(answer) = crate::dns::parse_answer(&message) {
+                    self.names.learn(pid, &answer);
+                }
+                Vec::new()
+            }
             FlowEvent::Exec { pid, info } => {
                 self.identities.exec(pid, info);
                 Vec::new()
@@ -176,7 +185,13 @@ impl FlowTable {
         if let Some(o) = self.owners.get(&view.key.cookie) {
             view.owner = Some(o.clone());
         }
-        self.flows.insert(view.key, Entry { view });
+        self.flows.insert(
+            view.key,
+            Entry {
+                view,
+                remote_name: None,
+            },
+        );
     }
 
     /// Folds a newer reading into a known flow: counters never go back, the
@@ -209,7 +224,18 @@ impl FlowTable {
         end_ns: Option<u64>,
         sys: &mut dyn SystemLookup,
     ) -> FlowRecord {
-        let v = &self.flows[key].view;
+        let names = &self.names;
+        let Some(entry) = self.flows.get_mut(key) else {
+            unreachable!("record() is called for live flows only")
+        };
+        if entry.remote_name.is_none() {
+            let pid = entry.view.owner.as_ref().map(|o| o.pid);
+            entry.remote_name = names
+                .lookup(pid, &entry.view.info.remote.0)
+                .map(str::to_string);
+        }
+        let remote_name = entry.remote_name.clone();
+        let v = &entry.view;
         let owner = v.owner.clone();
         let info = v.info.clone();
         let (counters, before_start, start_ns) = (v.counters, v.before_start, v.start_ns);
@@ -225,6 +251,7 @@ impl FlowTable {
             local_port: info.local.1,
             remote_ip: info.remote.0,
             remote_port: info.remote.1,
+            remote_name,
             process,
             netns: info.netns,
             start: rfc3339(start_ns),
@@ -389,6 +416,30 @@ mod tests {
         let p = r[0].process.as_ref().unwrap();
         assert_eq!(p.exe.as_deref(), Some("/tmp/short-lived"));
         assert_eq!(p.cmdline.as_deref(), Some("short-lived 1"));
+    }
+
+    #[test]
+    fn remote_name_comes_from_the_owners_dns_answer() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let msg = crate::dns::tests::response("svc.example.test", &[ip(2)]);
+        t.ingest(
+            FlowEvent::Dns {
+                pid: 100,
+                message: msg,
+            },
+            &mut sys,
+        );
+        let r = t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(3), Some(100), 0)),
+            &mut sys,
+        );
+        assert_eq!(r[0].remote_name.as_deref(), Some("svc.example.test"));
+        let other = FlowKey::datagram(4, ip(9), 53);
+        let mut v = view(other, Some(100), 0);
+        v.info.remote = (ip(9), 53);
+        let r = t.ingest(FlowEvent::Open(v), &mut sys);
+        assert_eq!(r[0].remote_name, None);
     }
 
     #[test]

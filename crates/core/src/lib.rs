@@ -6,6 +6,7 @@
 //! the `bpf` crate decodes into [`event::FlowEvent`].
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod event;
 pub mod flow;
 pub mod flow_table;

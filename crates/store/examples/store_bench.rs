@@ -119,6 +119,7 @@ fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
         } else {
             port
         },
+        remote_name: None,
         process: Some(ProcessIdentity {
             pid: 1_000 + p as u32,
             ppid: 1,

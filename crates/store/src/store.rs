@@ -399,7 +399,15 @@ impl Store {
             }
         };
 
-        let prev = prev.unwrap_or_default();
+        let mut prev = prev.unwrap_or_default();
+        if prev.remote_name.is_none() {
+            if let Some(name) = &r.remote_name {
+                self.conn
+                    .prepare_cached("UPDATE flows SET remote_name = ?2 WHERE flow_row = ?1")?
+                    .execute(params![row, name])?;
+                prev.remote_name = Some(name.clone());
+            }
+        }
         let dtx = c.tx_bytes.saturating_sub(prev.tx_bytes);
         let drx = c.rx_bytes.saturating_sub(prev.rx_bytes);
         if dtx > 0 || drx > 0 {

@@ -28,6 +28,7 @@ fn rec(id: u32, state: FlowState, tx: u64, rx: u64, start_s: i64) -> FlowRecord 
         local_port: 40_000,
         remote_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, (id % 200) as u8)),
         remote_port: 443,
+        remote_name: None,
         process: Some(ProcessIdentity {
             pid: 100 + id % 7,
             ppid: 1,
@@ -295,4 +296,41 @@ fn retention_deletes_old_flows_and_rolls_samples_up_to_hours() {
         .write(&[rec(1_000_000, FlowState::Open, 1, 1, NOW_S)], ns(NOW_S))
         .unwrap();
     store.integrity_check().unwrap();
+}
+
+#[test]
+fn a_remote_name_in_the_records_names_the_flow_and_its_later_traffic() {
+    let (_dir, mut store) = open_store();
+    let t = NOW_S - 100;
+    store
+        .write(&[rec(1, FlowState::Open, 100, 0, t)], ns(t))
+        .unwrap();
+    let mut named = rec(1, FlowState::Open, 300, 0, t);
+    named.remote_name = Some("svc.example.test".into());
+    store.write(&[named.clone()], ns(t + 10)).unwrap();
+    named.state = FlowState::Closed;
+    named.counters.tx_bytes = 600;
+    store.write(&[named], ns(t + 20)).unwrap();
+    let name: Option<String> = store
+        .conn
+        .query_row("SELECT remote_name FROM flows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("svc.example.test"));
+    // Bytes before the name are under the address, bytes after under the name.
+    let mut per_name: Vec<(Option<String>, i64)> = store
+        .conn
+        .prepare(
+            "SELECT s.remote_name, sum(h.tx_bytes) FROM hourly h JOIN series s USING (series_id)
+             GROUP BY 1 ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    per_name.sort();
+    assert_eq!(
+        per_name,
+        vec![(None, 100), (Some("svc.example.test".into()), 500)]
+    );
 }

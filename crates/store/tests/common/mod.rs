@@ -72,6 +72,7 @@ impl Synth {
             local_port: self.local.1,
             remote_ip: self.remote.0,
             remote_port: self.remote.1,
+            remote_name: None,
             process: self.identity(),
             netns: 4026531840,
             start: rfc3339(ns(self.start_s)),
