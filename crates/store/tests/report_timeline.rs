@@ -333,3 +333,69 @@ fn hourly_totals_and_samples_give_the_same_figures() {
         .collect();
     assert_eq!(fine_sums, coarse_sums);
 }
+
+#[test]
+fn a_timeline_with_top_keeps_the_largest_groups_in_every_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    let flows = synthetic_flows();
+    let mut store = Store::open(&db).unwrap();
+    feed(&mut store, &flows);
+    let args = ReportArgs {
+        db: db.clone(),
+        by: vec![GroupBy::Remote],
+        format: Format::Json,
+        timeline: true,
+        bucket: Some("1h".into()),
+        top: Some(2),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    run_report_at(&args, NOW_S, &mut out).unwrap();
+    let doc: Value = serde_json::from_slice(&out).unwrap();
+    let mut per_remote: HashMap<String, u64> = HashMap::new();
+    for f in &flows {
+        *per_remote.entry(f.remote.0.to_string()).or_default() += f.tx + f.rx;
+    }
+    let mut ranked: Vec<(String, u64)> = per_remote.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    let top: Vec<&str> = ranked[..2].iter().map(|(r, _)| r.as_str()).collect();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for r in doc["rows"].as_array().unwrap() {
+        let remote = r["remote"].as_str().unwrap();
+        assert!(top.contains(&remote), "{remote} is not in the top 2");
+        *seen.entry(remote.to_string()).or_default() += r["total_bytes"].as_u64().unwrap();
+    }
+    for (remote, total) in &ranked[..2] {
+        assert_eq!(seen[remote], *total, "{remote}");
+    }
+    let all: u64 = ranked.iter().map(|(_, t)| t).sum();
+    assert_eq!(doc["total"]["total_bytes"], json!(all));
+}
+
+#[test]
+fn an_empty_window_gives_empty_outputs_and_a_chart_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("procflow.db");
+    drop(Store::open(&db).unwrap());
+    for format in [Format::Table, Format::Json, Format::Csv] {
+        let text = timeline(&db, &[GroupBy::Exe], "1m", format, "1h");
+        match format {
+            Format::Table => assert!(text.lines().last().unwrap().starts_with("TOTAL")),
+            Format::Json => {
+                let doc: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(doc["rows"], json!([]));
+            }
+            Format::Csv => assert_eq!(text.lines().count(), 1, "header only"),
+        }
+    }
+    let svg = dir.path().join("empty.svg");
+    let args = ReportArgs {
+        db,
+        chart: Some(svg.clone()),
+        ..Default::default()
+    };
+    run_report_at(&args, NOW_S, &mut Vec::new()).unwrap();
+    let text = std::fs::read_to_string(svg).unwrap();
+    assert!(text.contains("no traffic in this window"));
+}
