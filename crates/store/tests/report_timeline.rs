@@ -358,7 +358,7 @@ fn a_timeline_with_top_keeps_the_largest_groups_in_every_bucket() {
         *per_remote.entry(f.remote.0.to_string()).or_default() += f.tx + f.rx;
     }
     let mut ranked: Vec<(String, u64)> = per_remote.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
     let top: Vec<&str> = ranked[..2].iter().map(|(r, _)| r.as_str()).collect();
     let mut seen: HashMap<String, u64> = HashMap::new();
     for r in doc["rows"].as_array().unwrap() {
