@@ -9,8 +9,12 @@
 //!   before `now` (on the hour): older traffic is kept in the hourly totals
 //!   only, which the writer fills beside the samples, so totals never change,
 //!   only the time resolution of old data;
-//! - deletes the series, processes, executables and runs nothing refers to
-//!   any more.
+//! - deletes the series and processes not used for more than `retain` (and
+//!   two or three hours of margin), then the executables and runs nothing
+//!   refers to any more.
+//!
+//! Every step uses an index or a primary-key range, so a pass costs what it
+//! deletes, not the size of the store.
 //!
 //! SQLite reuses the pages freed by deletions, so the file stops growing once
 //! the data kept is stable; it does not shrink by itself (`VACUUM` does that).
@@ -54,34 +58,43 @@ impl Store {
         let conn = &self.conn;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let pass = || -> rusqlite::Result<RetentionSummary> {
+            let cutoff_us = cutoff_s.saturating_mul(1_000_000);
             let sum = RetentionSummary {
+                // flows_start bounds the scan to the flows that started before the cutoff.
                 flows_deleted: conn.execute(
-                    "DELETE FROM flows WHERE coalesce(end_us, last_us) < ?1",
-                    [cutoff_s.saturating_mul(1_000_000)],
+                    "DELETE FROM flows WHERE start_us < ?1 AND coalesce(end_us, last_us) < ?1",
+                    [cutoff_us],
                 )?,
                 samples_deleted: conn
                     .execute("DELETE FROM samples WHERE bucket < ?1", [fine_from])?,
                 hours_deleted: conn.execute(
-                    "DELETE FROM hourly WHERE hour + ?2 <= ?1",
-                    [cutoff_s, HOUR_SECONDS],
+                    "DELETE FROM hourly WHERE hour <= ?1",
+                    [cutoff_s.saturating_sub(HOUR_SECONDS)],
                 )?,
             };
-            conn.execute_batch(
-                "DELETE FROM series
-                  WHERE series_id NOT IN (SELECT series_id FROM hourly)
-                    AND series_id NOT IN (SELECT series_id FROM samples);
-                 DELETE FROM processes
-                  WHERE process_id NOT IN
-                        (SELECT process_id FROM flows WHERE process_id IS NOT NULL)
-                    AND process_id NOT IN
-                        (SELECT process_id FROM series WHERE process_id IS NOT NULL);
-                 DELETE FROM executables
-                  WHERE exe_id NOT IN (SELECT exe_id FROM processes WHERE exe_id IS NOT NULL);",
+            // Series and processes unused for a while: the writer keeps the
+            // last_seen_us of those in use fresh to within minutes, so these
+            // margins make sure nothing kept refers to them (a kept hourly row
+            // to a series, a kept series or flow to a process).
+            conn.execute(
+                "DELETE FROM series WHERE last_seen_us < ?1",
+                [cutoff_us.saturating_sub(2 * HOUR_SECONDS * 1_000_000)],
             )?;
+            let processes = conn.execute(
+                "DELETE FROM processes WHERE last_seen_us < ?1",
+                [cutoff_us.saturating_sub(3 * HOUR_SECONDS * 1_000_000)],
+            )?;
+            if processes > 0 {
+                conn.execute(
+                    "DELETE FROM executables WHERE exe_id NOT IN
+                        (SELECT exe_id FROM processes WHERE exe_id IS NOT NULL)",
+                    [],
+                )?;
+            }
             conn.execute(
                 "DELETE FROM runs WHERE run_id <> ?1
-                   AND run_id NOT IN (SELECT run_id FROM flows)
-                   AND run_id NOT IN (SELECT run_id FROM processes)",
+                   AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.run_id = runs.run_id)
+                   AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.run_id = runs.run_id)",
                 [current_run],
             )?;
             Ok(sum)

@@ -47,9 +47,11 @@ CREATE TABLE processes (
     exe_id         INTEGER REFERENCES executables(exe_id),
     cmdline        TEXT,
     cgroup         TEXT,
-    first_seen_us  INTEGER NOT NULL
+    first_seen_us  INTEGER NOT NULL,
+    last_seen_us   INTEGER NOT NULL
 );
 CREATE INDEX processes_pid ON processes(run_id, pid);
+CREATE INDEX processes_seen ON processes(last_seen_us);
 CREATE TABLE flows (
     flow_row           INTEGER PRIMARY KEY,
     run_id             INTEGER NOT NULL REFERENCES runs(run_id),
@@ -80,15 +82,18 @@ CREATE TABLE flows (
     rule               TEXT,
     UNIQUE (run_id, flow_id)
 );
+CREATE INDEX flows_start ON flows(start_us);
 CREATE TABLE series (
     series_id   INTEGER PRIMARY KEY,
     process_id  INTEGER REFERENCES processes(process_id),
     remote_ip   TEXT NOT NULL,
     port        INTEGER NOT NULL,
-    proto       TEXT NOT NULL,
-    direction   TEXT NOT NULL
+    proto         TEXT NOT NULL,
+    direction     TEXT NOT NULL,
+    last_seen_us  INTEGER NOT NULL
 );
 CREATE INDEX series_key ON series(process_id, remote_ip, port);
+CREATE INDEX series_seen ON series(last_seen_us);
 CREATE TABLE samples (
     bucket     INTEGER NOT NULL,
     series_id  INTEGER NOT NULL REFERENCES series(series_id),

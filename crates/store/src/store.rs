@@ -35,6 +35,10 @@ pub const HOUR_SECONDS: i64 = 3_600;
 /// SQLite's page cache (32 MiB) this bounds the writer's memory to about
 /// 100 MiB however many flows arrive.
 const LIVE_LIMIT: usize = 1 << 18;
+
+/// `last_seen_us` of processes and series in use is brought up to date at
+/// least this often (microseconds); retention leaves them hours of margin.
+const TOUCH_EVERY_US: i64 = 600 * 1_000_000;
 const ID_LIMIT: usize = 1 << 16;
 
 /// Counters of the writer, for the daemon's stats.
@@ -81,9 +85,10 @@ struct LiveFlow {
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
     exes: HashMap<String, i64>,
-    /// Fingerprint -> (identity, row id).
-    processes: HashMap<u64, Vec<(ProcessIdentity, i64)>>,
-    series: HashMap<SeriesKey, i64>,
+    /// Fingerprint -> (identity, row id, when last_seen_us was written).
+    processes: HashMap<u64, Vec<(ProcessIdentity, i64, i64)>>,
+    /// Key -> (row id, when last_seen_us was written).
+    series: HashMap<SeriesKey, (i64, i64)>,
     live: HashMap<String, LiveFlow>,
 }
 
@@ -419,7 +424,7 @@ impl Store {
                 direction: r.direction,
                 remote_name: prev.remote_name.clone(),
             };
-            let series = self.series_id(key)?;
+            let series = self.series_id(key, now_us)?;
             // Traffic up to a close belongs to the close; the rest to now.
             let at_us = match (r.state, end_us) {
                 (FlowState::Closed, Some(e)) => e,
@@ -474,13 +479,19 @@ impl Store {
         now_us: i64,
     ) -> rusqlite::Result<i64> {
         let hash = process_hash(p);
-        if let Some(id) = self
+        if let Some(entry) = self
             .caches
             .processes
-            .get(&hash)
-            .and_then(|v| v.iter().find(|(q, _)| q == p))
+            .get_mut(&hash)
+            .and_then(|v| v.iter_mut().find(|(q, _, _)| q == p))
         {
-            return Ok(id.1);
+            if now_us - entry.2 >= TOUCH_EVERY_US {
+                entry.2 = now_us;
+                let id = entry.1;
+                self.touch("processes", "process_id", id, now_us)?;
+                return Ok(id);
+            }
+            return Ok(entry.1);
         }
         let exe_id = match &p.exe {
             Some(e) => Some(self.exe_id(e)?),
@@ -499,13 +510,16 @@ impl Store {
             )
             .optional()?;
         let id = match found {
-            Some(id) => id,
+            Some(id) => {
+                self.touch("processes", "process_id", id, now_us)?;
+                id
+            }
             None => {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO processes (run_id, pid, ppid, uid, user, comm, exe_id,
-                            cmdline, cgroup, first_seen_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                            cmdline, cgroup, first_seen_us, last_seen_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
                     )?
                     .execute(params![
                         run_id, p.pid, p.ppid, p.uid, p.user, p.comm, exe_id, p.cmdline, p.cgroup,
@@ -519,13 +533,29 @@ impl Store {
             .processes
             .entry(hash)
             .or_default()
-            .push((p.clone(), id));
+            .push((p.clone(), id, now_us));
         Ok(id)
     }
 
-    fn series_id(&mut self, key: SeriesKey) -> rusqlite::Result<i64> {
-        if let Some(id) = self.caches.series.get(&key) {
-            return Ok(*id);
+    /// Brings `last_seen_us` of one row of `table` to `now_us`.
+    fn touch(&self, table: &str, id_col: &str, id: i64, now_us: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE {table} SET last_seen_us = ?2 WHERE {id_col} = ?1"
+            ))?
+            .execute(params![id, now_us])?;
+        Ok(())
+    }
+
+    fn series_id(&mut self, key: SeriesKey, now_us: i64) -> rusqlite::Result<i64> {
+        if let Some(entry) = self.caches.series.get_mut(&key) {
+            if now_us - entry.1 >= TOUCH_EVERY_US {
+                entry.1 = now_us;
+                let id = entry.0;
+                self.touch("series", "series_id", id, now_us)?;
+                return Ok(id);
+            }
+            return Ok(entry.0);
         }
         let found: Option<i64> = self
             .conn
@@ -547,13 +577,16 @@ impl Store {
             )
             .optional()?;
         let id = match found {
-            Some(id) => id,
+            Some(id) => {
+                self.touch("series", "series_id", id, now_us)?;
+                id
+            }
             None => {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO series (process_id, remote_ip, port, proto, direction,
-                            remote_name)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            remote_name, last_seen_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         key.process_id,
@@ -561,13 +594,14 @@ impl Store {
                         key.port,
                         key.proto.to_string(),
                         direction_str(key.direction),
-                        key.remote_name
+                        key.remote_name,
+                        now_us
                     ])?;
                 self.conn.last_insert_rowid()
             }
         };
         bound(&mut self.caches.series, ID_LIMIT);
-        self.caches.series.insert(key, id);
+        self.caches.series.insert(key, (id, now_us));
         Ok(id)
     }
 

@@ -217,6 +217,7 @@ fn retention_deletes_old_flows_and_rolls_samples_up_to_hours() {
     }
     assert_eq!(sampled(&store), total);
     let flows_before = count(&store, "flows");
+    let series_before = count(&store, "series");
 
     let summary = store
         .apply_retention(Duration::from_secs(30 * day as u64), ns(NOW_S))
@@ -281,16 +282,24 @@ fn retention_deletes_old_flows_and_rolls_samples_up_to_hours() {
         .query_row("SELECT min(hour) FROM hourly", [], |r| r.get(0))
         .unwrap();
     assert!(oldest + 3_600 > NOW_S - 3 * day, "oldest hour {oldest}");
-    // What no sample or flow refers to is gone; what remains is referenced.
-    let orphans: i64 = store
+    // Nothing kept refers to a deleted row, and unused series are gone.
+    let dangling: i64 = store
         .conn
         .query_row(
-            "SELECT count(*) FROM series WHERE series_id NOT IN (SELECT series_id FROM hourly)",
+            "SELECT (SELECT count(*) FROM hourly WHERE series_id NOT IN (SELECT series_id FROM series))
+                  + (SELECT count(*) FROM samples WHERE series_id NOT IN (SELECT series_id FROM series))
+                  + (SELECT count(*) FROM series WHERE process_id NOT IN (SELECT process_id FROM processes))
+                  + (SELECT count(*) FROM flows WHERE process_id NOT IN (SELECT process_id FROM processes))
+                  + (SELECT count(*) FROM processes WHERE exe_id NOT IN (SELECT exe_id FROM executables))",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(orphans, 0);
+    assert_eq!(dangling, 0);
+    assert!(
+        count(&store, "series") < series_before,
+        "old series are deleted"
+    );
     // Writing goes on after retention.
     store
         .write(&[rec(1_000_000, FlowState::Open, 1, 1, NOW_S)], ns(NOW_S))

@@ -22,8 +22,9 @@ CREATE TABLE processes (
     process_id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(run_id),
     pid INTEGER NOT NULL, ppid INTEGER NOT NULL, uid INTEGER NOT NULL, user TEXT,
     comm TEXT NOT NULL, exe_id INTEGER REFERENCES executables(exe_id), cmdline TEXT,
-    cgroup TEXT, first_seen_us INTEGER NOT NULL);
+    cgroup TEXT, first_seen_us INTEGER NOT NULL, last_seen_us INTEGER NOT NULL);
 CREATE INDEX processes_pid ON processes(run_id, pid);
+CREATE INDEX processes_seen ON processes(last_seen_us);
 CREATE TABLE flows (
     flow_row INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(run_id),
     flow_id TEXT NOT NULL, process_id INTEGER REFERENCES processes(process_id),
@@ -35,10 +36,13 @@ CREATE TABLE flows (
     tx_payload INTEGER NOT NULL, rx_payload INTEGER NOT NULL, before_tx_payload INTEGER,
     before_rx_payload INTEGER, origin TEXT NOT NULL, verdict TEXT, rule TEXT,
     UNIQUE (run_id, flow_id));
+CREATE INDEX flows_start ON flows(start_us);
 CREATE TABLE series (
     series_id INTEGER PRIMARY KEY, process_id INTEGER REFERENCES processes(process_id),
-    remote_ip TEXT NOT NULL, port INTEGER NOT NULL, proto TEXT NOT NULL, direction TEXT NOT NULL);
+    remote_ip TEXT NOT NULL, port INTEGER NOT NULL, proto TEXT NOT NULL, direction TEXT NOT NULL,
+    last_seen_us INTEGER NOT NULL);
 CREATE INDEX series_key ON series(process_id, remote_ip, port);
+CREATE INDEX series_seen ON series(last_seen_us);
 CREATE TABLE samples (
     bucket INTEGER NOT NULL, series_id INTEGER NOT NULL REFERENCES series(series_id),
     tx_bytes INTEGER NOT NULL, rx_bytes INTEGER NOT NULL,
@@ -72,13 +76,13 @@ fn a_version_1_database_is_migrated_and_keeps_its_data() {
         c.execute_batch(&format!(
             "INSERT INTO runs VALUES (1, {us}, '0.1.0');
              INSERT INTO executables VALUES (1, '/usr/bin/wget');
-             INSERT INTO processes VALUES (1, 1, 42, 1, 1000, 'alice', 'wget', 1, 'wget x', '/', {us});
+             INSERT INTO processes VALUES (1, 1, 42, 1, 1000, 'alice', 'wget', 1, 'wget x', '/', {us}, {us});
              INSERT INTO flows (run_id, flow_id, process_id, state, proto, family, direction,
                  local_ip, local_port, remote_ip, remote_port, netns, start_us, end_us, last_us,
                  tx_bytes, rx_bytes, tx_packets, rx_packets, tx_payload, rx_payload, origin)
                VALUES (1, '7', 1, 'closed', 'tcp', 4, 'out', '10.0.0.1', 40000, '192.0.2.1', 443,
                  1, {us}, {us}, {us}, 300, 7000, 3, 7, 200, 6900, 'connect');
-             INSERT INTO series VALUES (1, 1, '192.0.2.1', 443, 'tcp', 'out');
+             INSERT INTO series VALUES (1, 1, '192.0.2.1', 443, 'tcp', 'out', {us});
              INSERT INTO samples VALUES ({t}, 1, 300, 7000);
              INSERT INTO hourly VALUES ({h}, 1, 300, 7000);",
             us = t * 1_000_000,
