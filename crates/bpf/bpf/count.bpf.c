@@ -179,7 +179,8 @@ static __noinline void capture_dns(struct __sk_buff *skb, __u32 off, __u32 len, 
 	e->kind = PF_EV_DNS;
 	e->pid = pid;
 	e->_pad = 0;
-	if (n < 1 || bpf_skb_load_bytes(skb, off, e->data, n)) {
+	barrier_var(n);
+	if (n < 1 || n > PF_DNS_MAX || bpf_skb_load_bytes(skb, off, e->data, n)) {
 		bpf_ringbuf_discard(e, 0);
 		return;
 	}

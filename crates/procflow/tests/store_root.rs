@@ -116,3 +116,69 @@ fn report_by_exe_and_remote_equals_ground_truth() {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
 }
+
+#[test]
+fn remote_name_from_a_dns_answer_is_on_the_flow_and_in_report_by_host() {
+    let p = Pair::new("dns", 31);
+    let pf = Procflow::start(&[]);
+    let (dns, _) = serve(
+        &p.b,
+        &[
+            "dns-serve",
+            "--bind",
+            &format!("{}:53", p.b4),
+            "--answer",
+            &p.b4.to_string(),
+        ],
+    );
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--download",
+            "2000",
+        ],
+    );
+    let cl = client(
+        &p.a,
+        &[
+            "dns-connect",
+            "--server",
+            &format!("{}:53", p.b4),
+            "--name",
+            "files.example.test",
+            "--port",
+            &port.to_string(),
+            "--upload",
+            "50000",
+        ],
+    );
+    assert_eq!(cl["address"], p.b4.to_string());
+    finish(server);
+    let _ = finish(dns);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (recs, db) = pf.stop_keep_db();
+    let flows = final_flows(&recs);
+    let f = one_flow(&flows, &p.a, "named", |f| {
+        f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+    });
+    assert_eq!(f["remote_name"], "files.example.test", "{f}");
+    let doc = report(&db, &["--by", "host", "--host", "files.example.test"]);
+    let rows = doc["rows"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["host"] == "files.example.test")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    // Every flow to that address carries the name (the lookup itself went
+    // to the same host here), and the report adds them all up.
+    let named = flows_in(&flows, &p.a, |f| f["remote_name"] == "files.example.test");
+    assert_eq!(named.len(), 2, "{named:#?}");
+    let tx: u64 = named.iter().map(|f| u(f, "tx_bytes")).sum();
+    let rx: u64 = named.iter().map(|f| u(f, "rx_bytes")).sum();
+    assert_eq!((u(row, "tx_bytes"), u(row, "rx_bytes")), (tx, rx), "{row}");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+}

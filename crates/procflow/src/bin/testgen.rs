@@ -152,6 +152,28 @@ enum Cmd {
         #[arg(long)]
         connections: u64,
     },
+    /// A DNS server for tests: answers COUNT queries, every A query with
+    /// ANSWER (an IPv4 address) under the name asked.
+    DnsServe {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        answer: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Look NAME up (A) at SERVER, then connect to the answer on PORT and
+    /// send UPLOAD bytes: a client that finds its remote through DNS.
+    DnsConnect {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 0)]
+        upload: u64,
+    },
     /// Serve connections until killed: read to EOF, close (benchmark).
     Sink {
         #[arg(long)]
@@ -573,6 +595,67 @@ fn main() -> Res<()> {
             let mut sink = String::new();
             let _ = std::io::stdin().read_to_string(&mut sink);
             drop(held);
+        }
+        Cmd::DnsServe {
+            bind,
+            answer,
+            count,
+        } => {
+            let s = UdpSocket::bind(bind)?;
+            ready(s.local_addr()?.port());
+            let mut buf = [0u8; 512];
+            for _ in 0..count {
+                let (n, from) = s.recv_from(&mut buf)?;
+                let q = &buf[..n];
+                let mut qend = 12;
+                while qend < n && q[qend] != 0 {
+                    qend += 1 + q[qend] as usize;
+                }
+                qend += 5; // the root label, type and class
+                let mut r = Vec::with_capacity(qend + 16);
+                r.extend_from_slice(&q[..2]);
+                r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+                r.extend_from_slice(&q[12..qend.min(n)]);
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&answer.octets());
+                s.send_to(&r, from)?;
+            }
+            println!("{}", json!({"answered": count, "pid": std::process::id()}));
+        }
+        Cmd::DnsConnect {
+            server,
+            name,
+            port,
+            upload,
+        } => {
+            let s = UdpSocket::bind(if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.') {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.extend_from_slice(&[0, 0, 1, 0, 1]);
+            s.send_to(&q, server)?;
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf)?;
+            if n < 4 {
+                return Err("short DNS answer".into());
+            }
+            let a = &buf[n - 4..n];
+            let ip = std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+            let mut t = TcpStream::connect((ip, port))?;
+            write_n(&mut t, upload)?;
+            t.shutdown(Shutdown::Write)?;
+            let got = read_to_eof(&mut t)?;
+            println!(
+                "{}",
+                json!({"address": ip.to_string(), "sent": upload, "received": got, "pid": std::process::id()})
+            );
         }
         Cmd::Sink { listen } => {
             let l = TcpListener::bind(listen)?;
