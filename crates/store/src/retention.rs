@@ -39,6 +39,41 @@ pub struct RetentionSummary {
     pub hours_deleted: usize,
 }
 
+/// The last flow row that started before `cutoff_us`, found by bisecting
+/// the row ids: rows are added when flows first appear, so their start times
+/// grow with their ids (nearly: a flow found at start-up starts earlier).
+/// Deleting only up to that row keeps a pass from reading the whole table; a
+/// row left behind by the "nearly" is deleted by a later pass.
+fn rows_started_before(conn: &rusqlite::Connection, cutoff_us: i64) -> rusqlite::Result<i64> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(flow_row), max(flow_row) FROM flows", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(mut hi)) = (lo, hi) else {
+        return Ok(0);
+    };
+    let mut start_at = conn.prepare_cached(
+        "SELECT start_us FROM flows WHERE flow_row >= ?1 ORDER BY flow_row LIMIT 1",
+    )?;
+    let mut start = |row: i64| -> rusqlite::Result<i64> { start_at.query_row([row], |r| r.get(0)) };
+    if start(lo)? >= cutoff_us {
+        return Ok(lo - 1);
+    }
+    if start(hi)? < cutoff_us {
+        return Ok(hi);
+    }
+    // start(lo) < cutoff <= start(hi)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if start(mid)? < cutoff_us {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 impl Store {
     /// Applies the retention policy described in this module's header.
     pub fn apply_retention(
@@ -59,11 +94,11 @@ impl Store {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let pass = || -> rusqlite::Result<RetentionSummary> {
             let cutoff_us = cutoff_s.saturating_mul(1_000_000);
+            let last_row = rows_started_before(conn, cutoff_us)?;
             let sum = RetentionSummary {
-                // flows_start bounds the scan to the flows that started before the cutoff.
                 flows_deleted: conn.execute(
-                    "DELETE FROM flows WHERE start_us < ?1 AND coalesce(end_us, last_us) < ?1",
-                    [cutoff_us],
+                    "DELETE FROM flows WHERE flow_row <= ?2 AND coalesce(end_us, last_us) < ?1",
+                    [cutoff_us, last_row],
                 )?,
                 samples_deleted: conn
                     .execute("DELETE FROM samples WHERE bucket < ?1", [fine_from])?,

@@ -82,7 +82,6 @@ CREATE TABLE flows (
     rule               TEXT,
     UNIQUE (run_id, flow_id)
 );
-CREATE INDEX flows_start ON flows(start_us);
 CREATE TABLE series (
     series_id   INTEGER PRIMARY KEY,
     process_id  INTEGER REFERENCES processes(process_id),

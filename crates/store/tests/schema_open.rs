@@ -36,7 +36,6 @@ CREATE TABLE flows (
     tx_payload INTEGER NOT NULL, rx_payload INTEGER NOT NULL, before_tx_payload INTEGER,
     before_rx_payload INTEGER, origin TEXT NOT NULL, verdict TEXT, rule TEXT,
     UNIQUE (run_id, flow_id));
-CREATE INDEX flows_start ON flows(start_us);
 CREATE TABLE series (
     series_id INTEGER PRIMARY KEY, process_id INTEGER REFERENCES processes(process_id),
     remote_ip TEXT NOT NULL, port INTEGER NOT NULL, proto TEXT NOT NULL, direction TEXT NOT NULL,
