@@ -105,7 +105,7 @@ static __always_inline void keep_identity(struct bpf_sock *sk)
 		return;
 	__builtin_memcpy(id, cur, sizeof(*id));
 	id->uid = (__u32)bpf_get_current_uid_gid();
-	bpf_get_current_comm(id->comm, sizeof(id->comm));
+	pol_process_comm(id->comm);
 }
 
 static __always_inline int on_pol_bind(struct bpf_sock *sk)

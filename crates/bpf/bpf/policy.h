@@ -272,6 +272,14 @@ static __always_inline struct pf_exe_ident *pol_current_exe(void)
 	return bpf_map_lookup_elem(&pol_zero, &zero);
 }
 
+/* The process's comm (its thread-group leader's, as `ps -o comm` shows),
+ * not the calling thread's name. */
+static __always_inline void pol_process_comm(char comm[PF_COMM_LEN])
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	bpf_probe_read_kernel_str(comm, PF_COMM_LEN, t->group_leader->comm);
+}
+
 /* ---- the decision ---- */
 
 struct pol_query {
@@ -454,7 +462,7 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 	struct pf_exe_ident *exe = pol_current_exe();
 	if (!exe)
 		return 1;
-	bpf_get_current_comm(q.comm, sizeof(q.comm));
+	pol_process_comm(q.comm);
 	q.uid = (__u32)bpf_get_current_uid_gid();
 	struct pol_decision d;
 	if (!pol_decide(&q, exe, &d, 0))
@@ -463,6 +471,7 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 		return 1;
 	struct pf_owner o = {};
 	owner_current(&o);
+	__builtin_memcpy(o.comm, q.comm, PF_COMM_LEN); /* what was matched */
 	pol_emit(&q, exe, &d, bpf_get_socket_cookie(sa), &o,
 		 sk_netns(bpf_core_cast(sk, struct sock)),
 		 sendmsg ? PF_HOOK_SENDMSG : PF_HOOK_CONNECT);
