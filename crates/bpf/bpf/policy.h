@@ -400,6 +400,8 @@ static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_id
 	e->netns = netns;
 	e->exe_len = exe->len;
 	__builtin_memcpy(e->exe, exe->fwd.data, PF_EXE_KEY);
+	/* Not BPF_RB_NO_WAKEUP for allows: a record left unread makes the
+	 * ring's adaptive wake-ups of later records (any program's) skip. */
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -169,15 +169,12 @@ impl<'a> As<'a> {
         let mut argv: Vec<String> = vec!["ip".into(), "netns".into(), "exec".into()];
         argv.push(self.ns.name.clone());
         if let Some(u) = self.uid {
-            argv.extend(
-                [
-                    "setpriv".to_string(),
-                    format!("--reuid={u}"),
-                    format!("--regid={u}"),
-                    "--clear-groups".into(),
-                ]
-                .into_iter(),
-            );
+            argv.extend([
+                "setpriv".to_string(),
+                format!("--reuid={u}"),
+                format!("--regid={u}"),
+                "--clear-groups".into(),
+            ]);
         }
         argv.push(self.exe.display().to_string());
         argv.extend(
