@@ -11,4 +11,4 @@ fi
 bash scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked --workspace --all-targets
-cargo test --release --locked --workspace -- --test-threads=2
+cargo test --release --locked --workspace --no-fail-fast -- --test-threads=2

@@ -92,10 +92,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let sinks = Sinks::open(&args.sinks)?;
-
     let started = Instant::now();
     let kernel = Kernel::open().context("loading the kernel programs")?;
+    let sinks = Sinks::open(&args.sinks)?;
     for r in kernel.refused() {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
     }
