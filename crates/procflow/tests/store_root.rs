@@ -182,3 +182,132 @@ fn remote_name_from_a_dns_answer_is_on_the_flow_and_in_report_by_host() {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs {
+    dir: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn new(size: &str) -> SmallFs {
+        let dir = std::env::temp_dir().join(format!("pf-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "pftest",
+            dir.to_str().unwrap(),
+        ]);
+        SmallFs { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        sh(&[
+            "mount",
+            "-o",
+            &format!("remount,size={size}"),
+            self.dir.to_str().unwrap(),
+        ]);
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).output();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_full_disk_never_stops_monitoring_and_writing_resumes_with_space() {
+    let p = Pair::new("diskfull", 32);
+    let fs = SmallFs::new("600k");
+    let db = fs.dir.join("procflow.db");
+    let pf = Procflow::start(&["--db", db.to_str().unwrap()]);
+    // Enough flows to fill 600 KiB many times over.
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--count",
+            "4000",
+        ],
+    );
+    let cl = client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--upload",
+            "10",
+            "--count",
+            "4000",
+        ],
+    );
+    assert_eq!(u(&cl, "connections"), 4000);
+    finish(server);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Space returns; new traffic must reach the history.
+    fs.resize("64m");
+    let (server2, port2) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--count",
+            "3",
+            "--download",
+            "1000",
+        ],
+    );
+    client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{}:{port2}", p.b4),
+            "--upload",
+            "4000",
+            "--count",
+            "3",
+        ],
+    );
+    finish(server2);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let recs = pf.stop();
+    // Monitoring went on: every connection has its closed record in the log.
+    let flows = final_flows(&recs);
+    let closed = flows_in(&flows, &p.a, |f| {
+        u(f, "remote_port") == port as u64 && f["state"] == "closed"
+    });
+    assert_eq!(closed.len(), 4000);
+    let st = stats(&recs);
+    assert!(
+        u(&st["store"], "records_failed") > 0,
+        "the disk never filled: {st}"
+    );
+    // Writing resumed: the traffic after the resize is in the database.
+    let doc = report(&db, &["--by", "port", "--port", &port2.to_string()]);
+    let rows = doc["rows"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["port"] == port2)
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    // Both ends are on this machine: the clients' flows to the port and the
+    // server's flows on it.
+    let mut after = flows_in(&flows, &p.a, |f| u(f, "remote_port") == port2 as u64);
+    after.extend(flows_in(&flows, &p.b, |f| {
+        u(f, "local_port") == port2 as u64
+    }));
+    assert_eq!(after.len(), 6, "{after:#?}");
+    let tx: u64 = after.iter().map(|f| u(f, "tx_bytes")).sum();
+    let rx: u64 = after.iter().map(|f| u(f, "rx_bytes")).sum();
+    assert_eq!((u(row, "tx_bytes"), u(row, "rx_bytes")), (tx, rx), "{row}");
+}

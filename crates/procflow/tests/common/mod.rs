@@ -237,11 +237,12 @@ impl Procflow {
         let _ = std::fs::remove_file(&log);
         let db = log.with_extension("db");
         remove_db(&db);
-        let mut child = Command::new(PROCFLOW)
-            .args(["-v", "run", "--log"])
-            .arg(&log)
-            .arg("--db")
-            .arg(&db)
+        let mut cmd = Command::new(PROCFLOW);
+        cmd.args(["-v", "run", "--log"]).arg(&log);
+        if !extra.contains(&"--db") {
+            cmd.arg("--db").arg(&db);
+        }
+        let mut child = cmd
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
