@@ -531,6 +531,11 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		q.uid = exe->uid;
 		__builtin_memcpy(q.comm, exe->comm, PF_COMM_LEN);
 	} else {
+		/* No process created this ICMP/raw socket while procflow ran:
+		 * a kernel socket (echo replies, ICMP errors) or one older than
+		 * procflow. Not decided. */
+		if (other)
+			return 1;
 		exe = bpf_map_lookup_elem(&pol_zero, &zero);
 		if (!exe)
 			return 1;
