@@ -39,10 +39,11 @@ PF_MAP struct {
 	__uint(max_entries, 16 << 20);
 } events SEC(".maps");
 
-/* Datagram flows (UDP, ping, raw): one entry per socket and remote. User
- * space deletes a socket's entries after its RELEASE record. */
+/* Datagram flows (UDP, ping, raw): one entry per socket and remote, with a
+ * value per CPU so that the per-packet adds need no atomics (user space sums
+ * them). User space deletes a socket's entries after its RELEASE record. */
 PF_MAP struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct pf_dgram_key);

@@ -150,14 +150,15 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 			return;
 		}
 	}
+	/* This CPU's slot: no other CPU writes it. */
 	if (egress) {
-		add(&v->c.tx_bytes, wire);
-		add(&v->c.tx_packets, segs);
-		add(&v->c.tx_payload, payload);
+		v->c.tx_bytes += wire;
+		v->c.tx_packets += segs;
+		v->c.tx_payload += payload;
 	} else {
-		add(&v->c.rx_bytes, wire);
-		add(&v->c.rx_packets, segs);
-		add(&v->c.rx_payload, payload);
+		v->c.rx_bytes += wire;
+		v->c.rx_packets += segs;
+		v->c.rx_payload += payload;
 	}
 }
 

@@ -360,12 +360,23 @@ impl Kernel {
         let k = Self::dgram_key(key)?;
         let kb = struct_bytes(&k);
         let map = &self.skel.maps.dgram_flows;
-        let v = map.lookup(kb, MapFlags::ANY).ok().flatten()?;
+        let per_cpu = map.lookup_percpu(kb, MapFlags::ANY).ok().flatten()?;
         if remove {
             let _ = map.delete(kb);
         }
-        let v: pf_dgram_val = decode::read_struct(&v)?;
-        Some(decode::counters(&v.c))
+        // One value per CPU: the counters are their sum.
+        let mut total = Counters::default();
+        for bytes in &per_cpu {
+            let v: pf_dgram_val = decode::read_struct(bytes)?;
+            let c = decode::counters(&v.c);
+            total.tx_bytes += c.tx_bytes;
+            total.rx_bytes += c.rx_bytes;
+            total.tx_packets += c.tx_packets;
+            total.rx_packets += c.rx_packets;
+            total.tx_payload += c.tx_payload;
+            total.rx_payload += c.rx_payload;
+        }
+        Some(total)
     }
 
     /// Number of datagram flow entries in the kernel.
