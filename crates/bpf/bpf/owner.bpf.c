@@ -131,38 +131,6 @@ int BPF_PROG(pf_recv_len, struct sock *sk, int ret, int flags)
 	return on_io(sk, ret);
 }
 
-struct path_walk {
-	struct pf_exec_event *e;
-	struct dentry *d;
-	struct mount *mnt;
-	__u32 depth;
-};
-
-/* One step up from a dentry: to its parent, or across a mount point. */
-static int path_step(__u32 i, struct path_walk *w)
-{
-	struct dentry *d = w->d;
-	struct mount *mnt = w->mnt;
-	struct dentry *root = BPF_CORE_READ(mnt, mnt.mnt_root);
-	struct dentry *parent = BPF_CORE_READ(d, d_parent);
-	if (d == root || d == parent) {
-		struct mount *pm = BPF_CORE_READ(mnt, mnt_parent);
-		if (pm == mnt || !pm)
-			return 1;
-		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = pm;
-		return 0;
-	}
-	__u32 depth = w->depth;
-	if (depth >= PF_PATH_DEPTH)
-		return 1;
-	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
-	bpf_probe_read_kernel_str(w->e->path[depth & (PF_PATH_DEPTH - 1)], PF_NAME_LEN, name);
-	w->depth = depth + 1;
-	w->d = parent;
-	return 0;
-}
-
 /* exec: the absolute path of the real executable (a dentry walk across
  * mounts), the name as given and the arguments, captured before the process
  * can exit. */
@@ -191,16 +159,18 @@ int BPF_PROG(pf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (alen && bpf_probe_read_user(e->args, alen & (PF_ARGS_LEN - 1) ?: PF_ARGS_LEN, (void *)as) == 0)
 		e->args_len = alen;
 
-	struct file *file = BPF_CORE_READ(bprm, file);
-	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
-	struct path_walk w = {
-		.e = e,
-		.d = BPF_CORE_READ(file, f_path.dentry),
-		.mnt = container_of(vm, struct mount, mnt),
-	};
-	bpf_loop(PF_PATH_DEPTH + 8, path_step, &w, 0);
-	__u32 depth = w.depth;
-	e->depth = depth;
+	/* The real executable's absolute path, by the dentry walk the rules
+	 * use too (policy.h). */
+	struct pf_path_buf *sb = 0;
+	__u32 pos = 0;
+	e->path_len = 0;
+	if (pol_path_of_file(BPF_CORE_READ(bprm, file), &sb, &pos) && sb) {
+		pos &= PF_PATH_END - 1;
+		__u32 n = PF_PATH_END - pos;
+		if (n > 0 && n <= PF_EXEC_PATH &&
+		    bpf_probe_read_kernel(e->path, n, sb->b + pos) == 0)
+			e->path_len = n;
+	}
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

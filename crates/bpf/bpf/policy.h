@@ -29,7 +29,7 @@
 #endif
 
 #define PF_PATH_BUF 2048 /* scratch for composing a path backwards */
-#define PF_PATH_END 1024 /* the path ends here; bytes above stay zero */
+#define PF_PATH_END PF_EXEC_PATH /* the path ends here; bytes above stay zero */
 #define PF_WALK_STEPS 80
 
 PF_PMAP struct {
@@ -220,19 +220,17 @@ static int pol_rev_step(__u32 i, struct pol_rev *r)
 	return 0;
 }
 
-/* The absolute path of `file` into id's LPM keys (len 0 if it cannot be
- * found or is longer than PF_PATH_END - 1 bytes). */
-static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ident *id)
+/* The absolute path of `file`, composed backwards in the per-CPU scratch:
+ * it is sb->b[*pos .. PF_PATH_END), followed by zeros. False if it cannot be
+ * found or is longer than PF_PATH_END - 1 bytes. Shared by the exec capture
+ * (owner.bpf.c) and the rules' exe conditions. */
+static __always_inline bool pol_path_of_file(struct file *file, struct pf_path_buf **sbp,
+					     __u32 *pos)
 {
 	__u32 zero = 0;
 	struct pf_path_buf *sb = bpf_map_lookup_elem(&pol_scratch, &zero);
-	id->len = 0;
-	id->fwd.prefixlen = PF_EXE_KEY * 8;
-	id->rev.prefixlen = PF_EXE_KEY * 8;
-	__builtin_memset(id->fwd.data, 0, PF_EXE_KEY);
-	__builtin_memset(id->rev.data, 0, PF_EXE_KEY);
 	if (!sb || !file)
-		return;
+		return false;
 	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
 	struct pol_walk w = {
 		.buf = sb->b,
@@ -243,8 +241,26 @@ static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ide
 	};
 	bpf_loop(PF_WALK_STEPS, pol_walk_step, &w, 0);
 	if (!w.full || w.pos >= PF_PATH_END)
+		return false;
+	*sbp = sb;
+	*pos = w.pos & (PF_PATH_END - 1);
+	return true;
+}
+
+/* The absolute path of `file` into id's LPM keys (len 0 if it cannot be
+ * found or is longer than PF_PATH_END - 1 bytes). */
+static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ident *id)
+{
+	id->len = 0;
+	id->fwd.prefixlen = PF_EXE_KEY * 8;
+	id->rev.prefixlen = PF_EXE_KEY * 8;
+	__builtin_memset(id->fwd.data, 0, PF_EXE_KEY);
+	__builtin_memset(id->rev.data, 0, PF_EXE_KEY);
+	struct pf_path_buf *sb = 0;
+	__u32 pos = 0;
+	if (!pol_path_of_file(file, &sb, &pos) || !sb)
 		return;
-	__u32 pos = w.pos & (PF_PATH_END - 1);
+	pos &= PF_PATH_END - 1;
 	/* sb->b[PF_PATH_END..] is never written: the NUL and zero padding. */
 	bpf_probe_read_kernel(id->fwd.data, PF_EXE_KEY, sb->b + pos);
 	id->len = PF_PATH_END - pos;

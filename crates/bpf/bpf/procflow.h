@@ -12,8 +12,7 @@
 #define PF_COMM_LEN 16
 #define PF_ARGS_LEN 256
 #define PF_FNAME_LEN 256
-#define PF_PATH_DEPTH 32
-#define PF_NAME_LEN 64
+#define PF_EXEC_PATH 1024
 
 /* Record kinds, in the ring buffer and in iterator output. */
 enum pf_kind {
@@ -154,13 +153,13 @@ struct pf_exec_event {
 	__u32 pid;
 	__u32 ppid;
 	__u32 uid;
-	__u16 depth;          /* path components in path[] (leaf first) */
+	__u16 path_len;       /* bytes of path[] used (0: not found) */
 	__u16 args_len;
 	__u32 _pad;
 	char comm[PF_COMM_LEN];
 	char args[PF_ARGS_LEN];
 	char fname[PF_FNAME_LEN];
-	char path[PF_PATH_DEPTH][PF_NAME_LEN];
+	char path[PF_EXEC_PATH];  /* absolute path of the executable */
 };
 
 #define PF_DNS_MAX 512

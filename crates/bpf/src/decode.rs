@@ -175,12 +175,10 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
 
 /// The absolute executable path and command line of an exec record.
 pub fn exec_info(e: &pf_exec_event) -> (u32, ExecInfo) {
-    let depth = (e.depth as usize).min(e.path.len());
-    let mut exe = String::new();
-    for comp in e.path[..depth].iter().rev() {
-        exe.push('/');
-        exe.push_str(&c_str(comp));
-    }
+    let n = (e.path_len as usize).min(e.path.len());
+    let mut exe: String =
+        String::from_utf8_lossy(&e.path[..n].iter().map(|&c| c as u8).collect::<Vec<u8>>())
+            .into_owned();
     if exe.is_empty() {
         exe = c_str(&e.fname);
     }
@@ -199,24 +197,17 @@ pub fn exec_info(e: &pf_exec_event) -> (u32, ExecInfo) {
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> [i8; 64] {
-        let mut a = [0i8; 64];
-        for (i, b) in s.bytes().enumerate() {
-            a[i] = b as i8;
-        }
-        a
-    }
-
     #[test]
-    fn exec_path_is_joined_leaf_last() {
+    fn exec_path_and_arguments() {
         let mut e = pf_exec_event {
             pid: 42,
-            depth: 3,
             ..Default::default()
         };
-        e.path[0] = name("curl");
-        e.path[1] = name("bin");
-        e.path[2] = name("usr");
+        let path = b"/usr/bin/curl";
+        for (i, b) in path.iter().enumerate() {
+            e.path[i] = *b as i8;
+        }
+        e.path_len = path.len() as u16;
         let args = b"curl\0-s\0http://x\0";
         for (i, b) in args.iter().enumerate() {
             e.args[i] = *b as i8;
