@@ -26,6 +26,14 @@
 #define PF_MAP extern
 #endif
 
+/* Load-time knob: rules are enforced (procflow run --rules). When 0, the
+ * verifier drops the rules paths as dead code, so the programs load fast. */
+#ifdef PF_DEFINE_MAPS
+const volatile __u32 pf_rules_on = 0;
+#else
+extern const volatile __u32 pf_rules_on;
+#endif
+
 /* The flow context of every socket procflow has met. */
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

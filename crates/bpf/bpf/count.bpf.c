@@ -218,7 +218,8 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	struct sock *sk = bpf_core_cast(bsk, struct sock);
 	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
 	/* ---- rules enforcement (policy.h): 0 drops the packet ---- */
-	if (!pf_policy_skb(skb, bsk, egress, stream, state, p.version, p.l4, p.src, p.dst,
+	if (pf_rules_on &&
+	    !pf_policy_skb(skb, bsk, egress, stream, state, p.version, p.l4, p.src, p.dst,
 			   p.sport, p.dport, p.tcpflags))
 		return 0;
 	/* ---- end rules enforcement ---- */

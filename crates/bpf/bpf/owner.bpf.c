@@ -58,7 +58,7 @@ int pf_post_bind6(struct bpf_sock *sk)
 static __always_inline int on_addr(struct bpf_sock_addr *sa, bool sendmsg, bool v6)
 {
 	/* ---- rules enforcement (policy.h): 0 refuses with EPERM ---- */
-	if (!pf_policy_addr(sa, sendmsg, v6))
+	if (pf_rules_on && !pf_policy_addr(sa, sendmsg, v6))
 		return 0;
 	/* ---- end rules enforcement ---- */
 	struct bpf_sock *sk = sa->sk;

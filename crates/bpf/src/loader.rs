@@ -101,6 +101,7 @@ impl std::fmt::Debug for Kernel {
 fn open(
     only: Option<&str>,
     skip: &[Refused],
+    rules: bool,
 ) -> Result<crate::skel::OpenProcflowSkel<'static>, BpfError> {
     // The object lives as long as the process: procflow loads it once (a
     // probe that fails leaks one small allocation).
@@ -116,6 +117,9 @@ fn open(
         };
         p.set_autoload(keep);
     }
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.pf_rules_on = u32::from(rules);
+    }
     Ok(open)
 }
 
@@ -128,8 +132,10 @@ fn all_progs() -> impl Iterator<Item = &'static str> {
 }
 
 impl Kernel {
-    /// Loads every program this kernel accepts and attaches it.
-    pub fn open() -> Result<Kernel, BpfError> {
+    /// Loads every program this kernel accepts and attaches it. `rules`
+    /// keeps the rules paths in the programs (`procflow run --rules`);
+    /// without it the verifier drops them and the programs load faster.
+    pub fn open(rules: bool) -> Result<Kernel, BpfError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(BpfError::NotRoot);
@@ -140,12 +146,12 @@ impl Kernel {
         let cgroup_root = cgroup2_root()?;
 
         let mut refused = Vec::new();
-        let skel = match open(None, &[])?.load() {
+        let skel = match open(None, &[], rules)?.load() {
             Ok(s) => s,
             Err(first) => {
                 // Find which programs the kernel refuses, one at a time.
                 for name in all_progs() {
-                    if let Err(e) = open(Some(name), &[])?.load() {
+                    if let Err(e) = open(Some(name), &[], rules)?.load() {
                         refused.push(Refused {
                             name: name.to_string(),
                             reason: format!("{e}"),
@@ -157,7 +163,7 @@ impl Kernel {
                         "loading the eBPF programs: {first}"
                     )));
                 }
-                open(None, &refused)?
+                open(None, &refused, rules)?
                     .load()
                     .map_err(|e| BpfError::Load(format!("loading the eBPF programs: {e}")))?
             }

@@ -93,7 +93,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .context("installing signal handlers")?;
     }
     let started = Instant::now();
-    let kernel = Kernel::open().context("loading the kernel programs")?;
+    let kernel = Kernel::open(args.rules.rules.is_some()).context("loading the kernel programs")?;
     let sinks = Sinks::open(&args.sinks)?;
     for r in kernel.refused() {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
