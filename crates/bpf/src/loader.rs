@@ -131,6 +131,17 @@ fn all_progs() -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
+/// Routes libbpf's messages into procflow's log (its debug output shows
+/// with `-vv`).
+fn libbpf_to_tracing(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Info => tracing::info!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Debug => tracing::debug!(target: "libbpf", "{msg}"),
+    }
+}
+
 impl Kernel {
     /// Loads every program this kernel accepts and attaches it. `rules`
     /// keeps the rules paths in the programs (`procflow run --rules`);
@@ -144,6 +155,7 @@ impl Kernel {
             return Err(BpfError::NoBtf);
         }
         let cgroup_root = cgroup2_root()?;
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_to_tracing)));
 
         let mut refused = Vec::new();
         let skel = match open(None, &[], rules)?.load() {
