@@ -18,7 +18,9 @@ struct pkt {
 	__u8 tcpflags;
 };
 
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+/* Headers through bpf_skb_load_bytes: for packets whose headers are not
+ * all in the linear part. */
+static __noinline int parse_slow(struct __sk_buff *skb, struct pkt *p)
 {
 	__u8 b0;
 	if (bpf_skb_load_bytes(skb, 0, &b0, 1))
@@ -61,6 +63,63 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			p->sport = (uh[0] << 8) | uh[1];
 			p->dport = (uh[2] << 8) | uh[3];
 		}
+		p->l4len = 8;
+	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
+		p->l4len = 8;
+	}
+	return 0;
+}
+
+/* Headers by direct packet access (offset 0 is the IP header), falling back
+ * to parse_slow when they are not all in the linear part. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *b = data;
+	if ((void *)(b + 1) > end)
+		return parse_slow(skb, p);
+	__u8 version = b[0] >> 4;
+	__u32 off;
+	if (version == 4) {
+		struct iphdr *ip = data;
+		if ((void *)(ip + 1) > end)
+			return parse_slow(skb, p);
+		p->version = 4;
+		p->l3len = ip->ihl * 4;
+		p->l4 = ip->protocol;
+		__builtin_memcpy(p->src, &ip->saddr, 4);
+		__builtin_memcpy(p->dst, &ip->daddr, 4);
+		off = p->l3len & 0x3c;
+	} else if (version == 6) {
+		struct ipv6hdr *ip6 = data;
+		if ((void *)(ip6 + 1) > end)
+			return parse_slow(skb, p);
+		p->version = 6;
+		p->l3len = 40;
+		p->l4 = ip6->nexthdr;
+		__builtin_memcpy(p->src, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6->daddr, 16);
+		off = 40;
+	} else {
+		return -1;
+	}
+	p->sport = p->dport = 0;
+	p->l4len = 0;
+	p->tcpflags = 0;
+	__u8 *t = b + off;
+	if (p->l4 == IPPROTO_TCP) {
+		if ((void *)(t + 14) > end)
+			return parse_slow(skb, p);
+		p->sport = (t[0] << 8) | t[1];
+		p->dport = (t[2] << 8) | t[3];
+		p->l4len = (t[12] >> 4) * 4;
+		p->tcpflags = t[13];
+	} else if (p->l4 == IPPROTO_UDP) {
+		if ((void *)(t + 4) > end)
+			return parse_slow(skb, p);
+		p->sport = (t[0] << 8) | t[1];
+		p->dport = (t[2] << 8) | t[3];
 		p->l4len = 8;
 	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
 		p->l4len = 8;
