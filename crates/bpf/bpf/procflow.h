@@ -23,7 +23,6 @@ enum pf_kind {
 	PF_EV_EXEC = 5,    /* a process called exec */
 	PF_EV_SCAN = 6,    /* start-up scan: an existing socket */
 	PF_EV_DUMP = 7,    /* periodic reading of a live socket */
-	PF_EV_TASKSOCK = 8,/* start-up scan: a process holds a socket */
 	PF_EV_DNS = 10,    /* a DNS response arrived (remote names) */
 };
 

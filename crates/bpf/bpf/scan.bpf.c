@@ -63,7 +63,8 @@ int pf_iter_udp(struct bpf_iter__udp *it)
 }
 
 /* Every socket file of every process: its owner, unless a hook already saw
- * the owner act. Threads share the table of their leader: leaders only. */
+ * the owner act. It writes nothing: the contexts are its output. Threads
+ * share the table of their leader: leaders only. */
 SEC("iter/task_file")
 int pf_iter_task_file(struct bpf_iter__task_file *it)
 {
@@ -95,10 +96,6 @@ int pf_iter_task_file(struct bpf_iter__task_file *it)
 		owner_of_task(&ctx->owner, task);
 		__sync_fetch_and_or(&ctx->flags, PF_F_OWNER | PF_F_OWNER_WEAK);
 	}
-	struct pf_flow_event e = {};
-	event_from_ctx(&e, PF_EV_TASKSOCK, ctx);
-	owner_of_task(&e.owner, task);
-	seq_flow(it->meta->seq, &e);
 	return 0;
 }
 

@@ -14,12 +14,9 @@ pub const PF_EV_CLOSE: u32 = 2;
 pub const PF_EV_OWNER: u32 = 3;
 pub const PF_EV_RELEASE: u32 = 4;
 pub const PF_EV_EXEC: u32 = 5;
-pub const PF_EV_SCAN: u32 = 6;
 pub const PF_EV_DUMP: u32 = 7;
-pub const PF_EV_TASKSOCK: u32 = 8;
 pub const PF_EV_DNS: u32 = 10;
 
-pub const PF_F_ANNOUNCED: u32 = 0x01;
 pub const PF_F_OWNER: u32 = 0x02;
 pub const PF_F_BEFORE: u32 = 0x20;
 

@@ -128,8 +128,9 @@ impl Kernel {
         let mut out = Vec::new();
         let mut report = ScanReport::default();
 
+        // Gives every socket held by a process its owner; writes nothing.
         let task_fd = self.iter_link("pf_iter_task_file")?.as_fd().as_raw_fd();
-        let _ = read_iter(task_fd)?;
+        read_iter(task_fd)?;
 
         let tcp_fd = self.iter_link("pf_iter_tcp")?.as_fd().as_raw_fd();
         let udp_fd = self.iter_link("pf_iter_udp")?.as_fd().as_raw_fd();
