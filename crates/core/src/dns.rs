@@ -104,14 +104,104 @@ pub fn parse_answer(msg: &[u8]) -> Option<DnsAnswer> {
     })
 }
 
+/// The name a reverse (PTR) lookup of `ip` asks for:
+/// `4.3.2.1.in-addr.arpa` or the 32 nibbles of an IPv6 address under
+/// `ip6.arpa`.
+pub fn reverse_name(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v) => {
+            let mut s = String::with_capacity(72);
+            for b in v.octets().iter().rev() {
+                s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+                s.push('.');
+                s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+                s.push('.');
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
+}
+
+/// A recursive PTR query for `ip` with message id `id`.
+pub fn ptr_query(id: u16, ip: &IpAddr) -> Vec<u8> {
+    let mut m = Vec::with_capacity(90);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in reverse_name(ip).split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 12, 0, 1]);
+    m
+}
+
+/// What a PTR response says about the address asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtrAnswer {
+    /// The address's name.
+    Name(String),
+    /// The server answered that there is none (NXDOMAIN, or no PTR record).
+    NoName,
+    /// The server failed (SERVFAIL, REFUSED...): worth asking another.
+    Failed,
+}
+
+/// Reads the response to [`ptr_query`]`(id, ip)`. None when `msg` is not
+/// that response (another id or question, a query, or malformed), so that
+/// stray or forged packets are ignored.
+pub fn parse_ptr(msg: &[u8], id: u16, ip: &IpAddr) -> Option<PtrAnswer> {
+    if u16_at(msg, 0)? != id {
+        return None;
+    }
+    let flags = u16_at(msg, 2)?;
+    if flags & 0x8000 == 0 || u16_at(msg, 4)? != 1 {
+        return None;
+    }
+    let asked = reverse_name(ip);
+    let (qname, after) = read_name(msg, 12)?;
+    if qname != asked || u16_at(msg, after)? != 12 {
+        return None;
+    }
+    match flags & 0x000f {
+        0 => {}
+        3 => return Some(PtrAnswer::NoName),
+        _ => return Some(PtrAnswer::Failed),
+    }
+    let an = u16_at(msg, 6)?;
+    let mut pos = after + 4;
+    for _ in 0..an {
+        let (_owner, after) = read_name(msg, pos)?;
+        let rtype = u16_at(msg, after)?;
+        let rdlen = u16_at(msg, after + 8)? as usize;
+        let start = after + 10;
+        msg.get(start..start + rdlen)?;
+        if rtype == 12 {
+            let (name, _) = read_name(msg, start)?;
+            let name = name.trim_end_matches('.').to_string();
+            if !name.is_empty() {
+                return Some(PtrAnswer::Name(name));
+            }
+        }
+        pos = start + rdlen;
+    }
+    Some(PtrAnswer::NoName)
+}
+
 /// How many (process, address) names are kept before the table starts over.
 const MAX_NAMES: usize = 200_000;
 
-/// Names learned from DNS answers: per process first, then machine-wide.
+/// Names learned from DNS answers: per process first, then machine-wide,
+/// then (with `--resolve`) from reverse lookups.
 #[derive(Debug, Default)]
 pub struct NameTable {
     by_process: HashMap<(u32, IpAddr), String>,
     any: HashMap<IpAddr, String>,
+    reverse: HashMap<IpAddr, String>,
 }
 
 impl NameTable {
@@ -120,18 +210,34 @@ impl NameTable {
             self.by_process.clear();
             self.any.clear();
         }
+
         for &ip in &answer.addrs {
             self.by_process.insert((pid, ip), answer.name.clone());
             self.any.insert(ip, answer.name.clone());
         }
     }
 
+    /// Remembers the name a reverse lookup (or the hosts file) gave `ip`.
+    /// It is used only where no DNS answer named the address.
+    pub fn learn_reverse(&mut self, ip: IpAddr, name: String) {
+        if self.reverse.len() >= MAX_NAMES {
+            self.reverse.clear();
+        }
+        self.reverse.insert(ip, name);
+    }
+
     /// The name `pid` looked up for `ip`, else the last name any process
-    /// got for it.
+    /// got for it, else the reverse lookup's.
     pub fn lookup(&self, pid: Option<u32>, ip: &IpAddr) -> Option<&str> {
         pid.and_then(|p| self.by_process.get(&(p, *ip)))
             .or_else(|| self.any.get(ip))
+            .or_else(|| self.reverse.get(ip))
             .map(String::as_str)
+    }
+
+    /// Whether any DNS answer named `ip` (then no reverse lookup is needed).
+    pub fn answered(&self, ip: &IpAddr) -> bool {
+        self.any.contains_key(ip)
     }
 }
 
@@ -220,5 +326,87 @@ pub(crate) mod tests {
         assert_eq!(t.lookup(Some(20), &ip), Some("b.test"));
         assert_eq!(t.lookup(Some(30), &ip), Some("b.test"));
         assert_eq!(t.lookup(None, &"192.0.2.2".parse().unwrap()), None);
+    }
+
+    /// A server's answer to `query`: rcode, then PTR records naming `names`
+    /// (the first with a pointer to the question, as servers compress).
+    fn ptr_response(query: &[u8], rcode: u8, names: &[&str]) -> Vec<u8> {
+        let mut m = query.to_vec();
+        m[2] = 0x81;
+        m[3] = 0x80 | rcode;
+        m[6..8].copy_from_slice(&(names.len() as u16).to_be_bytes());
+        for n in names {
+            let mut rdata = Vec::new();
+            for label in n.split('.') {
+                rdata.push(label.len() as u8);
+                rdata.extend_from_slice(label.as_bytes());
+            }
+            rdata.push(0);
+            m.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
+            m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            m.extend_from_slice(&rdata);
+        }
+        m
+    }
+
+    #[test]
+    fn reverse_names_of_both_families() {
+        assert_eq!(
+            reverse_name(&"192.0.2.7".parse().unwrap()),
+            "7.2.0.192.in-addr.arpa"
+        );
+        assert_eq!(
+            reverse_name(&"2001:db8::567:89ab".parse().unwrap()),
+            "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    #[test]
+    fn ptr_answers_are_matched_to_their_query() {
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let q = ptr_query(0x4242, &ip);
+        // The query itself is not an answer.
+        assert_eq!(parse_ptr(&q, 0x4242, &ip), None);
+        let r = ptr_response(&q, 0, &["Host.Example.test"]);
+        assert_eq!(
+            parse_ptr(&r, 0x4242, &ip),
+            Some(PtrAnswer::Name("host.example.test".into()))
+        );
+        // Another id or another address: not ours.
+        assert_eq!(parse_ptr(&r, 0x4243, &ip), None);
+        assert_eq!(parse_ptr(&r, 0x4242, &"2001:db8::2".parse().unwrap()), None);
+        assert_eq!(
+            parse_ptr(&ptr_response(&q, 3, &[]), 0x4242, &ip),
+            Some(PtrAnswer::NoName)
+        );
+        assert_eq!(
+            parse_ptr(&ptr_response(&q, 0, &[]), 0x4242, &ip),
+            Some(PtrAnswer::NoName)
+        );
+        assert_eq!(
+            parse_ptr(&ptr_response(&q, 2, &[]), 0x4242, &ip),
+            Some(PtrAnswer::Failed)
+        );
+        for cut in 0..r.len() {
+            let _ = parse_ptr(&r[..cut], 0x4242, &ip); // never panics
+        }
+    }
+
+    #[test]
+    fn reverse_names_come_last() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut t = NameTable::default();
+        t.learn_reverse(ip, "ptr.test".into());
+        assert_eq!(t.lookup(Some(1), &ip), Some("ptr.test"));
+        assert!(!t.answered(&ip));
+        t.learn(
+            1,
+            &DnsAnswer {
+                name: "asked.test".into(),
+                addrs: vec![ip],
+            },
+        );
+        assert_eq!(t.lookup(Some(2), &ip), Some("asked.test"));
+        assert!(t.answered(&ip));
     }
 }

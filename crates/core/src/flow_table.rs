@@ -72,6 +72,17 @@ impl FlowTable {
         self.flows.keys().copied().collect()
     }
 
+    /// A name for `ip` from a reverse lookup; flows to `ip` without a name
+    /// from a DNS answer carry it in their next records.
+    pub fn learn_reverse(&mut self, ip: std::net::IpAddr, name: String) {
+        self.names.learn_reverse(ip, name);
+    }
+
+    /// Whether a DNS answer this machine received named `ip`.
+    pub fn dns_named(&self, ip: &std::net::IpAddr) -> bool {
+        self.names.answered(ip)
+    }
+
     /// Applies one event; returns the records it produces.
     pub fn ingest(&mut self, ev: FlowEvent, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
         match ev {

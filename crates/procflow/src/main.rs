@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod enforce;
+mod resolve;
 mod rules_cmd;
 mod run;
 mod sinks;

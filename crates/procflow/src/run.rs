@@ -25,6 +25,8 @@ pub struct RunArgs {
     duration: Option<f64>,
     #[command(flatten)]
     rules: crate::enforce::RulesArgs,
+    #[command(flatten)]
+    resolve: crate::resolve::ResolveArgs,
 }
 
 /// The collector: applies kernel records to the flow table and sends the
@@ -35,6 +37,7 @@ struct Collector {
     sys: ProcSystem,
     sinks: Sinks,
     rules: crate::enforce::Enforcer,
+    resolver: Option<crate::resolve::Resolver>,
 }
 
 impl Collector {
@@ -42,6 +45,13 @@ impl Collector {
         match rec {
             Record::Event(ev) => {
                 let out = self.table.ingest(ev, &mut self.sys);
+                if let Some(res) = self.resolver.as_mut() {
+                    for r in out.iter().filter(|r| r.remote_name.is_none()) {
+                        if !self.table.dns_named(&r.remote_ip) {
+                            res.want(r.remote_ip);
+                        }
+                    }
+                }
                 self.sinks.flows(&out)
             }
             Record::Release { cookie, end_ns } => {
@@ -82,6 +92,11 @@ impl Collector {
         for r in self.kernel.poll(timeout) {
             self.apply(r)?;
         }
+        if let Some(res) = self.resolver.as_mut() {
+            for (ip, name) in res.answers() {
+                self.table.learn_reverse(ip, name);
+            }
+        }
         Ok(())
     }
 }
@@ -99,6 +114,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
     }
     let rules = crate::enforce::Enforcer::start(&args.rules, &kernel)?;
+    let resolver = crate::resolve::Resolver::start(&args.resolve)?;
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let mut c = Collector {
         kernel,
@@ -106,6 +122,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         sys,
         sinks,
         rules,
+        resolver,
     };
 
     // Records that arrived while attaching come first, then the scan's.
@@ -190,5 +207,6 @@ fn stats_record(
         "socket_contexts_at_stop": contexts_at_stop,
         "datagram_entries": c.kernel.datagram_entries(),
         "store": c.sinks.stats(),
+        "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),
     })
 }

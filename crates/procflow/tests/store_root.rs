@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::Value;
@@ -178,6 +180,135 @@ fn remote_name_from_a_dns_answer_is_on_the_flow_and_in_report_by_host() {
     let tx: u64 = named.iter().map(|f| u(f, "tx_bytes")).sum();
     let rx: u64 = named.iter().map(|f| u(f, "rx_bytes")).sum();
     assert_eq!((u(row, "tx_bytes"), u(row, "rx_bytes")), (tx, rx), "{row}");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+}
+
+/// `procflow-testgen ptr-serve` on the host's loopback, answering the
+/// given names; returns the child (stdin open), its output and its port.
+fn ptr_server(
+    names: &[(IpAddr, &str)],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    u16,
+) {
+    let mut cmd = Command::new(TESTGEN);
+    cmd.args(["ptr-serve", "--bind", "127.0.0.1:0"]);
+    for (ip, n) in names {
+        cmd.args(["--ptr", &format!("{ip}={n}")]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    (child, out, port)
+}
+
+/// One TCP upload from `p.a` to `remote` in `p.b`.
+fn upload(p: &Pair, remote: IpAddr, bytes: u64) -> u16 {
+    let host = match remote {
+        IpAddr::V4(_) => remote.to_string(),
+        IpAddr::V6(_) => format!("[{remote}]"),
+    };
+    let (server, port) = serve(&p.b, &["tcp-serve", "--listen", &format!("{host}:0")]);
+    client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{host}:{port}"),
+            "--upload",
+            &bytes.to_string(),
+        ],
+    );
+    finish(server);
+    port
+}
+
+#[test]
+fn resolve_names_remotes_by_reverse_lookup_only_when_asked() {
+    let p = Pair::new("ptr", 33);
+    let (mut ptr, mut ptr_out, port) =
+        ptr_server(&[(p.b4, "peer4.example.test"), (p.b6, "peer6.example.test")]);
+    let server = format!("127.0.0.1:{port}");
+
+    // Without --resolve: no lookup, no socket of procflow's own.
+    let pf = Procflow::start(&[]);
+    let pid = pf.pid();
+    upload(&p, p.b4, 1000);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs = pf.stop();
+    let stats = recs.iter().find(|r| r["type"] == "stats").unwrap();
+    assert!(stats["resolve"].is_null(), "{stats}");
+    let own: Vec<_> = recs
+        .iter()
+        .filter(|r| r["type"] == "flow" && r["process"]["pid"] == pid)
+        .collect();
+    assert!(own.is_empty(), "procflow made connections: {own:#?}");
+
+    let pf = Procflow::start(&["--resolve", "--resolver", &server]);
+    // The first flow to each address asks; the name arrives within a
+    // moment, and flows opened after that carry it from their first record.
+    let mut ports = Vec::new();
+    for remote in [p.b4, p.b6] {
+        upload(&p, remote, 1000);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ports.push((remote, upload(&p, remote, 2000)));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (recs, db) = pf.stop_keep_db();
+    drop(ptr.stdin.take());
+    let mut line = String::new();
+    ptr_out.read_line(&mut line).unwrap();
+    assert!(ptr.wait().unwrap().success());
+    let served: Value = serde_json::from_str(&line).unwrap();
+    // Each address was asked once, however many flows went to it.
+    let mut named: Vec<_> = served["named"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        ["peer4.example.test", "peer6.example.test"],
+        "{served}"
+    );
+
+    let flows = final_flows(&recs);
+    for (remote, port) in &ports {
+        let want = if remote.is_ipv4() {
+            "peer4.example.test"
+        } else {
+            "peer6.example.test"
+        };
+        let f = one_flow(&flows, &p.a, "second upload", |f| {
+            u(f, "remote_port") == u64::from(*port)
+        });
+        assert_eq!(f["remote_name"], want, "{f}");
+        // Already on the flow's first record.
+        let first = recs
+            .iter()
+            .find(|r| r["type"] == "flow" && r["flow_id"] == f["flow_id"])
+            .unwrap();
+        assert_eq!(first["remote_name"], want, "{first}");
+        let doc = report(&db, &["--by", "host", "--host", want]);
+        let row = &doc["rows"][0];
+        assert_eq!(row["host"], want, "{doc:#}");
+        let all = flows_in(&flows, &p.a, |f| f["remote_name"] == want);
+        let tx: u64 = all.iter().map(|f| u(f, "tx_bytes")).sum();
+        assert_eq!(u(row, "tx_bytes"), tx, "{row}");
+    }
+    let stats = recs.iter().find(|r| r["type"] == "stats").unwrap();
+    assert!(u(&stats["resolve"], "named") >= 2, "{stats}");
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }

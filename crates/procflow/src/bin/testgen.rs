@@ -162,6 +162,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
+    /// A reverse-lookup server for tests: answers PTR queries for the
+    /// addresses given as --ptr ADDR=NAME, NXDOMAIN for any other, until
+    /// standard input closes; then prints how many queries it answered.
+    PtrServe {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, value_parser = parse_ptr_arg)]
+        ptr: Vec<(std::net::IpAddr, String)>,
+    },
     /// Look NAME up (A) at SERVER, then connect to the answer on PORT and
     /// send UPLOAD bytes: a client that finds its remote through DNS.
     DnsConnect {
@@ -182,6 +191,26 @@ enum Cmd {
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn parse_ptr_arg(s: &str) -> Result<(std::net::IpAddr, String), String> {
+    let (a, n) = s.split_once('=').ok_or("expected ADDR=NAME")?;
+    Ok((a.parse().map_err(|e| format!("{a}: {e}"))?, n.to_string()))
+}
+
+/// The question name of a DNS message, as dotted text, and where the
+/// question (name, type, class) ends.
+fn question(q: &[u8]) -> Option<(String, usize)> {
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(pos)? as usize;
+        if len == 0 {
+            return Some((labels.join("."), pos + 5));
+        }
+        labels.push(String::from_utf8_lossy(q.get(pos + 1..pos + 1 + len)?).into_owned());
+        pos += 1 + len;
+    }
+}
 
 fn ready(port: u16) {
     println!("ready {port}");
@@ -621,6 +650,55 @@ fn main() -> Res<()> {
                 s.send_to(&r, from)?;
             }
             println!("{}", json!({"answered": count, "pid": std::process::id()}));
+        }
+        Cmd::PtrServe { bind, ptr } => {
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let names: std::collections::HashMap<String, String> = ptr
+                .iter()
+                .map(|(ip, n)| (procflow_core::dns::reverse_name(ip), n.clone()))
+                .collect();
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let d = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+                d.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            ready(s.local_addr()?.port());
+            let (mut queries, mut named) = (0u64, Vec::new());
+            let mut buf = [0u8; 512];
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let q = &buf[..n];
+                let Some((qname, qend)) = question(q) else {
+                    continue;
+                };
+                queries += 1;
+                let mut r = q[..qend.min(n)].to_vec();
+                r[2] = 0x81;
+                match names.get(&qname) {
+                    Some(name) => {
+                        r[3] = 0x80;
+                        r[6..8].copy_from_slice(&1u16.to_be_bytes());
+                        let mut rdata = Vec::new();
+                        for label in name.split('.') {
+                            rdata.push(label.len() as u8);
+                            rdata.extend_from_slice(label.as_bytes());
+                        }
+                        rdata.push(0);
+                        r.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
+                        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                        r.extend_from_slice(&rdata);
+                        named.push(name.clone());
+                    }
+                    None => r[3] = 0x83,
+                }
+                s.send_to(&r, from)?;
+            }
+            println!("{}", json!({"queries": queries, "named": named}));
         }
         Cmd::DnsConnect {
             server,
