@@ -5,7 +5,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make \
-    iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 >/dev/null
+    iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
+    fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi

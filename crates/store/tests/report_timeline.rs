@@ -211,17 +211,100 @@ fn chart_is_an_svg_with_title_axes_and_legend() {
         "the largest host is in the legend"
     );
 
-    // PNG is refused up front with a clear reason, and nothing is written.
-    let png = dir.path().join("traffic.png");
+    // The same chart as PNG: the SVG drawn at twice its size, its text set
+    // in a system font.
+    let png_path = dir.path().join("traffic.png");
     let args = ReportArgs {
-        chart: Some(png.clone()),
+        chart: Some(png_path.clone()),
+        ..args
+    };
+    let mut out = Vec::new();
+    run_report_at(&args, NOW_S, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("wrote {}\n", png_path.display())
+    );
+    let png = Png::read(&png_path);
+    assert_eq!(
+        (png.width, png.height),
+        (2000, 1120),
+        "twice the SVG's size"
+    );
+    // Text is drawn: its boxes hold dark pixels, while a margin with no text
+    // (above the title) holds none. Without a font the text boxes stay white.
+    let title = png.dark_pixels(90, 12, 400, 38);
+    assert!(title > 1_000, "title \"Network traffic by host\": {title}");
+    assert_eq!(png.dark_pixels(0, 0, 1000, 10), 0, "top margin");
+    let x_label = png.dark_pixels(360, 522, 450, 542);
+    assert!(x_label > 200, "x axis label \"time (UTC)\": {x_label}");
+    let y_label = png.dark_pixels(10, 240, 30, 330);
+    assert!(y_label > 200, "y axis label \"rate (KiB/s)\": {y_label}");
+    let legend = png.dark_pixels(767, 90, 1000, 250);
+    assert!(legend > 1_000, "legend labels and totals: {legend}");
+    // Written through a temporary file that is gone afterwards.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("traffic") || n.starts_with(".traffic"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["traffic.png", "traffic.svg"]);
+
+    // Other names are refused up front, and nothing is written.
+    let jpg = dir.path().join("traffic.jpg");
+    let args = ReportArgs {
+        chart: Some(jpg.clone()),
         ..args
     };
     let err = run_report_at(&args, NOW_S, &mut Vec::new())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("PNG output is not supported"), "{err}");
-    assert!(!png.exists());
+    assert!(err.contains("must end in .svg or .png"), "{err}");
+    assert!(!jpg.exists());
+}
+
+/// A decoded PNG chart (8-bit RGBA).
+struct Png {
+    width: u32,
+    height: u32,
+    rgba: Vec<u8>,
+}
+
+impl Png {
+    fn read(path: &Path) -> Png {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "PNG signature");
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgba).unwrap();
+        assert_eq!(
+            (info.color_type, info.bit_depth),
+            (png::ColorType::Rgba, png::BitDepth::Eight)
+        );
+        Png {
+            width: info.width,
+            height: info.height,
+            rgba,
+        }
+    }
+
+    /// Near-black pixels (text, axes) in a box given in SVG units.
+    fn dark_pixels(&self, x0: u32, y0: u32, x1: u32, y1: u32) -> usize {
+        let scale = self.width / 1000;
+        let mut n = 0;
+        for y in y0 * scale..y1 * scale {
+            for x in x0 * scale..x1 * scale {
+                let i = ((y * self.width + x) * 4) as usize;
+                let p = &self.rgba[i..i + 3];
+                if p.iter().all(|&c| c < 110) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
 }
 
 #[test]

@@ -1,12 +1,18 @@
-//! `--chart FILE.svg`: a stacked-area chart of the top groups over time,
-//! drawn as plain SVG (title, axes with units, legend).
+//! `--chart FILE.svg` or `--chart FILE.png`: a stacked-area chart of the top
+//! groups over time, drawn as plain SVG (title, axes with units, legend).
+//! A PNG is that same SVG rasterized with resvg, its text set in a font
+//! found on the system (fontdb).
 //!
 //! Each time bucket is drawn as a flat step at the average rate of the
 //! bucket (bytes sent plus received, divided by the bucket's width), so the
 //! area under a group is its traffic.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
+
+use resvg::usvg::fontdb;
 
 use crate::error::StoreError;
 use crate::report::output::{by_name, human_bytes, human_span, key_cells};
@@ -29,26 +35,163 @@ const COLORS: [&str; 10] = [
 ];
 const OTHER_COLOR: &str = "#bab0ac";
 
+/// Pixels per SVG unit in a PNG: 2 makes the 1000 x 560 chart a crisp
+/// 2000 x 1120 image (also on high-density screens and when zoomed).
+pub const PNG_SCALE: f32 = 2.0;
+
+/// Families tried, in order, for the chart's text in a PNG (the SVG names
+/// "DejaVu Sans, Helvetica, Arial, sans-serif"); "sans-serif" is pointed at
+/// the first one installed.
+const SANS_FAMILIES: [&str; 6] = [
+    "DejaVu Sans",
+    "Liberation Sans",
+    "Noto Sans",
+    "FreeSans",
+    "Arial",
+    "Helvetica",
+];
+
+/// What a chart file is written as, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChartFormat {
+    Svg,
+    Png,
+}
+
 /// Refuses chart files this build cannot write, before any work is done.
-pub fn check_path(path: &Path) -> Result<(), StoreError> {
+pub fn check_path(path: &Path) -> Result<ChartFormat, StoreError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match ext.as_deref() {
-        Some("svg") => Ok(()),
-        Some("png") => Err(StoreError::invalid(
-            "chart file",
-            &path.display().to_string(),
-            "PNG output is not supported; write FILE.svg (any browser shows it, and \
-             `rsvg-convert -o FILE.png FILE.svg` converts it)",
-        )),
+        Some("svg") => Ok(ChartFormat::Svg),
+        Some("png") => Ok(ChartFormat::Png),
         _ => Err(StoreError::invalid(
             "chart file",
             &path.display().to_string(),
-            "the file name must end in .svg",
+            "the file name must end in .svg or .png",
         )),
     }
+}
+
+/// Draws the chart of `rows` and writes it to `path`, as SVG or PNG by the
+/// file name. The file is written under a temporary name in the same
+/// directory and renamed into place, so `path` never holds half a chart;
+/// when drawing fails (a PNG with no fonts on the system) nothing is written.
+pub fn write(path: &Path, q: &Query, rows: &[Row], top: usize) -> Result<(), StoreError> {
+    let svg = render(q, rows, top);
+    let bytes = match check_path(path)? {
+        ChartFormat::Svg => svg.into_bytes(),
+        ChartFormat::Png => {
+            let mut fonts = fontdb::Database::new();
+            fonts.load_system_fonts();
+            let fonts = chart_fonts(fonts).map_err(|reason| StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+            })?;
+            render_png(&svg, fonts).map_err(|reason| StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(reason),
+            })?
+        }
+    };
+    write_atomically(path, &bytes)
+}
+
+/// Makes `fonts` (the system's) able to set the chart's text: "sans-serif"
+/// and the serif fallback point at a family that is installed. Refuses an
+/// empty database, which would give a PNG with no text at all.
+fn chart_fonts(mut fonts: fontdb::Database) -> Result<Arc<fontdb::Database>, String> {
+    let installed = |name: &str| {
+        fonts
+            .query(&fontdb::Query {
+                families: &[fontdb::Family::Name(name)],
+                ..Default::default()
+            })
+            .is_some()
+    };
+    let family = SANS_FAMILIES
+        .iter()
+        .find(|f| installed(f))
+        .map(|f| f.to_string())
+        .or_else(|| {
+            // None of the usual ones: any upright, regular, proportional face.
+            let pick = fonts
+                .faces()
+                .find(|f| {
+                    f.style == fontdb::Style::Normal
+                        && f.weight == fontdb::Weight::NORMAL
+                        && !f.monospaced
+                })
+                .or_else(|| fonts.faces().next())?;
+            pick.families.first().map(|(name, _)| name.clone())
+        })
+        .ok_or_else(|| {
+            "no fonts found on this system (in fontconfig's font directories, or /usr/share/fonts) \
+             to draw the chart's text; install one, e.g. the Debian package fonts-dejavu-core \
+             (`apt-get install fonts-dejavu-core`), or write FILE.svg instead; nothing was written"
+                .to_string()
+        })?;
+    fonts.set_sans_serif_family(family.clone());
+    fonts.set_serif_family(family);
+    Ok(Arc::new(fonts))
+}
+
+/// Rasterizes `svg` at [`PNG_SCALE`] with `fonts` and encodes it as PNG.
+fn render_png(svg: &str, fonts: Arc<fontdb::Database>) -> Result<Vec<u8>, String> {
+    let family = fonts.family_name(&fontdb::Family::SansSerif).to_string();
+    let opt = resvg::usvg::Options {
+        font_family: family,
+        fontdb: fonts,
+        ..Default::default()
+    };
+    let tree =
+        resvg::usvg::Tree::from_str(svg, &opt).map_err(|e| format!("drawing the chart: {e}"))?;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(PNG_SCALE)
+        .ok_or("drawing the chart: bad size")?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or("drawing the chart: could not allocate the image")?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::from_scale(PNG_SCALE, PNG_SCALE),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .encode_png()
+        .map_err(|e| format!("encoding the chart as PNG: {e}"))
+}
+
+/// Writes `bytes` to `path` through a temporary file next to it, renamed
+/// into place once complete.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name",
+        ))
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
 }
 
 fn esc(s: &str) -> String {
@@ -351,12 +494,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn png_and_other_names_are_refused_with_a_reason() {
-        assert!(check_path(Path::new("a.svg")).is_ok());
-        assert!(check_path(Path::new("a.SVG")).is_ok());
-        let e = check_path(Path::new("a.png")).unwrap_err().to_string();
-        assert!(e.contains("PNG output is not supported"), "{e}");
-        assert!(check_path(Path::new("a")).is_err());
+    fn svg_and_png_are_chosen_by_name_and_other_names_refused() {
+        assert_eq!(check_path(Path::new("a.svg")).unwrap(), ChartFormat::Svg);
+        assert_eq!(check_path(Path::new("a.SVG")).unwrap(), ChartFormat::Svg);
+        assert_eq!(check_path(Path::new("a.png")).unwrap(), ChartFormat::Png);
+        assert_eq!(check_path(Path::new("d/a.PNG")).unwrap(), ChartFormat::Png);
+        for bad in ["a", "a.jpg", "a.svgz", "png"] {
+            let e = check_path(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("must end in .svg or .png"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_fonts_is_refused_naming_the_package_to_install() {
+        let e = chart_fonts(fontdb::Database::new()).unwrap_err();
+        assert!(e.contains("fonts-dejavu-core"), "{e}");
+    }
+
+    #[test]
+    fn sans_serif_points_at_an_installed_family() {
+        let mut fonts = fontdb::Database::new();
+        fonts.load_system_fonts();
+        let fonts = chart_fonts(fonts).expect("the test machine has fonts-dejavu-core");
+        let sans = fonts.family_name(&fontdb::Family::SansSerif);
+        assert_eq!(sans, "DejaVu Sans");
+        assert!(fonts
+            .query(&fontdb::Query {
+                families: &[fontdb::Family::SansSerif],
+                ..Default::default()
+            })
+            .is_some());
     }
 
     #[test]

@@ -95,7 +95,9 @@ pub struct ReportArgs {
     #[arg(long, value_name = "DURATION")]
     pub bucket: Option<String>,
 
-    /// Draw a stacked-area chart of the top groups over time to FILE.svg.
+    /// Draw a stacked-area chart of the top groups over time to FILE.svg or
+    /// FILE.png (chosen by the extension; PNG needs a system font, e.g.
+    /// Debian's fonts-dejavu-core).
     #[arg(long, value_name = "FILE")]
     pub chart: Option<PathBuf>,
 }
@@ -232,11 +234,7 @@ pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Resu
     drop(conn);
 
     if let Some(path) = &args.chart {
-        let svg = chart::render(&q, &rows, args.top.unwrap_or(chart::DEFAULT_TOP));
-        std::fs::write(path, svg).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        chart::write(path, &q, &rows, args.top.unwrap_or(chart::DEFAULT_TOP))?;
         writeln!(out, "wrote {}", path.display()).map_err(StoreError::output)?;
         return out.flush().map_err(StoreError::output);
     }
