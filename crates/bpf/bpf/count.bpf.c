@@ -127,6 +127,39 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+#define NEXTHDR_HOP 0       /* IPv6 hop-by-hop options header */
+#define IPV6_TLV_JUMBO 0xc2 /* jumbo payload option */
+#define GRO_LEGACY_MAX_SIZE 65536
+
+/* IPv6 BIG TCP. TCP may build a GSO packet of more than 64 KiB even when the
+ * device's gso_max_size is 64 KiB (tcp_tso_autosize sends at least
+ * tcp_min_tso_segs = 2 segments; on loopback, MTU 65536, two segments pass
+ * 64 KiB). ip6_xmit then puts an 8-byte hop-by-hop header holding only the
+ * jumbo payload option between the IPv6 and TCP headers (payload length 0),
+ * and segmentation takes it away again (ipv6_hopopt_jumbo_remove): no
+ * segment on the wire carries it. Same test as the kernel's
+ * ipv6_has_hopopt_jumbo. Parses the TCP header behind it and returns 8, the
+ * bytes the packet has beyond its segments; 0 if it has no such header.
+ * Only GSO/GRO packets of IPv6 with a hop-by-hop header get here. */
+static __noinline __u32 parse_jumbo(struct __sk_buff *skb, struct pkt *p, __u32 len)
+{
+	struct hop_jumbo_hdr j;
+	__u8 th[14];
+	if (len <= GRO_LEGACY_MAX_SIZE || bpf_skb_load_bytes(skb, 40, &j, sizeof(j)))
+		return 0;
+	if (j.tlv_type != IPV6_TLV_JUMBO || j.hdrlen != 0 || j.nexthdr != IPPROTO_TCP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, 40 + sizeof(j), th, sizeof(th)))
+		return 0;
+	p->l3len = 40 + sizeof(j);
+	p->l4 = IPPROTO_TCP;
+	p->sport = (th[0] << 8) | th[1];
+	p->dport = (th[2] << 8) | th[3];
+	p->l4len = (th[12] >> 4) * 4;
+	p->tcpflags = th[13];
+	return sizeof(j);
+}
+
 static __always_inline void add(__u64 *v, __u64 n)
 {
 	__sync_fetch_and_add(v, n);
@@ -271,8 +304,14 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	if (parse(skb, &p))
 		return 1;
 	__u64 wire = len;
-	if (segs > 1)
-		wire += (__u64)(segs - 1) * (p.l3len + p.l4len);
+	if (segs > 1) {
+		/* Each segment: the IP and transport headers, as on the wire. */
+		__u32 jumbo = 0;
+		if (p.version == 6 && p.l4 == NEXTHDR_HOP)
+			jumbo = parse_jumbo(skb, &p, len);
+		wire += (__u64)(segs - 1) * (p.l3len - jumbo + p.l4len);
+		wire -= jumbo;
+	}
 
 	struct sock *sk = bpf_core_cast(bsk, struct sock);
 	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
