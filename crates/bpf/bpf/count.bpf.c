@@ -16,7 +16,85 @@ struct pkt {
 	__u16 dport;
 	__u16 l4len;    /* transport header length (TCP doff*4, UDP 8) */
 	__u8 tcpflags;
+	__u8 jumbo;     /* bytes of a BIG TCP jumbo header no segment carries */
 };
+
+/* The transport header at `off`, through bpf_skb_load_bytes. */
+static __always_inline int parse_l4_slow(struct __sk_buff *skb, struct pkt *p, __u32 off)
+{
+	p->sport = p->dport = 0;
+	p->l4len = 0;
+	p->tcpflags = 0;
+	if (p->l4 == IPPROTO_TCP) {
+		__u8 th[14];
+		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)) == 0) {
+			p->sport = (th[0] << 8) | th[1];
+			p->dport = (th[2] << 8) | th[3];
+			p->l4len = (th[12] >> 4) * 4;
+			p->tcpflags = th[13];
+		}
+	} else if (p->l4 == IPPROTO_UDP) {
+		__u8 uh[4];
+		if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)) == 0) {
+			p->sport = (uh[0] << 8) | uh[1];
+			p->dport = (uh[2] << 8) | uh[3];
+		}
+		p->l4len = 8;
+	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
+		p->l4len = 8;
+	}
+	return 0;
+}
+
+#define IPPROTO_HOPOPTS 0   /* IPv6 extension headers (linux/in6.h) */
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_DSTOPTS 60
+#define GRO_LEGACY_MAX_SIZE 65536
+#define IPV6_TLV_JUMBO 0xc2 /* jumbo payload option */
+
+static __always_inline bool ipv6_ext(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_FRAGMENT ||
+	       nh == IPPROTO_DSTOPTS || nh == IPPROTO_AH;
+}
+
+/* IPv6 extension headers (hop-by-hop, routing, fragment, destination
+ * options, authentication) between the IPv6 and the transport header are
+ * walked, so that the flow gets its real protocol and ports and the headers
+ * count as headers. Rare: only packets that have them get here.
+ *
+ * IPv6 BIG TCP: TCP may build a GSO packet of more than 64 KiB even when the
+ * device's gso_max_size is 64 KiB (tcp_tso_autosize sends at least
+ * tcp_min_tso_segs = 2 segments; on loopback, MTU 65536, two segments pass
+ * 64 KiB). ip6_xmit then puts an 8-byte hop-by-hop header holding only the
+ * jumbo payload option between the IPv6 and TCP headers (payload length 0),
+ * and segmentation takes it away again (ipv6_hopopt_jumbo_remove): no
+ * segment on the wire carries it. Such a header (the kernel's
+ * ipv6_has_hopopt_jumbo test) is noted in p->jumbo. */
+static __noinline int parse_v6_ext(struct __sk_buff *skb, struct pkt *p, __u32 len)
+{
+	__u32 off = 40;
+	__u8 nh = p->l4;
+	for (int i = 0; i < 8 && ipv6_ext(nh); i++) {
+		__u8 h[4];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			break;
+		if (i == 0 && nh == IPPROTO_HOPOPTS && h[0] == IPPROTO_TCP && h[1] == 0 &&
+		    h[2] == IPV6_TLV_JUMBO && len > GRO_LEGACY_MAX_SIZE)
+			p->jumbo = 8;
+		if (nh == IPPROTO_FRAGMENT)
+			off += 8;
+		else if (nh == IPPROTO_AH)
+			off += (h[1] + 2) * 4;
+		else
+			off += (h[1] + 1) * 8;
+		nh = h[0];
+	}
+	p->l4 = nh;
+	p->l3len = off;
+	return parse_l4_slow(skb, p, off);
+}
 
 /* Headers through bpf_skb_load_bytes: for packets whose headers are not
  * all in the linear part. */
@@ -42,32 +120,12 @@ static __noinline int parse_slow(struct __sk_buff *skb, struct pkt *p)
 		p->l4 = ip6.nexthdr;
 		__builtin_memcpy(p->src, &ip6.saddr, 16);
 		__builtin_memcpy(p->dst, &ip6.daddr, 16);
+		if (ipv6_ext(p->l4))
+			return parse_v6_ext(skb, p, skb->len);
 	} else {
 		return -1;
 	}
-	p->sport = p->dport = 0;
-	p->l4len = 0;
-	p->tcpflags = 0;
-	__u32 off = p->l3len & 0xff;
-	if (p->l4 == IPPROTO_TCP) {
-		__u8 th[14];
-		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)) == 0) {
-			p->sport = (th[0] << 8) | th[1];
-			p->dport = (th[2] << 8) | th[3];
-			p->l4len = (th[12] >> 4) * 4;
-			p->tcpflags = th[13];
-		}
-	} else if (p->l4 == IPPROTO_UDP) {
-		__u8 uh[4];
-		if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)) == 0) {
-			p->sport = (uh[0] << 8) | uh[1];
-			p->dport = (uh[2] << 8) | uh[3];
-		}
-		p->l4len = 8;
-	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
-		p->l4len = 8;
-	}
-	return 0;
+	return parse_l4_slow(skb, p, p->l3len & 0x3c);
 }
 
 /* Headers by direct packet access (offset 0 is the IP header), falling back
@@ -123,41 +181,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->l4len = 8;
 	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
 		p->l4len = 8;
+	} else if (version == 6 && ipv6_ext(p->l4)) {
+		return parse_v6_ext(skb, p, skb->len);
 	}
 	return 0;
-}
-
-#define NEXTHDR_HOP 0       /* IPv6 hop-by-hop options header */
-#define IPV6_TLV_JUMBO 0xc2 /* jumbo payload option */
-#define GRO_LEGACY_MAX_SIZE 65536
-
-/* IPv6 BIG TCP. TCP may build a GSO packet of more than 64 KiB even when the
- * device's gso_max_size is 64 KiB (tcp_tso_autosize sends at least
- * tcp_min_tso_segs = 2 segments; on loopback, MTU 65536, two segments pass
- * 64 KiB). ip6_xmit then puts an 8-byte hop-by-hop header holding only the
- * jumbo payload option between the IPv6 and TCP headers (payload length 0),
- * and segmentation takes it away again (ipv6_hopopt_jumbo_remove): no
- * segment on the wire carries it. Same test as the kernel's
- * ipv6_has_hopopt_jumbo. Parses the TCP header behind it and returns 8, the
- * bytes the packet has beyond its segments; 0 if it has no such header.
- * Only GSO/GRO packets of IPv6 with a hop-by-hop header get here. */
-static __noinline __u32 parse_jumbo(struct __sk_buff *skb, struct pkt *p, __u32 len)
-{
-	struct hop_jumbo_hdr j;
-	__u8 th[14];
-	if (len <= GRO_LEGACY_MAX_SIZE || bpf_skb_load_bytes(skb, 40, &j, sizeof(j)))
-		return 0;
-	if (j.tlv_type != IPV6_TLV_JUMBO || j.hdrlen != 0 || j.nexthdr != IPPROTO_TCP)
-		return 0;
-	if (bpf_skb_load_bytes(skb, 40 + sizeof(j), th, sizeof(th)))
-		return 0;
-	p->l3len = 40 + sizeof(j);
-	p->l4 = IPPROTO_TCP;
-	p->sport = (th[0] << 8) | th[1];
-	p->dport = (th[2] << 8) | th[3];
-	p->l4len = (th[12] >> 4) * 4;
-	p->tcpflags = th[13];
-	return sizeof(j);
 }
 
 static __always_inline void add(__u64 *v, __u64 n)
@@ -305,12 +332,10 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 		return 1;
 	__u64 wire = len;
 	if (segs > 1) {
-		/* Each segment: the IP and transport headers, as on the wire. */
-		__u32 jumbo = 0;
-		if (p.version == 6 && p.l4 == NEXTHDR_HOP)
-			jumbo = parse_jumbo(skb, &p, len);
-		wire += (__u64)(segs - 1) * (p.l3len - jumbo + p.l4len);
-		wire -= jumbo;
+		/* Each segment: the IP and transport headers, as on the wire
+		 * (without a BIG TCP jumbo header, which none of them has). */
+		wire += (__u64)(segs - 1) * (p.l3len - p.jumbo + p.l4len);
+		wire -= p.jumbo;
 	}
 
 	struct sock *sk = bpf_core_cast(bsk, struct sock);

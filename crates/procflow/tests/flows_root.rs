@@ -738,3 +738,57 @@ fn interval_writes_cumulative_records_of_open_flows() {
     assert_eq!(u(mine.last().unwrap(), "tx_payload"), 3_000_000);
     assert_eq!(mine.last().unwrap()["state"], "closed");
 }
+
+/// IPv6 datagrams with an extension header (destination options, set with
+/// IPV6_DSTOPTS) between the IPv6 and the UDP header: the flow has its real
+/// protocol and ports, the payload excludes every header, and the wire bytes
+/// equal nftables'.
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_transport_header() {
+    let p = Pair::new("ext6", 10);
+    let pf = Procflow::start(&[]);
+    let b6 = p.b6.to_string();
+    let (r, port) = serve(
+        &p.b,
+        &["udp-recv", "--bind", &format!("[{b6}]:0"), "--count", "7"],
+    );
+    let n = nft_counter(&p.b, "input", "ext6", &format!("udp dport {port}"));
+    // 8 bytes of destination options: next header (filled in by the
+    // kernel), length 0 (8 bytes), one PadN option of 4 zero bytes.
+    let script = format!(
+        "import socket, os, json\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))\n\
+         for i in range(7): s.sendto(b'x' * 500, ('{b6}', {port}))\n\
+         print(json.dumps({{'pid': os.getpid(), 'port': s.getsockname()[1]}}))\n"
+    );
+    let out =
+        p.a.command("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&finish(r), "received"), 3500);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (pk, by) = n.read();
+    let flows = final_flows(&pf.stop());
+    let f = one_flow(&flows, &p.a, "sender", |f| {
+        u(f, "local_port") == u(&cl, "port")
+    });
+    assert_eq!(f["proto"], "udp", "{f}");
+    assert_eq!(port_of(f, "remote_port"), port, "{f}");
+    assert_eq!(f["process"]["pid"].as_u64(), cl["pid"].as_u64(), "{f}");
+    assert_eq!((u(f, "tx_packets"), u(f, "tx_bytes")), (pk, by), "{f}");
+    // 40 (IPv6) + 8 (options) + 8 (UDP) + 500 bytes each.
+    assert_eq!((pk, by), (7, 7 * 556));
+    assert_eq!(u(f, "tx_payload"), 3500, "{f}");
+    let g = one_flow(&flows, &p.b, "receiver", |f| {
+        f["proto"] == "udp" && port_of(f, "local_port") == port
+    });
+    assert_eq!((u(g, "rx_payload"), u(g, "rx_bytes")), (3500, by), "{g}");
+}
