@@ -145,6 +145,17 @@ PF_PMAP struct {
 	__type(value, struct pf_pol_last);
 } pol_last SEC(".maps");
 
+/* Inbound UDP flows (socket, remote) that the rules blocked: the generation
+ * + 1 of the decision, so later datagrams are dropped without deciding
+ * again until the rules change. Allowed ones need no entry: their datagram
+ * flow (dgram_flows) exists from the first datagram on. */
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct pf_dgram_key);
+	__type(value, __u32);
+} pol_udp_in SEC(".maps");
+
 /* Scratch: a path composed backwards, and an all-zero identity. */
 struct pf_path_buf {
 	char b[PF_PATH_BUF];
@@ -496,17 +507,57 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 	return d.block ? 0 : 1;
 }
 
+/* The key of the datagram flow (socket, remote) an inbound datagram
+ * belongs to, as count_dgram makes it. */
+static __always_inline void udp_in_key(struct pf_dgram_key *k, struct __sk_buff *skb,
+				       const __u8 *src, __u16 sport, __u8 version)
+{
+	k->cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(k->remote, src, 16);
+	k->rport = sport;
+	k->family = version;
+}
+
+/* An inbound UDP datagram: 1 when its flow exists already (a reply to what
+ * the socket sent, or a flow allowed before), 0 when the rules in force
+ * blocked its flow, -1 when it starts a flow to decide. */
+static __noinline int udp_in_known(struct __sk_buff *skb, const __u8 *src, __u16 sport,
+				   __u8 version, __u32 gen)
+{
+	struct pf_dgram_key k = {};
+	udp_in_key(&k, skb, src, sport, version);
+	if (bpf_map_lookup_elem(&dgram_flows, &k))
+		return 1;
+	__u32 *blocked = bpf_map_lookup_elem(&pol_udp_in, &k);
+	if (blocked && *blocked == gen + 1)
+		return 0;
+	return -1;
+}
+
+/* Remembers that the rules of generation `gen` block this inbound flow. */
+static __noinline void udp_in_block(struct __sk_buff *skb, const __u8 *src, __u16 sport,
+				    __u8 version, __u32 gen)
+{
+	struct pf_dgram_key k = {};
+	udp_in_key(&k, skb, src, sport, version);
+	__u32 g1 = gen + 1;
+	bpf_map_update_elem(&pol_udp_in, &k, &g1, BPF_ANY);
+}
+
 /* cgroup_skb: the first packet of an inbound TCP connection (a SYN on a
- * listener), and every egress packet of sockets other than TCP and UDP
- * (ICMP, raw). Returns 0 to drop. */
+ * listener), the first datagram of an inbound UDP flow, and every egress
+ * packet of sockets other than TCP and UDP (ICMP, raw). Returns 0 to drop. */
 static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock *bsk,
 					 bool egress, bool stream, __u32 state, __u8 version,
 					 __u8 l4, const __u8 *src, const __u8 *dst, __u16 sport,
 					 __u16 dport, __u8 tcpflags)
 {
 	__u32 sproto = bsk->protocol;
-	bool inbound = !egress && stream && state == BPF_TCP_LISTEN &&
-		       (tcpflags & 0x12) == 0x02; /* SYN without ACK */
+	/* Inbound: a SYN without ACK on a listener, or a UDP datagram that
+	 * starts a flow (not a reply to what the socket sent). */
+	bool udp = sproto == IPPROTO_UDP && l4 == IPPROTO_UDP;
+	bool inbound = !egress && ((stream && state == BPF_TCP_LISTEN &&
+				    (tcpflags & 0x12) == 0x02) || udp);
 	bool other = egress && sproto != IPPROTO_TCP && sproto != IPPROTO_UDP;
 	if (!inbound && !other)
 		return 1;
@@ -514,6 +565,12 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
 	if (!st || !st->enabled)
 		return 1;
+	__u32 gen = st->gen;
+	if (inbound && udp) {
+		int known = udp_in_known(skb, src, sport, version, gen);
+		if (known >= 0)
+			return known;
+	}
 
 	struct pol_query q = {};
 	q.family = version;
@@ -562,7 +619,11 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 	struct pol_decision d;
 	if (!pol_decide(&q, exe, &d, bsk))
 		return 1;
-	if (!d.block && (inbound || pol_seen(bsk, &q, d.gen)))
+	/* Inbound UDP: allows are written too (the flow's first datagram). */
+	bool udp_flow = inbound && q.proto == IPPROTO_UDP;
+	if (udp_flow && d.block)
+		udp_in_block(skb, src, sport, version, gen);
+	if (!d.block && ((inbound && !udp_flow) || (!inbound && pol_seen(bsk, &q, d.gen))))
 		return 1;
 	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), &o, sk_netns(sk),
 		 egress ? PF_HOOK_EGRESS : PF_HOOK_INGRESS);

@@ -668,6 +668,141 @@ remote = "{}"
     assert_eq!(bad[0]["process"]["exe"], copy.0.display().to_string());
 }
 
+/// Inbound UDP is decided at a flow's first datagram: a blocked flow's
+/// datagrams never reach the socket (one verdict, however many datagrams),
+/// while replies to what a socket sent are never taken for inbound flows.
+#[test]
+fn inbound_udp_decided_at_the_first_datagram_of_a_flow() {
+    let p = Pair::new("rudp", 67);
+    let (a4, b4) = (p.a4.to_string(), p.b4.to_string());
+    let rules = RulesFile::new(
+        "rudp",
+        &format!(
+            r#"
+[[rule]]
+name = "no-inbound-udp-7711"
+action = "block"
+direction = "in"
+proto = "udp"
+local_port = 7711
+
+[[rule]]
+name = "nothing-unasked-from-b"
+action = "block"
+direction = "in"
+proto = "udp"
+remote = "{b4}"
+"#
+        ),
+    );
+    let pf = start(&rules, &[]);
+    // Allowed: 7710 answers every datagram; the answers reach the sender,
+    // though a rule blocks inbound UDP from b at a, because they are replies.
+    let (ok, _) = common::serve(
+        &p.b,
+        &[
+            "udp-recv",
+            "--bind",
+            &format!("{b4}:7710"),
+            "--count",
+            "5",
+            "--reply",
+            "100",
+        ],
+    );
+    let sent = common::client(
+        &p.a,
+        &[
+            "udp-send",
+            "--to",
+            &format!("{b4}:7710"),
+            "--size",
+            "200",
+            "--count",
+            "5",
+            "--expect-reply",
+        ],
+    );
+    assert_eq!(common::u(&sent, "reply_bytes"), 500);
+    assert_eq!(common::u(&common::finish(ok), "received"), 1000);
+
+    // Blocked: 7711 gets nothing of three datagrams.
+    let (mut blocked, _) = common::serve(
+        &p.b,
+        &["udp-recv", "--bind", &format!("{b4}:7711"), "--count", "1"],
+    );
+    common::client(
+        &p.a,
+        &[
+            "udp-send",
+            "--to",
+            &format!("{b4}:7711"),
+            "--size",
+            "200",
+            "--count",
+            "3",
+        ],
+    );
+    // Unasked datagrams from b to a are blocked at a.
+    let (mut at_a, _) = common::serve(
+        &p.a,
+        &["udp-recv", "--bind", &format!("{a4}:7712"), "--count", "1"],
+    );
+    common::client(
+        &p.b,
+        &[
+            "udp-send",
+            "--to",
+            &format!("{a4}:7712"),
+            "--size",
+            "200",
+            "--count",
+            "2",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (what, child) in [("7711", &mut blocked), ("a:7712", &mut at_a)] {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the receiver on {what} got a datagram"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let recs = pf.stop();
+    let v = verdicts(&recs);
+    let on = |port: u64| -> Vec<&&Value> {
+        v.iter()
+            .filter(|v| v["proto"] == "udp" && v["local_port"] == port)
+            .collect()
+    };
+    let v7711 = on(7711);
+    assert_eq!(
+        v7711.len(),
+        1,
+        "one verdict for three datagrams: {v7711:#?}"
+    );
+    assert_eq!(v7711[0]["rule"], "no-inbound-udp-7711");
+    assert_eq!(v7711[0]["direction"], "in");
+    assert_eq!(v7711[0]["hook"], "ingress");
+    assert_eq!(v7711[0]["remote_ip"], a4);
+    let v7712 = on(7712);
+    assert_eq!(v7712.len(), 1, "{v7712:#?}");
+    assert_eq!(v7712[0]["rule"], "nothing-unasked-from-b");
+    assert!(on(7710).is_empty(), "7710 was allowed: {v:#?}");
+
+    // The allowed inbound flow carries its verdict; nothing of 7711 counted.
+    let flows = common::final_flows(&recs);
+    let f = common::one_flow(&flows, &p.b, "7710 receiver", |f| {
+        f["proto"] == "udp" && f["local_port"] == 7710
+    });
+    assert_eq!(f["verdict"], "allow", "{f}");
+    assert_eq!(common::u(f, "rx_payload"), 1000, "{f}");
+    let none = common::flows_in(&flows, &p.b, |f| f["local_port"] == 7711);
+    assert!(none.is_empty(), "{none:#?}");
+}
+
 #[test]
 fn sighup_reloads_and_a_bad_file_keeps_the_rules_in_force() {
     let p = Pair::new("rhup", 64);
