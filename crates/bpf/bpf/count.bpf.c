@@ -72,8 +72,10 @@ static __always_inline bool ipv6_ext(__u8 nh)
  * and segmentation takes it away again (ipv6_hopopt_jumbo_remove): no
  * segment on the wire carries it. Such a header (the kernel's
  * ipv6_has_hopopt_jumbo test) is noted in p->jumbo. */
-static __noinline int parse_v6_ext(struct __sk_buff *skb, struct pkt *p, __u32 len)
+__noinline int parse_v6_ext(struct __sk_buff *skb, struct pkt *p, __u32 len)
 {
+	if (!p)
+		return -1;
 	__u32 off = 40;
 	__u8 nh = p->l4;
 	for (int i = 0; i < 8 && ipv6_ext(nh); i++) {
@@ -98,8 +100,10 @@ static __noinline int parse_v6_ext(struct __sk_buff *skb, struct pkt *p, __u32 l
 
 /* Headers through bpf_skb_load_bytes: for packets whose headers are not
  * all in the linear part. */
-static __noinline int parse_slow(struct __sk_buff *skb, struct pkt *p)
+__noinline int parse_slow(struct __sk_buff *skb, struct pkt *p)
 {
+	if (!p)
+		return -1;
 	__u8 b0;
 	if (bpf_skb_load_bytes(skb, 0, &b0, 1))
 		return -1;
