@@ -230,7 +230,9 @@ pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Resu
     }
     let q = build_query(args, now_s)?;
     let conn = schema::open_reader(&args.db)?;
-    let rows = query::run(&conn, &q)?;
+    // A chart draws its own top groups from all of them.
+    let top = args.top.filter(|_| args.chart.is_none());
+    let query::Grouped { rows, total, other } = query::run_top(&conn, &q, top)?;
     drop(conn);
 
     if let Some(path) = &args.chart {
@@ -239,44 +241,9 @@ pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Resu
         return out.flush().map_err(StoreError::output);
     }
 
-    let total = rows.iter().fold((0u64, 0u64), |a, r| {
-        (
-            a.0.saturating_add(r.tx_bytes),
-            a.1.saturating_add(r.rx_bytes),
-        )
-    });
-    let (shown, other) = match args.top {
-        Some(n) if q.bucket.is_some() => {
-            let keep: std::collections::HashSet<Vec<Cell>> =
-                query::top_groups(&rows, n).into_iter().collect();
-            let groups = rows
-                .iter()
-                .map(|r| &r.key)
-                .collect::<std::collections::HashSet<_>>()
-                .len();
-            let (shown, rest): (Vec<Row>, Vec<Row>) =
-                rows.into_iter().partition(|r| keep.contains(&r.key));
-            let other = (!rest.is_empty()).then(|| {
-                let (tx, rx) = rest.iter().fold((0, 0), |a: (u64, u64), r| {
-                    (a.0 + r.tx_bytes, a.1 + r.rx_bytes)
-                });
-                (groups.saturating_sub(keep.len()), tx, rx)
-            });
-            (shown, other)
-        }
-        Some(n) if rows.len() > n => {
-            let mut rows = rows;
-            let rest = rows.split_off(n);
-            let (tx, rx) = rest.iter().fold((0, 0), |a: (u64, u64), r| {
-                (a.0 + r.tx_bytes, a.1 + r.rx_bytes)
-            });
-            (rows, Some((rest.len(), tx, rx)))
-        }
-        _ => (rows, None),
-    };
     let report = output::Report {
         query: &q,
-        rows: &shown,
+        rows: &rows,
         total,
         other,
     };

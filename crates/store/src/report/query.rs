@@ -9,6 +9,7 @@
 //! rows; see [`plan`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use rusqlite::Connection;
@@ -186,6 +187,16 @@ pub struct Filters {
 
 impl Filters {
     pub fn matches(&self, s: &SeriesInfo) -> bool {
+        self.matches_process(s) && self.matches_series(s)
+    }
+
+    /// True when a filter looks at more than the process of a series.
+    fn on_series(&self) -> bool {
+        self.host.is_some() || self.remote.is_some() || self.port.is_some() || self.proto.is_some()
+    }
+
+    /// The filters on what the process row says (exe, user).
+    fn matches_process(&self, s: &SeriesInfo) -> bool {
         if let Some(want) = &self.exe {
             let ok = s.exe.is_some_and(|e| {
                 if want.contains('/') {
@@ -198,6 +209,18 @@ impl Filters {
                 return false;
             }
         }
+        if let Some(u) = &self.user {
+            let by_name = s.user == Some(u.as_str());
+            let by_uid = u.parse::<i64>().ok().is_some_and(|n| s.uid == Some(n));
+            if !(by_name || by_uid) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The filters on what the series row says (remote, port, proto).
+    fn matches_series(&self, s: &SeriesInfo) -> bool {
         if let Some(want) = &self.host {
             let want = want.trim_end_matches('.').to_ascii_lowercase();
             let ok = match s.remote_name {
@@ -226,13 +249,6 @@ impl Filters {
             .is_some_and(|p| !p.eq_ignore_ascii_case(s.proto))
         {
             return false;
-        }
-        if let Some(u) = &self.user {
-            let by_name = s.user == Some(u.as_str());
-            let by_uid = u.parse::<i64>().ok().is_some_and(|n| s.uid == Some(n));
-            if !(by_name || by_uid) {
-                return false;
-            }
         }
         true
     }
@@ -313,38 +329,260 @@ fn text_or_null<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Opti
     r.get_ref(i)?.as_str_or_null().map_err(|e| conversion(i, e))
 }
 
-/// Group keys, each stored once and named by its index.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Vec<Cell>, u32>,
-    keys: Vec<Vec<Cell>>,
+/// True when a `--by` field is taken from the process row of a series.
+fn from_process(g: GroupBy) -> bool {
+    matches!(
+        g,
+        GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup
+    )
 }
 
-impl Interner {
-    fn id(&mut self, key: Vec<Cell>) -> u32 {
-        if let Some(id) = self.ids.get(&key) {
+/// The values one part of a group key (one `--by` field) takes, each stored
+/// once and named by its index.
+#[derive(Debug, Default)]
+struct Values {
+    cells: Vec<Vec<Cell>>,
+    ids: HashMap<Vec<Cell>, u32>,
+    /// The same ids, found from the text or the number the cells are made
+    /// of, without building the cells of a value met before. Short text
+    /// (addresses, names of protocols and directions) is kept in the table
+    /// itself rather than behind a pointer.
+    by_short_text: HashMap<ShortText, u32>,
+    by_text: HashMap<Box<str>, u32>,
+    by_int: IdMap<i64, u32>,
+}
+
+/// Text of up to 23 bytes, its length in the last byte.
+type ShortText = [u8; 24];
+
+fn short_text(text: &str) -> Option<ShortText> {
+    let b = text.as_bytes();
+    (b.len() < 24).then(|| {
+        let mut s = [0; 24];
+        s[..b.len()].copy_from_slice(b);
+        s[23] = b.len() as u8;
+        s
+    })
+}
+
+impl Values {
+    fn id(&mut self, cells: Vec<Cell>) -> u32 {
+        if let Some(id) = self.ids.get(&cells) {
             return *id;
         }
-        let id = self.keys.len() as u32;
-        self.keys.push(key.clone());
-        self.ids.insert(key, id);
+        let id = self.cells.len() as u32;
+        self.cells.push(cells.clone());
+        self.ids.insert(cells, id);
+        id
+    }
+
+    fn text_id(&mut self, text: &str, cells: impl FnOnce() -> Vec<Cell>) -> u32 {
+        if let Some(short) = short_text(text) {
+            if let Some(id) = self.by_short_text.get(&short) {
+                return *id;
+            }
+            let id = self.id(cells());
+            self.by_short_text.insert(short, id);
+            return id;
+        }
+        if let Some(id) = self.by_text.get(text) {
+            return *id;
+        }
+        let id = self.id(cells());
+        self.by_text.insert(text.into(), id);
+        id
+    }
+
+    fn int_id(&mut self, n: i64, cells: impl FnOnce() -> Vec<Cell>) -> u32 {
+        if let Some(id) = self.by_int.get(&n) {
+            return *id;
+        }
+        let id = self.id(cells());
+        self.by_int.insert(n, id);
         id
     }
 }
 
-/// True when the key and the filters use only what the process row says,
-/// so the series table need not be read beyond its process column.
-fn process_only(q: &Query) -> bool {
-    let f = &q.filters;
-    q.by.iter().all(|g| {
-        matches!(
-            g,
-            GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup
-        )
-    }) && f.host.is_none()
-        && f.remote.is_none()
-        && f.port.is_none()
-        && f.proto.is_none()
+/// A hasher for integer keys (the ids made here, process rows, ports):
+/// cheaper than the default SipHash, and mixed well enough that pairs of ids
+/// packed in a `u64` spread over a table. Text, which comes from the
+/// network, keeps the default hasher.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        // The final mix of MurmurHash3: every bit of the state reaches
+        // the bits the table uses.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Gives each series its group. Each `--by` field of a series is named by
+/// a value id (text borrowed from the row is looked up, not copied), the
+/// ids of a key are combined pairwise into one, and that one names the
+/// group; a group's cells are built only when it is shown. The process
+/// fields (and filters) are looked at once per process.
+struct Grouper<'q> {
+    q: &'q Query,
+    procs: HashMap<i64, ProcInfo>,
+    /// Per process: where its key (the process fields set, the others 0)
+    /// starts in `process_keys`, or `u32::MAX` when the process fails the
+    /// filters.
+    by_process: IdMap<Option<i64>, u32>,
+    process_keys: Vec<u32>,
+    /// True when a field or a filter needs more of the series row than its
+    /// process.
+    series_level: bool,
+    cols: SeriesColumns,
+    /// One per `--by` field.
+    values: Vec<Values>,
+    /// `pairs[i]`: the id of the first `i + 2` fields of a key, from the id
+    /// of the first `i + 1` and the value id of field `i + 1`.
+    pairs: Vec<IdMap<u64, u32>>,
+    /// The group of each id of a whole key (`u32::MAX`: none yet).
+    groups: Vec<u32>,
+    count: usize,
+    /// The keys of the groups, `q.by.len()` value ids each.
+    keys: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl<'q> Grouper<'q> {
+    fn new(q: &'q Query, procs: HashMap<i64, ProcInfo>) -> Self {
+        Grouper {
+            q,
+            procs,
+            by_process: IdMap::default(),
+            process_keys: Vec::new(),
+            series_level: !q.by.iter().all(|g| from_process(*g)) || q.filters.on_series(),
+            cols: SeriesColumns::new(q),
+            values: q.by.iter().map(|_| Values::default()).collect(),
+            pairs: q.by.iter().skip(1).map(|_| IdMap::default()).collect(),
+            groups: Vec::new(),
+            count: 0,
+            keys: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// How many groups there are; they are numbered from 0.
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Where the key of a process starts in `process_keys`.
+    fn process_key(&mut self, process_id: Option<i64>) -> u32 {
+        let p = process_id.and_then(|id| self.procs.get(&id));
+        let info = SeriesInfo {
+            exe: p.and_then(|p| p.exe.as_deref()),
+            pid: p.map(|p| p.pid),
+            comm: p.map(|p| p.comm.as_str()),
+            uid: p.map(|p| p.uid),
+            user: p.and_then(|p| p.user.as_deref()),
+            cgroup: p.and_then(|p| p.cgroup.as_deref()),
+            ..Default::default()
+        };
+        if !self.q.filters.matches_process(&info) {
+            return u32::MAX;
+        }
+        let start = self.process_keys.len();
+        for (i, g) in self.q.by.iter().enumerate() {
+            let id = if from_process(*g) {
+                self.values[i].id(info.key(&[*g]))
+            } else {
+                0
+            };
+            self.process_keys.push(id);
+        }
+        start as u32
+    }
+
+    /// The group of a series row (the columns of [`SeriesColumns`]), or
+    /// None when it fails the filters.
+    fn group(&mut self, r: &rusqlite::Row<'_>) -> Result<Option<u32>, StoreError> {
+        let process_id = r.get_ref_unwrap(1).as_i64_or_null().ok().flatten();
+        let start = match self.by_process.get(&process_id) {
+            Some(start) => *start,
+            None => {
+                let start = self.process_key(process_id);
+                self.by_process.insert(process_id, start);
+                start
+            }
+        };
+        if start == u32::MAX {
+            return Ok(None);
+        }
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(&self.process_keys[start as usize..][..self.q.by.len()]);
+        if self.series_level {
+            let info = self.cols.read(r)?;
+            if !self.q.filters.matches_series(&info) {
+                return Ok(None);
+            }
+            for (i, g) in self.q.by.iter().enumerate() {
+                let v = &mut self.values[i];
+                let cells = || info.key(&[*g]);
+                self.scratch[i] = match g {
+                    GroupBy::Remote => v.text_id(info.remote_ip, cells),
+                    GroupBy::Host => v.text_id(info.remote_name.unwrap_or(info.remote_ip), cells),
+                    GroupBy::Port => v.int_id(info.port.into(), cells),
+                    GroupBy::Proto => v.text_id(info.proto, cells),
+                    GroupBy::Direction => v.text_id(info.direction, cells),
+                    GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup => continue,
+                };
+            }
+        }
+        let mut id = self.scratch.first().copied().unwrap_or(0);
+        for (pairs, v) in self.pairs.iter_mut().zip(&self.scratch[1..]) {
+            let next = pairs.len() as u32;
+            id = *pairs
+                .entry(u64::from(id) << 32 | u64::from(*v))
+                .or_insert(next);
+        }
+        let id = id as usize;
+        if self.groups.len() <= id {
+            self.groups.resize(id + 1, u32::MAX);
+        }
+        if self.groups[id] == u32::MAX {
+            self.groups[id] = self.count as u32;
+            self.count += 1;
+            self.keys.extend_from_slice(&self.scratch);
+        }
+        Ok(Some(self.groups[id]))
+    }
+
+    /// The cells of group `g`'s key.
+    fn key(&self, g: u32) -> Vec<Cell> {
+        let n = self.q.by.len();
+        let mut key = Vec::with_capacity(n + 1);
+        for (id, v) in self.keys[g as usize * n..][..n].iter().zip(&self.values) {
+            key.extend(v.cells[*id as usize].iter().cloned());
+        }
+        key
+    }
 }
 
 /// Where the traffic of a time range is read from.
@@ -393,46 +631,91 @@ fn plan(
     Ok(plan)
 }
 
-/// The columns of `series` that `q` needs; the others are read as empty
-/// values, which saves decoding them.
-fn series_columns(q: &Query) -> String {
-    let f = &q.filters;
-    let by = |g: GroupBy| q.by.contains(&g);
-    let remote = by(GroupBy::Remote) || by(GroupBy::Host) || f.remote.is_some() || f.host.is_some();
-    let name = by(GroupBy::Host) || f.host.is_some();
-    let port = by(GroupBy::Port) || f.port.is_some();
-    let proto = by(GroupBy::Proto) || f.proto.is_some();
-    let direction = by(GroupBy::Direction);
-    let pick = |need: bool, col: &'static str, empty: &'static str| if need { col } else { empty };
-    format!(
-        "SELECT series_id, process_id, {}, {}, {}, {}, {} FROM series",
-        pick(remote, "remote_ip", "''"),
-        pick(name, "remote_name", "NULL"),
-        pick(port, "port", "NULL"),
-        pick(proto, "proto", "''"),
-        pick(direction, "direction", "''"),
-    )
+/// The columns of `series` that a query reads: `series_id`, `process_id`,
+/// then only those of the other columns that its fields and filters need.
+#[derive(Debug, Clone, Default)]
+struct SeriesColumns {
+    /// `SELECT ... FROM series`
+    select: String,
+    remote_ip: Option<usize>,
+    remote_name: Option<usize>,
+    port: Option<usize>,
+    proto: Option<usize>,
+    direction: Option<usize>,
 }
 
-/// Runs `q`: one row per group (per time bucket in a timeline), sorted by
-/// time, then by total bytes (largest first), then by key.
-///
-/// The samples of the window are read in primary-key order, summed per
-/// series (and time bucket) and sorted by series; the series are then read
-/// in id order beside them, so each series with traffic is looked at once,
-/// filtered and given its group.
-pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
-    let width = q.bucket.unwrap_or(0).max(0);
-    // (series, time bucket, tx, rx)
+impl SeriesColumns {
+    fn new(q: &Query) -> Self {
+        let f = &q.filters;
+        let by = |g: GroupBy| q.by.contains(&g);
+        let mut names = vec!["series_id", "process_id"];
+        let mut pick = |need: bool, name: &'static str| {
+            need.then(|| {
+                names.push(name);
+                names.len() - 1
+            })
+        };
+        let mut c = SeriesColumns {
+            remote_ip: pick(
+                by(GroupBy::Remote) || by(GroupBy::Host) || f.remote.is_some() || f.host.is_some(),
+                "remote_ip",
+            ),
+            remote_name: pick(by(GroupBy::Host) || f.host.is_some(), "remote_name"),
+            port: pick(by(GroupBy::Port) || f.port.is_some(), "port"),
+            proto: pick(by(GroupBy::Proto) || f.proto.is_some(), "proto"),
+            direction: pick(by(GroupBy::Direction), "direction"),
+            ..Default::default()
+        };
+        c.select = format!("SELECT {} FROM series", names.join(", "));
+        c
+    }
+
+    /// What the series row `r` says beyond its process (empty values for
+    /// the columns not read).
+    fn read<'r>(&self, r: &'r rusqlite::Row<'_>) -> rusqlite::Result<SeriesInfo<'r>> {
+        let text_at = |i: Option<usize>| i.map_or(Ok(""), |i| text(r, i));
+        Ok(SeriesInfo {
+            remote_ip: text_at(self.remote_ip)?,
+            remote_name: match self.remote_name {
+                Some(i) => text_or_null(r, i)?,
+                None => None,
+            },
+            port: match self.port {
+                Some(i) => r.get::<_, Option<i64>>(i)?.unwrap_or(0).clamp(0, 65_535) as u16,
+                None => 0,
+            },
+            proto: text_at(self.proto)?,
+            direction: text_at(self.direction)?,
+            ..Default::default()
+        })
+    }
+}
+
+/// The traffic of the window per series (and time bucket, in a timeline):
+/// `(series, bucket, tx, rx)`, sorted by series and bucket.
+fn window_sums(
+    conn: &Connection,
+    q: &Query,
+    width: i64,
+) -> Result<Vec<(i64, i64, u64, u64)>, StoreError> {
     let mut sums: Vec<(i64, i64, u64, u64)> = Vec::new();
     for (table, lo, hi) in plan(conn, q.since, q.until, width)? {
-        let sql = match table {
-            Table::Samples => {
+        // The time of a row is read only for a timeline.
+        let sql = match (table, width > 0) {
+            (Table::Samples, true) => {
                 "SELECT series_id, tx_bytes, rx_bytes, bucket FROM samples
                  WHERE bucket >= ?1 AND bucket < ?2"
             }
-            Table::Hourly => {
+            (Table::Samples, false) => {
+                "SELECT series_id, tx_bytes, rx_bytes FROM samples
+                 WHERE bucket >= ?1 AND bucket < ?2"
+            }
+            (Table::Hourly, true) => {
                 "SELECT series_id, tx_bytes, rx_bytes, hour FROM hourly
+                 WHERE hour >= ?1 AND hour < ?2"
+            }
+            (Table::Hourly, false) => {
+                "SELECT series_id, tx_bytes, rx_bytes FROM hourly
                  WHERE hour >= ?1 AND hour < ?2"
             }
         };
@@ -454,7 +737,9 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
             ));
         }
     }
-    sums.sort_unstable_by_key(|s| (s.0, s.1));
+    // Rows come sorted by series within each time bucket: a stable sort
+    // merges those runs.
+    sums.sort_by_key(|s| (s.0, s.1));
     sums.dedup_by(|next, kept| {
         if (next.0, next.1) == (kept.0, kept.1) {
             kept.2 = kept.2.saturating_add(next.2);
@@ -464,60 +749,68 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
             false
         }
     });
+    Ok(sums)
+}
 
-    let mut keys = Interner::default();
-    // (time bucket, group) -> (tx, rx)
-    let mut groups: HashMap<(i64, u32), (u64, u64)> = HashMap::new();
+/// The rows of a report and what they add up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouped {
+    /// The rows of the groups kept, sorted by time, then by total bytes
+    /// (largest first), then by key.
+    pub rows: Vec<Row>,
+    /// All traffic that matched, the groups left out included.
+    pub total: (u64, u64),
+    /// How many groups were left out, and their traffic.
+    pub other: Option<(usize, u64, u64)>,
+}
+
+/// Runs `q`: one row per group (per time bucket in a timeline), sorted by
+/// time, then by total bytes (largest first), then by key.
+pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
+    Ok(run_top(conn, q, None)?.rows)
+}
+
+/// Runs `q`, keeping the rows of the `top` groups with the most traffic
+/// over the whole window (all of them when `None`; ties go by key). The
+/// total and the traffic of the groups left out are exact; only the kept
+/// groups' keys are built.
+///
+/// The samples of the window are read in primary-key order, summed per
+/// series (and time bucket) and sorted by series; the series are then read
+/// in id order beside them, so each series with traffic is looked at once,
+/// filtered and given its group.
+pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Grouped, StoreError> {
+    let width = q.bucket.unwrap_or(0).max(0);
+    let sums = window_sums(conn, q, width)?;
+
+    let procs = if sums.is_empty() {
+        HashMap::new()
+    } else {
+        load_processes(conn)?
+    };
+    let mut grouper = Grouper::new(q, procs);
+    // Per group, over the window.
+    let mut totals: Vec<(u64, u64)> = Vec::new();
+    // (time bucket, group, tx, rx), in a timeline.
+    let mut cells: Vec<(i64, u32, u64, u64)> = Vec::new();
+    let mut add = |group: Option<u32>, mine: &[(i64, i64, u64, u64)]| {
+        let Some(g) = group else { return };
+        if totals.len() <= g as usize {
+            totals.resize(g as usize + 1, (0, 0));
+        }
+        let t = &mut totals[g as usize];
+        for (_, b, tx, rx) in mine {
+            t.0 = t.0.saturating_add(*tx);
+            t.1 = t.1.saturating_add(*rx);
+            if width > 0 {
+                cells.push((*b, g, *tx, *rx));
+            }
+        }
+    };
     if let (Some(first), Some(last)) = (sums.first(), sums.last()) {
         let (lo, hi) = (first.0, last.0);
         let series_count = sums.chunk_by(|a, b| a.0 == b.0).count() as i64;
-        let procs = load_processes(conn)?;
-        let light = process_only(q);
-        let mut by_process: HashMap<Option<i64>, Option<u32>> = HashMap::new();
-        let mut visit = |r: &rusqlite::Row<'_>,
-                         mine: &[(i64, i64, u64, u64)]|
-         -> Result<(), StoreError> {
-            let process_id: Option<i64> = r.get(1)?;
-            let group = if let Some(g) = light.then(|| by_process.get(&process_id)).flatten() {
-                *g
-            } else {
-                let p = process_id.and_then(|id| procs.get(&id));
-                let mut info = SeriesInfo {
-                    exe: p.and_then(|p| p.exe.as_deref()),
-                    pid: p.map(|p| p.pid),
-                    comm: p.map(|p| p.comm.as_str()),
-                    uid: p.map(|p| p.uid),
-                    user: p.and_then(|p| p.user.as_deref()),
-                    cgroup: p.and_then(|p| p.cgroup.as_deref()),
-                    ..Default::default()
-                };
-                if !light {
-                    info.remote_ip = text(r, 2)?;
-                    info.remote_name = text_or_null(r, 3)?;
-                    info.port = r.get::<_, Option<i64>>(4)?.unwrap_or(0).clamp(0, 65_535) as u16;
-                    info.proto = text(r, 5)?;
-                    info.direction = text(r, 6)?;
-                }
-                let g = q.filters.matches(&info).then(|| keys.id(info.key(&q.by)));
-                if light {
-                    by_process.insert(process_id, g);
-                }
-                g
-            };
-            if let Some(g) = group {
-                for (_, b, tx, rx) in mine {
-                    let e = groups.entry((*b, g)).or_default();
-                    e.0 = e.0.saturating_add(*tx);
-                    e.1 = e.1.saturating_add(*rx);
-                }
-            }
-            Ok(())
-        };
-        let cols = if light {
-            "SELECT series_id, process_id FROM series".to_string()
-        } else {
-            series_columns(q)
-        };
+        let cols = grouper.cols.select.clone();
         // Read the id range once, or, when only a few of the series in it
         // have traffic, each of them by id.
         if series_count.saturating_mul(8) >= hi - lo {
@@ -526,14 +819,14 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
             let mut rows = stmt.query([lo, hi])?;
             let mut rest = &sums[..];
             while let Some(r) = rows.next()? {
-                let id: i64 = r.get(0)?;
+                let id = r.get_ref_unwrap(0).as_i64().unwrap_or(0);
                 // Samples of series that no longer exist are skipped.
                 while rest.first().is_some_and(|s| s.0 < id) {
                     rest = &rest[1..];
                 }
                 let n = rest.iter().take_while(|s| s.0 == id).count();
                 if n > 0 {
-                    visit(r, &rest[..n])?;
+                    add(grouper.group(r)?, &rest[..n]);
                     rest = &rest[n..];
                 }
             }
@@ -542,27 +835,96 @@ pub fn run(conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
             for mine in sums.chunk_by(|a, b| a.0 == b.0) {
                 let mut rows = stmt.query([mine[0].0])?;
                 if let Some(r) = rows.next()? {
-                    visit(r, mine)?;
+                    add(grouper.group(r)?, mine);
                 }
             }
         }
     }
-    let mut rows: Vec<Row> = groups
-        .into_iter()
-        .map(|((b, g), (tx, rx))| Row {
-            bucket: (width > 0).then_some(b),
-            key: keys.keys[g as usize].clone(),
-            tx_bytes: tx,
-            rx_bytes: rx,
-        })
-        .collect();
-    rows.sort_by(|a, b| {
-        a.bucket
-            .cmp(&b.bucket)
-            .then(b.total().cmp(&a.total()))
-            .then_with(|| a.key.cmp(&b.key))
+    totals.resize(grouper.len(), (0, 0));
+
+    let n = totals.len();
+    let keep = top.unwrap_or(n).min(n);
+    let size = |g: u32| {
+        let t = totals[g as usize];
+        t.0.saturating_add(t.1)
+    };
+    // Only the groups at least as large as the keep-th largest can be
+    // kept; their keys decide ties.
+    let mut ranked: Vec<(u64, u32, Vec<Cell>)> = Vec::new();
+    if keep > 0 {
+        let mut least = 0;
+        if keep < n {
+            let mut sizes: Vec<u64> = (0..n as u32).map(size).collect();
+            least = *sizes.select_nth_unstable_by(keep - 1, |a, b| b.cmp(a)).1;
+        }
+        ranked = (0..n as u32)
+            .filter(|g| size(*g) >= least)
+            .map(|g| (size(g), g, grouper.key(g)))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+        ranked.truncate(keep);
+    }
+    let total = totals.iter().fold((0u64, 0u64), |a, t| {
+        (a.0.saturating_add(t.0), a.1.saturating_add(t.1))
     });
-    Ok(rows)
+    let mut kept = vec![false; n];
+    for (_, g, _) in &ranked {
+        kept[*g as usize] = true;
+    }
+    let other = (keep < n).then(|| {
+        let (tx, rx) = (0..n).filter(|g| !kept[*g]).fold((0u64, 0u64), |a, g| {
+            (
+                a.0.saturating_add(totals[g].0),
+                a.1.saturating_add(totals[g].1),
+            )
+        });
+        (n - keep, tx, rx)
+    });
+
+    let rows = if width == 0 {
+        ranked
+            .into_iter()
+            .map(|(_, g, key)| Row {
+                bucket: None,
+                key,
+                tx_bytes: totals[g as usize].0,
+                rx_bytes: totals[g as usize].1,
+            })
+            .collect()
+    } else {
+        cells.retain(|c| kept[c.1 as usize]);
+        cells.sort_unstable_by_key(|c| (c.0, c.1));
+        cells.dedup_by(|next, sum| {
+            if (next.0, next.1) == (sum.0, sum.1) {
+                sum.2 = sum.2.saturating_add(next.2);
+                sum.3 = sum.3.saturating_add(next.3);
+                true
+            } else {
+                false
+            }
+        });
+        let mut keys: Vec<Option<Vec<Cell>>> = vec![None; n];
+        for (_, g, key) in ranked {
+            keys[g as usize] = Some(key);
+        }
+        let mut rows: Vec<Row> = cells
+            .into_iter()
+            .map(|(b, g, tx, rx)| Row {
+                bucket: Some(b),
+                key: keys[g as usize].clone().unwrap_or_default(),
+                tx_bytes: tx,
+                rx_bytes: rx,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            a.bucket
+                .cmp(&b.bucket)
+                .then(b.total().cmp(&a.total()))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        rows
+    };
+    Ok(Grouped { rows, total, other })
 }
 
 /// Keeps the `n` groups with the most traffic over all rows (all buckets).
