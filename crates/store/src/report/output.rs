@@ -1,6 +1,7 @@
 //! Report output: an aligned table with human units, JSON and CSV with raw
 //! numbers.
 
+use std::fmt::Write as _;
 use std::io::Write;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -13,9 +14,17 @@ use crate::timespec::{human_time, rfc3339_s};
 
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `3.0 MiB`, `2.1 GiB`.
 pub fn human_bytes(n: u64) -> String {
+    let mut s = String::new();
+    push_human_bytes(&mut s, n);
+    s
+}
+
+/// [`human_bytes`], appended to `s`.
+fn push_human_bytes(s: &mut String, n: u64) {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
-        return format!("{n} B");
+        let _ = write!(s, "{n} B");
+        return;
     }
     let mut v = n as f64 / 1024.0;
     let mut u = 0;
@@ -23,7 +32,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    format!("{v:.1} {}", UNITS[u])
+    let _ = write!(s, "{v:.1} {}", UNITS[u]);
 }
 
 /// The whole of a report, ready to print.
@@ -45,16 +54,16 @@ fn columns(by: &[GroupBy]) -> Vec<&'static str> {
 }
 
 /// A JSON object that keeps its keys in the order they were added.
-struct Ordered(Vec<(&'static str, Node)>);
+struct Ordered<'a>(Vec<(&'static str, Node<'a>)>);
 
 /// A value inside an [`Ordered`] object.
-enum Node {
+enum Node<'a> {
     Value(Value),
-    Object(Ordered),
-    Rows(Vec<Ordered>),
+    Object(Ordered<'a>),
+    Rows(JsonRows<'a>),
 }
 
-impl Serialize for Ordered {
+impl Serialize for Ordered<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for (k, v) in &self.0 {
@@ -68,24 +77,52 @@ impl Serialize for Ordered {
     }
 }
 
-fn v(value: Value) -> Node {
+/// The rows of a JSON report, written as they are serialized (no copy of
+/// the rows as JSON values in between).
+struct JsonRows<'a> {
+    columns: Vec<&'static str>,
+    rows: &'a [Row],
+}
+
+/// One row of a JSON report: the time bucket, the key's columns, the bytes.
+struct JsonRow<'a> {
+    columns: &'a [&'static str],
+    row: &'a Row,
+}
+
+impl Serialize for JsonRows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.rows.iter().map(|row| JsonRow {
+            columns: &self.columns,
+            row,
+        }))
+    }
+}
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let row = self.row;
+        let mut m = s.serialize_map(None)?;
+        if let Some(b) = row.bucket {
+            m.serialize_entry("time", &rfc3339_s(b))?;
+            m.serialize_entry("bucket_start", &b)?;
+        }
+        for (c, cell) in self.columns.iter().zip(&row.key) {
+            match cell {
+                Cell::Null => m.serialize_entry(c, &())?,
+                Cell::Int(i) => m.serialize_entry(c, i)?,
+                Cell::Text(t) => m.serialize_entry(c, t)?,
+            }
+        }
+        m.serialize_entry("tx_bytes", &row.tx_bytes)?;
+        m.serialize_entry("rx_bytes", &row.rx_bytes)?;
+        m.serialize_entry("total_bytes", &row.total())?;
+        m.end()
+    }
+}
+
+fn v(value: Value) -> Node<'static> {
     Node::Value(value)
-}
-
-fn cell_json(c: &Cell) -> Value {
-    match c {
-        Cell::Null => Value::Null,
-        Cell::Int(i) => json!(i),
-        Cell::Text(s) => json!(s),
-    }
-}
-
-fn cell_text(c: &Cell) -> String {
-    match c {
-        Cell::Null => String::new(),
-        Cell::Int(i) => i.to_string(),
-        Cell::Text(s) => s.clone(),
-    }
 }
 
 fn out_err(e: std::io::Error) -> StoreError {
@@ -94,25 +131,6 @@ fn out_err(e: std::io::Error) -> StoreError {
 
 /// JSON: one document with the window, the rows and the total.
 pub fn write_json(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> {
-    let cols = columns(&r.query.by);
-    let rows: Vec<Ordered> = r
-        .rows
-        .iter()
-        .map(|row| {
-            let mut m = Vec::new();
-            if let Some(b) = row.bucket {
-                m.push(("time", v(json!(rfc3339_s(b)))));
-                m.push(("bucket_start", v(json!(b))));
-            }
-            for (c, cell) in cols.iter().zip(&row.key) {
-                m.push((*c, v(cell_json(cell))));
-            }
-            m.push(("tx_bytes", v(json!(row.tx_bytes))));
-            m.push(("rx_bytes", v(json!(row.rx_bytes))));
-            m.push(("total_bytes", v(json!(row.total()))));
-            Ordered(m)
-        })
-        .collect();
     let mut doc = vec![
         ("since", v(json!(rfc3339_s(r.query.since)))),
         ("until", v(json!(rfc3339_s(r.query.until)))),
@@ -129,7 +147,13 @@ pub fn write_json(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError>
     if let Some(b) = r.query.bucket {
         doc.push(("bucket_seconds", v(json!(b))));
     }
-    doc.push(("rows", Node::Rows(rows)));
+    doc.push((
+        "rows",
+        Node::Rows(JsonRows {
+            columns: columns(&r.query.by),
+            rows: r.rows,
+        }),
+    ));
     doc.push((
         "total",
         Node::Object(Ordered(vec![
@@ -157,11 +181,21 @@ pub fn by_name(g: GroupBy) -> &'static str {
     }
 }
 
+#[cfg(test)]
 fn csv_field(s: &str) -> String {
+    let mut out = String::new();
+    push_csv_field(&mut out, s);
+    out
+}
+
+/// A CSV field, quoted only when it needs to be, appended to `out`.
+fn push_csv_field(out: &mut String, s: &str) {
     if s.contains([',', '"', '\n', '\r']) || s.trim() != s {
-        format!("\"{}\"", s.replace('"', "\"\""))
+        out.push('"');
+        out.push_str(&s.replace('"', "\"\""));
+        out.push('"');
     } else {
-        s.to_string()
+        out.push_str(s);
     }
 }
 
@@ -174,17 +208,24 @@ pub fn write_csv(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> 
     header.extend(columns(&r.query.by));
     header.extend(["tx_bytes", "rx_bytes", "total_bytes"]);
     writeln!(out, "{}", header.join(",")).map_err(out_err)?;
+    let mut line = String::new();
     for row in r.rows {
-        let mut f: Vec<String> = Vec::new();
+        line.clear();
         if let Some(b) = row.bucket {
-            f.push(b.to_string());
-            f.push(rfc3339_s(b));
+            let _ = write!(line, "{b},{},", rfc3339_s(b));
         }
-        f.extend(row.key.iter().map(|c| csv_field(&cell_text(c))));
-        f.push(row.tx_bytes.to_string());
-        f.push(row.rx_bytes.to_string());
-        f.push(row.total().to_string());
-        writeln!(out, "{}", f.join(",")).map_err(out_err)?;
+        for c in &row.key {
+            match c {
+                Cell::Null => {}
+                Cell::Int(i) => {
+                    let _ = write!(line, "{i}");
+                }
+                Cell::Text(t) => push_csv_field(&mut line, t),
+            }
+            line.push(',');
+        }
+        let _ = writeln!(line, "{},{},{}", row.tx_bytes, row.rx_bytes, row.total());
+        out.write_all(line.as_bytes()).map_err(out_err)?;
     }
     Ok(())
 }
@@ -192,41 +233,87 @@ pub fn write_csv(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> 
 /// Table cells of a group key: ports carry their service name, a missing
 /// value is shown as `-`.
 pub(crate) fn key_cells(by: &[GroupBy], key: &[Cell]) -> Vec<String> {
-    let mut cells = Vec::new();
+    let mut cells = Cells::default();
+    push_key_cells(&mut cells, by, key);
+    (0..cells.len()).map(|i| cells.get(i).to_string()).collect()
+}
+
+/// [`key_cells`], appended to `cells`.
+fn push_key_cells(cells: &mut Cells, by: &[GroupBy], key: &[Cell]) {
     let mut i = 0;
     for g in by {
+        let s = &mut cells.text;
         match g {
             GroupBy::Port => {
-                let port = cell_text(&key[i]);
-                cells.push(
-                    match port.parse::<u16>().ok().and_then(services::service_name) {
-                        Some(s) => format!("{port} ({s})"),
-                        None => port,
-                    },
-                );
+                if let Cell::Int(_) | Cell::Text(_) = &key[i] {
+                    push_text_or_dash(s, &key[i]);
+                }
+                if let Some(name) = match &key[i] {
+                    Cell::Int(p) => u16::try_from(*p).ok().and_then(services::service_name),
+                    Cell::Text(p) => p.parse::<u16>().ok().and_then(services::service_name),
+                    Cell::Null => None,
+                } {
+                    let _ = write!(s, " ({name})");
+                }
                 i += 2;
             }
             GroupBy::Process => {
-                cells.push(format!(
-                    "{} [{}]",
-                    text_or_dash(&key[i + 1]),
-                    text_or_dash(&key[i])
-                ));
+                push_text_or_dash(s, &key[i + 1]);
+                s.push_str(" [");
+                push_text_or_dash(s, &key[i]);
+                s.push(']');
                 i += 2;
             }
             _ => {
-                cells.push(text_or_dash(&key[i]));
+                push_text_or_dash(s, &key[i]);
                 i += 1;
             }
         }
+        cells.end();
     }
-    cells
 }
 
-fn text_or_dash(c: &Cell) -> String {
+fn push_text_or_dash(s: &mut String, c: &Cell) {
     match c {
-        Cell::Null => "-".into(),
-        c => cell_text(c),
+        Cell::Null => s.push('-'),
+        Cell::Int(i) => {
+            let _ = write!(s, "{i}");
+        }
+        Cell::Text(t) => s.push_str(t),
+    }
+}
+
+/// The cells of a table, one after the other in one string.
+#[derive(Debug, Default)]
+struct Cells {
+    text: String,
+    /// Where each cell ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Cells {
+    /// Ends the cell written to `text` since the previous one.
+    fn end(&mut self) {
+        self.ends.push(self.text.len());
+    }
+
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.end();
+    }
+
+    fn push_bytes(&mut self, n: u64) {
+        push_human_bytes(&mut self.text, n);
+        self.end();
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
     }
 }
 
@@ -245,67 +332,74 @@ pub fn write_table(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError
     }
     writeln!(out, "{caption}").map_err(out_err)?;
 
-    let mut header: Vec<String> = Vec::new();
+    // Header, rows and footer, each `columns` cells.
+    let mut cells = Cells::default();
     if q.bucket.is_some() {
-        header.push("TIME (UTC)".into());
+        cells.push("TIME (UTC)");
     }
-    header.extend(q.by.iter().map(|g| by_name(*g).to_uppercase()));
-    let key_cols = header.len();
-    header.extend(["SENT", "RECEIVED", "TOTAL"].map(String::from));
+    for g in &q.by {
+        cells.push(&by_name(*g).to_uppercase());
+    }
+    let key_cols = cells.len();
+    for h in ["SENT", "RECEIVED", "TOTAL"] {
+        cells.push(h);
+    }
+    let columns = cells.len();
 
     let seconds = q.bucket.is_some_and(|b| b % 60 != 0);
-    let mut lines: Vec<Vec<String>> = Vec::new();
     for row in r.rows {
-        let mut l = Vec::new();
         if let Some(b) = row.bucket {
-            l.push(human_time(b, seconds));
+            cells.push(&human_time(b, seconds));
         }
-        l.extend(key_cells(&q.by, &row.key));
-        l.extend([row.tx_bytes, row.rx_bytes, row.total()].map(human_bytes));
-        lines.push(l);
-    }
-    let mut footer: Vec<Vec<String>> = Vec::new();
-    if let Some((n, tx, rx)) = r.other {
-        let mut l = vec![String::new(); key_cols];
-        l[0] = format!("({n} more)");
-        l.extend([tx, rx, tx.saturating_add(rx)].map(human_bytes));
-        footer.push(l);
-    }
-    let mut l = vec![String::new(); key_cols];
-    l[0] = "TOTAL".into();
-    l.extend([r.total.0, r.total.1, r.total.0.saturating_add(r.total.1)].map(human_bytes));
-    footer.push(l);
-
-    let all = std::iter::once(&header).chain(&lines).chain(&footer);
-    let mut widths = vec![0usize; header.len()];
-    for l in all.clone() {
-        for (w, c) in widths.iter_mut().zip(l) {
-            *w = (*w).max(c.chars().count());
+        push_key_cells(&mut cells, &q.by, &row.key);
+        for n in [row.tx_bytes, row.rx_bytes, row.total()] {
+            cells.push_bytes(n);
         }
     }
-    let print = |out: &mut dyn Write, l: &[String]| -> Result<(), StoreError> {
-        let mut s = String::new();
-        for (i, (c, w)) in l.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            let pad = w - c.chars().count();
-            if i < key_cols {
-                s.push_str(c);
-                s.push_str(&" ".repeat(pad));
-            } else {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(c);
-            }
+    let mut footer = |first: &str, (tx, rx): (u64, u64)| {
+        cells.push(first);
+        for _ in 1..key_cols {
+            cells.push("");
         }
-        writeln!(out, "{}", s.trim_end()).map_err(out_err)
+        for n in [tx, rx, tx.saturating_add(rx)] {
+            cells.push_bytes(n);
+        }
     };
-    print(out, &header)?;
-    for l in &lines {
-        print(out, l)?;
+    if let Some((n, tx, rx)) = r.other {
+        footer(&format!("({n} more)"), (tx, rx));
     }
-    for l in &footer {
-        print(out, l)?;
+    footer("TOTAL", r.total);
+
+    let width = |s: &str| {
+        if s.is_ascii() {
+            s.len()
+        } else {
+            s.chars().count()
+        }
+    };
+    let mut widths = vec![0usize; columns];
+    for i in 0..cells.len() {
+        let w = &mut widths[i % columns];
+        *w = (*w).max(width(cells.get(i)));
+    }
+    let mut line = String::new();
+    for first in (0..cells.len()).step_by(columns) {
+        line.clear();
+        for (i, w) in widths.iter().enumerate() {
+            let c = cells.get(first + i);
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = w - width(c);
+            if i < key_cols {
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(c);
+            }
+        }
+        writeln!(out, "{}", line.trim_end()).map_err(out_err)?;
     }
     Ok(())
 }
