@@ -192,6 +192,32 @@ pub fn parse_ptr(msg: &[u8], id: u16, ip: &IpAddr) -> Option<PtrAnswer> {
     Some(PtrAnswer::NoName)
 }
 
+/// A name server's answer to a PTR `query` (a whole query message): the
+/// response code, then one PTR record per name, owned by the question's
+/// name through a compression pointer. `query` holds one question and no
+/// other records (as [`ptr_query`] makes it). For tests and test servers.
+pub fn ptr_response(query: &[u8], rcode: u8, names: &[&str]) -> Vec<u8> {
+    if query.len() < 12 {
+        return Vec::new();
+    }
+    let mut m = query.to_vec();
+    m[2] = 0x81;
+    m[3] = 0x80 | rcode;
+    m[6..8].copy_from_slice(&(names.len() as u16).to_be_bytes());
+    for n in names {
+        let mut rdata = Vec::new();
+        for label in n.split('.') {
+            rdata.push(label.len() as u8);
+            rdata.extend_from_slice(label.as_bytes());
+        }
+        rdata.push(0);
+        m.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
+        m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        m.extend_from_slice(&rdata);
+    }
+    m
+}
+
 /// How many (process, address) names are kept before the table starts over.
 const MAX_NAMES: usize = 200_000;
 
@@ -326,27 +352,6 @@ pub(crate) mod tests {
         assert_eq!(t.lookup(Some(20), &ip), Some("b.test"));
         assert_eq!(t.lookup(Some(30), &ip), Some("b.test"));
         assert_eq!(t.lookup(None, &"192.0.2.2".parse().unwrap()), None);
-    }
-
-    /// A server's answer to `query`: rcode, then PTR records naming `names`
-    /// (the first with a pointer to the question, as servers compress).
-    fn ptr_response(query: &[u8], rcode: u8, names: &[&str]) -> Vec<u8> {
-        let mut m = query.to_vec();
-        m[2] = 0x81;
-        m[3] = 0x80 | rcode;
-        m[6..8].copy_from_slice(&(names.len() as u16).to_be_bytes());
-        for n in names {
-            let mut rdata = Vec::new();
-            for label in n.split('.') {
-                rdata.push(label.len() as u8);
-                rdata.extend_from_slice(label.as_bytes());
-            }
-            rdata.push(0);
-            m.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
-            m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-            m.extend_from_slice(&rdata);
-        }
-        m
     }
 
     #[test]

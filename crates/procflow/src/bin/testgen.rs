@@ -677,25 +677,12 @@ fn main() -> Res<()> {
                     continue;
                 };
                 queries += 1;
-                let mut r = q[..qend.min(n)].to_vec();
-                r[2] = 0x81;
-                match names.get(&qname) {
-                    Some(name) => {
-                        r[3] = 0x80;
-                        r[6..8].copy_from_slice(&1u16.to_be_bytes());
-                        let mut rdata = Vec::new();
-                        for label in name.split('.') {
-                            rdata.push(label.len() as u8);
-                            rdata.extend_from_slice(label.as_bytes());
-                        }
-                        rdata.push(0);
-                        r.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
-                        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-                        r.extend_from_slice(&rdata);
-                        named.push(name.clone());
-                    }
-                    None => r[3] = 0x83,
-                }
+                let name = names.get(&qname);
+                let r = match name {
+                    Some(name) => procflow_core::dns::ptr_response(&q[..qend.min(n)], 0, &[name]),
+                    None => procflow_core::dns::ptr_response(&q[..qend.min(n)], 3, &[]),
+                };
+                named.extend(name.cloned());
                 s.send_to(&r, from)?;
             }
             println!("{}", json!({"queries": queries, "named": named}));
