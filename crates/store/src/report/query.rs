@@ -1,5 +1,6 @@
 //! Reading the store for reports: which samples fall in the window, which
 //! series pass the filters, and the totals per group (and per time bucket).
+//! Each series is given its group by the sibling module `grouping`.
 //!
 //! Traffic is counted from the samples, not from the flow rows: a sample is
 //! counted whole in a window when its bucket starts in it (`since <= bucket <
@@ -9,12 +10,12 @@
 //! rows; see [`plan`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use rusqlite::Connection;
 
 use crate::error::StoreError;
+use crate::report::grouping::Grouper;
 use crate::services;
 use crate::store::HOUR_SECONDS;
 use crate::timespec::bucket_start;
@@ -191,12 +192,12 @@ impl Filters {
     }
 
     /// True when a filter looks at more than the process of a series.
-    fn on_series(&self) -> bool {
+    pub(super) fn on_series(&self) -> bool {
         self.host.is_some() || self.remote.is_some() || self.port.is_some() || self.proto.is_some()
     }
 
     /// The filters on what the process row says (exe, user).
-    fn matches_process(&self, s: &SeriesInfo) -> bool {
+    pub(super) fn matches_process(&self, s: &SeriesInfo) -> bool {
         if let Some(want) = &self.exe {
             let ok = s.exe.is_some_and(|e| {
                 if want.contains('/') {
@@ -220,7 +221,7 @@ impl Filters {
     }
 
     /// The filters on what the series row says (remote, port, proto).
-    fn matches_series(&self, s: &SeriesInfo) -> bool {
+    pub(super) fn matches_series(&self, s: &SeriesInfo) -> bool {
         if let Some(want) = &self.host {
             let want = want.trim_end_matches('.').to_ascii_lowercase();
             let ok = match s.remote_name {
@@ -284,13 +285,13 @@ pub struct Query {
 
 /// What a process row says, shared by the series of the process.
 #[derive(Debug)]
-struct ProcInfo {
-    pid: i64,
-    comm: String,
-    uid: i64,
-    user: Option<String>,
-    cgroup: Option<String>,
-    exe: Option<String>,
+pub(super) struct ProcInfo {
+    pub(super) pid: i64,
+    pub(super) comm: String,
+    pub(super) uid: i64,
+    pub(super) user: Option<String>,
+    pub(super) cgroup: Option<String>,
+    pub(super) exe: Option<String>,
 }
 
 fn load_processes(conn: &Connection) -> Result<HashMap<i64, ProcInfo>, StoreError> {
@@ -327,262 +328,6 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
 
 fn text_or_null<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
     r.get_ref(i)?.as_str_or_null().map_err(|e| conversion(i, e))
-}
-
-/// True when a `--by` field is taken from the process row of a series.
-fn from_process(g: GroupBy) -> bool {
-    matches!(
-        g,
-        GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup
-    )
-}
-
-/// The values one part of a group key (one `--by` field) takes, each stored
-/// once and named by its index.
-#[derive(Debug, Default)]
-struct Values {
-    cells: Vec<Vec<Cell>>,
-    ids: HashMap<Vec<Cell>, u32>,
-    /// The same ids, found from the text or the number the cells are made
-    /// of, without building the cells of a value met before. Short text
-    /// (addresses, names of protocols and directions) is kept in the table
-    /// itself rather than behind a pointer.
-    by_short_text: HashMap<ShortText, u32>,
-    by_text: HashMap<Box<str>, u32>,
-    by_int: IdMap<i64, u32>,
-}
-
-/// Text of up to 23 bytes, its length in the last byte.
-type ShortText = [u8; 24];
-
-fn short_text(text: &str) -> Option<ShortText> {
-    let b = text.as_bytes();
-    (b.len() < 24).then(|| {
-        let mut s = [0; 24];
-        s[..b.len()].copy_from_slice(b);
-        s[23] = b.len() as u8;
-        s
-    })
-}
-
-impl Values {
-    fn id(&mut self, cells: Vec<Cell>) -> u32 {
-        if let Some(id) = self.ids.get(&cells) {
-            return *id;
-        }
-        let id = self.cells.len() as u32;
-        self.cells.push(cells.clone());
-        self.ids.insert(cells, id);
-        id
-    }
-
-    fn text_id(&mut self, text: &str, cells: impl FnOnce() -> Vec<Cell>) -> u32 {
-        if let Some(short) = short_text(text) {
-            if let Some(id) = self.by_short_text.get(&short) {
-                return *id;
-            }
-            let id = self.id(cells());
-            self.by_short_text.insert(short, id);
-            return id;
-        }
-        if let Some(id) = self.by_text.get(text) {
-            return *id;
-        }
-        let id = self.id(cells());
-        self.by_text.insert(text.into(), id);
-        id
-    }
-
-    fn int_id(&mut self, n: i64, cells: impl FnOnce() -> Vec<Cell>) -> u32 {
-        if let Some(id) = self.by_int.get(&n) {
-            return *id;
-        }
-        let id = self.id(cells());
-        self.by_int.insert(n, id);
-        id
-    }
-}
-
-/// A hasher for integer keys (the ids made here, process rows, ports):
-/// cheaper than the default SipHash, and mixed well enough that pairs of ids
-/// packed in a `u64` spread over a table. Text, which comes from the
-/// network, keeps the default hasher.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(n.into());
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        // The final mix of MurmurHash3: every bit of the state reaches
-        // the bits the table uses.
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^ (x >> 33)
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Gives each series its group. Each `--by` field of a series is named by
-/// a value id (text borrowed from the row is looked up, not copied), the
-/// ids of a key are combined pairwise into one, and that one names the
-/// group; a group's cells are built only when it is shown. The process
-/// fields (and filters) are looked at once per process.
-struct Grouper<'q> {
-    q: &'q Query,
-    procs: HashMap<i64, ProcInfo>,
-    /// Per process: where its key (the process fields set, the others 0)
-    /// starts in `process_keys`, or `u32::MAX` when the process fails the
-    /// filters.
-    by_process: IdMap<Option<i64>, u32>,
-    process_keys: Vec<u32>,
-    /// True when a field or a filter needs more of the series row than its
-    /// process.
-    series_level: bool,
-    cols: SeriesColumns,
-    /// One per `--by` field.
-    values: Vec<Values>,
-    /// `pairs[i]`: the id of the first `i + 2` fields of a key, from the id
-    /// of the first `i + 1` and the value id of field `i + 1`.
-    pairs: Vec<IdMap<u64, u32>>,
-    /// The group of each id of a whole key (`u32::MAX`: none yet).
-    groups: Vec<u32>,
-    count: usize,
-    /// The keys of the groups, `q.by.len()` value ids each.
-    keys: Vec<u32>,
-    scratch: Vec<u32>,
-}
-
-impl<'q> Grouper<'q> {
-    fn new(q: &'q Query, procs: HashMap<i64, ProcInfo>) -> Self {
-        Grouper {
-            q,
-            procs,
-            by_process: IdMap::default(),
-            process_keys: Vec::new(),
-            series_level: !q.by.iter().all(|g| from_process(*g)) || q.filters.on_series(),
-            cols: SeriesColumns::new(q),
-            values: q.by.iter().map(|_| Values::default()).collect(),
-            pairs: q.by.iter().skip(1).map(|_| IdMap::default()).collect(),
-            groups: Vec::new(),
-            count: 0,
-            keys: Vec::new(),
-            scratch: Vec::new(),
-        }
-    }
-
-    /// How many groups there are; they are numbered from 0.
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Where the key of a process starts in `process_keys`.
-    fn process_key(&mut self, process_id: Option<i64>) -> u32 {
-        let p = process_id.and_then(|id| self.procs.get(&id));
-        let info = SeriesInfo {
-            exe: p.and_then(|p| p.exe.as_deref()),
-            pid: p.map(|p| p.pid),
-            comm: p.map(|p| p.comm.as_str()),
-            uid: p.map(|p| p.uid),
-            user: p.and_then(|p| p.user.as_deref()),
-            cgroup: p.and_then(|p| p.cgroup.as_deref()),
-            ..Default::default()
-        };
-        if !self.q.filters.matches_process(&info) {
-            return u32::MAX;
-        }
-        let start = self.process_keys.len();
-        for (i, g) in self.q.by.iter().enumerate() {
-            let id = if from_process(*g) {
-                self.values[i].id(info.key(&[*g]))
-            } else {
-                0
-            };
-            self.process_keys.push(id);
-        }
-        start as u32
-    }
-
-    /// The group of a series row (the columns of [`SeriesColumns`]), or
-    /// None when it fails the filters.
-    fn group(&mut self, r: &rusqlite::Row<'_>) -> Result<Option<u32>, StoreError> {
-        let process_id = r.get_ref_unwrap(1).as_i64_or_null().ok().flatten();
-        let start = match self.by_process.get(&process_id) {
-            Some(start) => *start,
-            None => {
-                let start = self.process_key(process_id);
-                self.by_process.insert(process_id, start);
-                start
-            }
-        };
-        if start == u32::MAX {
-            return Ok(None);
-        }
-        self.scratch.clear();
-        self.scratch
-            .extend_from_slice(&self.process_keys[start as usize..][..self.q.by.len()]);
-        if self.series_level {
-            let info = self.cols.read(r)?;
-            if !self.q.filters.matches_series(&info) {
-                return Ok(None);
-            }
-            for (i, g) in self.q.by.iter().enumerate() {
-                let v = &mut self.values[i];
-                let cells = || info.key(&[*g]);
-                self.scratch[i] = match g {
-                    GroupBy::Remote => v.text_id(info.remote_ip, cells),
-                    GroupBy::Host => v.text_id(info.remote_name.unwrap_or(info.remote_ip), cells),
-                    GroupBy::Port => v.int_id(info.port.into(), cells),
-                    GroupBy::Proto => v.text_id(info.proto, cells),
-                    GroupBy::Direction => v.text_id(info.direction, cells),
-                    GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup => continue,
-                };
-            }
-        }
-        let mut id = self.scratch.first().copied().unwrap_or(0);
-        for (pairs, v) in self.pairs.iter_mut().zip(&self.scratch[1..]) {
-            let next = pairs.len() as u32;
-            id = *pairs
-                .entry(u64::from(id) << 32 | u64::from(*v))
-                .or_insert(next);
-        }
-        let id = id as usize;
-        if self.groups.len() <= id {
-            self.groups.resize(id + 1, u32::MAX);
-        }
-        if self.groups[id] == u32::MAX {
-            self.groups[id] = self.count as u32;
-            self.count += 1;
-            self.keys.extend_from_slice(&self.scratch);
-        }
-        Ok(Some(self.groups[id]))
-    }
-
-    /// The cells of group `g`'s key.
-    fn key(&self, g: u32) -> Vec<Cell> {
-        let n = self.q.by.len();
-        let mut key = Vec::with_capacity(n + 1);
-        for (id, v) in self.keys[g as usize * n..][..n].iter().zip(&self.values) {
-            key.extend(v.cells[*id as usize].iter().cloned());
-        }
-        key
-    }
 }
 
 /// Where the traffic of a time range is read from.
@@ -634,9 +379,9 @@ fn plan(
 /// The columns of `series` that a query reads: `series_id`, `process_id`,
 /// then only those of the other columns that its fields and filters need.
 #[derive(Debug, Clone, Default)]
-struct SeriesColumns {
+pub(super) struct SeriesColumns {
     /// `SELECT ... FROM series`
-    select: String,
+    pub(super) select: String,
     remote_ip: Option<usize>,
     remote_name: Option<usize>,
     port: Option<usize>,
@@ -645,7 +390,7 @@ struct SeriesColumns {
 }
 
 impl SeriesColumns {
-    fn new(q: &Query) -> Self {
+    pub(super) fn new(q: &Query) -> Self {
         let f = &q.filters;
         let by = |g: GroupBy| q.by.contains(&g);
         let mut names = vec!["series_id", "process_id"];
@@ -672,7 +417,7 @@ impl SeriesColumns {
 
     /// What the series row `r` says beyond its process (empty values for
     /// the columns not read).
-    fn read<'r>(&self, r: &'r rusqlite::Row<'_>) -> rusqlite::Result<SeriesInfo<'r>> {
+    pub(super) fn read<'r>(&self, r: &'r rusqlite::Row<'_>) -> rusqlite::Result<SeriesInfo<'r>> {
         let text_at = |i: Option<usize>| i.map_or(Ok(""), |i| text(r, i));
         Ok(SeriesInfo {
             remote_ip: text_at(self.remote_ip)?,
