@@ -619,11 +619,11 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 	struct pol_decision d;
 	if (!pol_decide(&q, exe, &d, bsk))
 		return 1;
-	/* Inbound UDP: allows are written too (the flow's first datagram). */
-	bool udp_flow = inbound && q.proto == IPPROTO_UDP;
-	if (udp_flow && d.block)
+	/* Inbound (a SYN, a UDP flow's first datagram): allows are written
+	 * too, so the accepted connection or the flow carries its verdict. */
+	if (inbound && q.proto == IPPROTO_UDP && d.block)
 		udp_in_block(skb, src, sport, version, gen);
-	if (!d.block && ((inbound && !udp_flow) || (!inbound && pol_seen(bsk, &q, d.gen))))
+	if (!d.block && !inbound && pol_seen(bsk, &q, d.gen))
 		return 1;
 	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), &o, sk_netns(sk),
 		 egress ? PF_HOOK_EGRESS : PF_HOOK_INGRESS);

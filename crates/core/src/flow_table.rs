@@ -6,6 +6,7 @@
 //! number of live flows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use crate::event::{FlowEvent, FlowView};
 use crate::flow::{FlowKey, FlowRecord, FlowState, Verdict};
@@ -38,6 +39,17 @@ pub struct FlowTable {
     /// Rules' decisions by flow, for flows decided while rules are loaded
     /// (possibly before the flow is announced).
     verdicts: HashMap<FlowKey, (Verdict, Option<String>)>,
+    /// Decisions on inbound TCP connections, made at their SYN on the
+    /// listener, by (netns, local, remote) until the accepted socket's flow
+    /// appears.
+    inbound: HashMap<InboundKey, (Verdict, Option<String>)>,
+}
+
+type InboundKey = (u64, (IpAddr, u16), (IpAddr, u16));
+
+/// IPv4-mapped IPv6 addresses as IPv4, so that both sides of a match agree.
+fn canonical((ip, port): (IpAddr, u16)) -> (IpAddr, u16) {
+    (ip.to_canonical(), port)
 }
 
 impl FlowTable {
@@ -179,6 +191,27 @@ impl FlowTable {
         self.verdicts.insert(key, (verdict, rule));
     }
 
+    /// Records the rules' decision on an inbound TCP connection, made at its
+    /// SYN: the accepted socket's flow (same namespace and endpoints)
+    /// carries it when it appears.
+    pub fn set_inbound_verdict(
+        &mut self,
+        netns: u64,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        verdict: Verdict,
+        rule: Option<String>,
+    ) {
+        if self.inbound.len() >= 65536 {
+            // Handshakes that never completed.
+            self.inbound.clear();
+        }
+        self.inbound.insert(
+            (netns, canonical(local), canonical(remote)),
+            (verdict, rule),
+        );
+    }
+
     /// A process's identity as flow records give it.
     pub fn identity(&mut self, owner: &Owner, sys: &mut dyn SystemLookup) -> ProcessIdentity {
         self.identities.resolve(owner, sys)
@@ -195,6 +228,13 @@ impl FlowTable {
     fn insert(&mut self, mut view: FlowView) {
         if let Some(o) = self.owners.get(&view.key.cookie) {
             view.owner = Some(o.clone());
+        }
+        if !self.inbound.is_empty() {
+            let i = &view.info;
+            let t = (i.netns, canonical(i.local), canonical(i.remote));
+            if let Some(v) = self.inbound.remove(&t) {
+                self.verdicts.insert(view.key, v);
+            }
         }
         self.flows.insert(
             view.key,
@@ -492,5 +532,36 @@ mod tests {
         assert_eq!(json["proto"], "udp");
         assert_eq!(json["process"]["exe"], "/usr/bin/old");
         assert_eq!(json["process"]["user"], "root");
+    }
+
+    #[test]
+    fn an_inbound_verdict_goes_to_the_accepted_flow() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        // Decided at the SYN, with IPv4 addresses; the accepted socket of a
+        // dual-stack listener shows them IPv4-mapped.
+        t.set_inbound_verdict(
+            4026531840,
+            (ip(1), 5000),
+            (ip(2), 53),
+            Verdict::Allow,
+            Some("web".into()),
+        );
+        let mut v = view(FlowKey::socket(7), Some(100), 0);
+        let mapped = |a: IpAddr| match a {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            other => other,
+        };
+        v.info.local.0 = mapped(v.info.local.0);
+        v.info.remote.0 = mapped(v.info.remote.0);
+        let r = t.ingest(FlowEvent::Open(v), &mut sys);
+        assert_eq!(r[0].verdict, Some(Verdict::Allow));
+        assert_eq!(r[0].rule.as_deref(), Some("web"));
+        // Another connection between other endpoints gets nothing.
+        let r = t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(8), Some(100), 0)),
+            &mut sys,
+        );
+        assert_eq!(r[0].verdict, None);
     }
 }

@@ -160,12 +160,18 @@ impl Enforcer {
         } else {
             Verdict::Allow
         };
-        let key = if v.proto == 6 {
-            FlowKey::socket(v.cookie)
+        if v.proto == 6 && v.direction == procflow_core::flow::Direction::In {
+            // Decided at the SYN on the listener: the verdict belongs to the
+            // socket the connection will be accepted on.
+            table.set_inbound_verdict(v.netns, v.local, v.remote, verdict, rule.clone());
         } else {
-            FlowKey::datagram(v.cookie, v.remote.0, v.remote.1)
-        };
-        table.set_verdict(key, verdict, rule.clone());
+            let key = if v.proto == 6 {
+                FlowKey::socket(v.cookie)
+            } else {
+                FlowKey::datagram(v.cookie, v.remote.0, v.remote.1)
+            };
+            table.set_verdict(key, verdict, rule.clone());
+        }
         if !v.block {
             return None;
         }

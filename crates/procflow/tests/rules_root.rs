@@ -666,6 +666,16 @@ remote = "{}"
         assert_eq!(v["remote_ip"], p.a4.to_string());
     }
     assert_eq!(bad[0]["process"]["exe"], copy.0.display().to_string());
+    // The allowed connection's accepted socket carries the SYN's verdict.
+    let flows = common::final_flows(&recs);
+    let f = common::one_flow(&flows, &p.b, "accepted on 7500", |f| {
+        f["proto"] == "tcp" && f["local_port"] == 7500 && f["direction"] == "in"
+    });
+    assert_eq!(f["verdict"], "allow", "{f}");
+    assert!(
+        f.get("rule").is_none_or(Value::is_null),
+        "the default decided: {f}"
+    );
 }
 
 /// Inbound UDP is decided at a flow's first datagram: a blocked flow's
