@@ -485,8 +485,15 @@ fn window_sums(
     // Rows come sorted by series within each time bucket: a stable sort
     // merges those runs.
     sums.sort_by_key(|s| (s.0, s.1));
-    sums.dedup_by(|next, kept| {
-        if (next.0, next.1) == (kept.0, kept.1) {
+    add_up_runs(&mut sums);
+    Ok(sums)
+}
+
+/// Adds up neighbours with the same key (the first two fields) of a list
+/// sorted by it, keeping one entry per key.
+fn add_up_runs<A: PartialEq, B: PartialEq>(v: &mut Vec<(A, B, u64, u64)>) {
+    v.dedup_by(|next, kept| {
+        if (&next.0, &next.1) == (&kept.0, &kept.1) {
             kept.2 = kept.2.saturating_add(next.2);
             kept.3 = kept.3.saturating_add(next.3);
             true
@@ -494,7 +501,6 @@ fn window_sums(
             false
         }
     });
-    Ok(sums)
 }
 
 /// The rows of a report and what they add up to.
@@ -639,15 +645,7 @@ pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Group
     } else {
         cells.retain(|c| kept[c.1 as usize]);
         cells.sort_unstable_by_key(|c| (c.0, c.1));
-        cells.dedup_by(|next, sum| {
-            if (next.0, next.1) == (sum.0, sum.1) {
-                sum.2 = sum.2.saturating_add(next.2);
-                sum.3 = sum.3.saturating_add(next.3);
-                true
-            } else {
-                false
-            }
-        });
+        add_up_runs(&mut cells);
         let mut keys: Vec<Option<Vec<Cell>>> = vec![None; n];
         for (_, g, key) in ranked {
             keys[g as usize] = Some(key);
