@@ -145,10 +145,9 @@ PF_PMAP struct {
 	__type(value, struct pf_pol_last);
 } pol_last SEC(".maps");
 
-/* Inbound UDP flows (socket, remote) that the rules blocked: the generation
- * + 1 of the decision, so later datagrams are dropped without deciding
- * again until the rules change. Allowed ones need no entry: their datagram
- * flow (dgram_flows) exists from the first datagram on. */
+/* Inbound UDP flows (socket, remote) the rules decided: (generation + 1) << 1
+ * | blocked, so later datagrams are dropped or let through without deciding
+ * again until the rules change. */
 PF_PMAP struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -528,20 +527,22 @@ static __noinline int udp_in_known(struct __sk_buff *skb, const __u8 *src, __u16
 	udp_in_key(&k, skb, src, sport, version);
 	if (bpf_map_lookup_elem(&dgram_flows, &k))
 		return 1;
-	__u32 *blocked = bpf_map_lookup_elem(&pol_udp_in, &k);
-	if (blocked && *blocked == gen + 1)
-		return 0;
+	__u32 *decided = bpf_map_lookup_elem(&pol_udp_in, &k);
+	if (decided && (*decided >> 1) == gen + 1)
+		return (*decided & 1) ? 0 : 1;
 	return -1;
 }
 
-/* Remembers that the rules of generation `gen` block this inbound flow. */
-static __noinline void udp_in_block(struct __sk_buff *skb, const __u8 *src, __u16 sport,
-				    __u8 version, __u32 gen)
+/* Remembers a decision on this inbound flow: `v` is (generation + 1) << 1
+ * | blocked. An allowed flow is found in dgram_flows from then on too, but
+ * not when that table is full: without this entry each of its datagrams
+ * would be decided and recorded again. */
+static __noinline void udp_in_decided(struct __sk_buff *skb, const __u8 *src, __u16 sport,
+				      __u8 version, __u32 v)
 {
 	struct pf_dgram_key k = {};
 	udp_in_key(&k, skb, src, sport, version);
-	__u32 g1 = gen + 1;
-	bpf_map_update_elem(&pol_udp_in, &k, &g1, BPF_ANY);
+	bpf_map_update_elem(&pol_udp_in, &k, &v, BPF_ANY);
 }
 
 /* cgroup_skb: the first packet of an inbound TCP connection (a SYN on a
@@ -621,8 +622,8 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		return 1;
 	/* Inbound (a SYN, a UDP flow's first datagram): allows are written
 	 * too, so the accepted connection or the flow carries its verdict. */
-	if (inbound && q.proto == IPPROTO_UDP && d.block)
-		udp_in_block(skb, src, sport, version, gen);
+	if (inbound && q.proto == IPPROTO_UDP)
+		udp_in_decided(skb, src, sport, version, ((gen + 1) << 1) | (d.block ? 1 : 0));
 	if (!d.block && !inbound && pol_seen(bsk, &q, d.gen))
 		return 1;
 	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), &o, sk_netns(sk),
