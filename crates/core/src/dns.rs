@@ -52,6 +52,13 @@ fn read_name(msg: &[u8], mut pos: usize) -> Option<(String, usize)> {
     }
 }
 
+/// The (first) question of a DNS message: its name, lowercased, and the
+/// position after its type and class.
+pub fn question(msg: &[u8]) -> Option<(String, usize)> {
+    let (name, after) = read_name(msg, 12)?;
+    Some((name, after + 4))
+}
+
 fn u16_at(msg: &[u8], pos: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*msg.get(pos)?, *msg.get(pos + 1)?]))
 }
@@ -260,11 +267,6 @@ impl NameTable {
             .or_else(|| self.reverse.get(ip))
             .map(String::as_str)
     }
-
-    /// Whether any DNS answer named `ip` (then no reverse lookup is needed).
-    pub fn answered(&self, ip: &IpAddr) -> bool {
-        self.any.contains_key(ip)
-    }
 }
 
 #[cfg(test)]
@@ -403,7 +405,6 @@ pub(crate) mod tests {
         let mut t = NameTable::default();
         t.learn_reverse(ip, "ptr.test".into());
         assert_eq!(t.lookup(Some(1), &ip), Some("ptr.test"));
-        assert!(!t.answered(&ip));
         t.learn(
             1,
             &DnsAnswer {
@@ -412,6 +413,5 @@ pub(crate) mod tests {
             },
         );
         assert_eq!(t.lookup(Some(2), &ip), Some("asked.test"));
-        assert!(t.answered(&ip));
     }
 }

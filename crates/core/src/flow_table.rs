@@ -90,11 +90,6 @@ impl FlowTable {
         self.names.learn_reverse(ip, name);
     }
 
-    /// Whether a DNS answer this machine received named `ip`.
-    pub fn dns_named(&self, ip: &std::net::IpAddr) -> bool {
-        self.names.answered(ip)
-    }
-
     /// Applies one event; returns the records it produces.
     pub fn ingest(&mut self, ev: FlowEvent, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
         match ev {

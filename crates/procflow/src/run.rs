@@ -45,11 +45,11 @@ impl Collector {
         match rec {
             Record::Event(ev) => {
                 let out = self.table.ingest(ev, &mut self.sys);
+                // A record without a name: no DNS answer (nor an earlier
+                // lookup) named its remote.
                 if let Some(res) = self.resolver.as_mut() {
                     for r in out.iter().filter(|r| r.remote_name.is_none()) {
-                        if !self.table.dns_named(&r.remote_ip) {
-                            res.want(r.remote_ip);
-                        }
+                        res.want(r.remote_ip);
                     }
                 }
                 self.sinks.flows(&out)

@@ -197,21 +197,6 @@ fn parse_ptr_arg(s: &str) -> Result<(std::net::IpAddr, String), String> {
     Ok((a.parse().map_err(|e| format!("{a}: {e}"))?, n.to_string()))
 }
 
-/// The question name of a DNS message, as dotted text, and where the
-/// question (name, type, class) ends.
-fn question(q: &[u8]) -> Option<(String, usize)> {
-    let mut pos = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(pos)? as usize;
-        if len == 0 {
-            return Some((labels.join("."), pos + 5));
-        }
-        labels.push(String::from_utf8_lossy(q.get(pos + 1..pos + 1 + len)?).into_owned());
-        pos += 1 + len;
-    }
-}
-
 fn ready(port: u16) {
     println!("ready {port}");
     std::io::stdout().flush().ok();
@@ -636,11 +621,9 @@ fn main() -> Res<()> {
             for _ in 0..count {
                 let (n, from) = s.recv_from(&mut buf)?;
                 let q = &buf[..n];
-                let mut qend = 12;
-                while qend < n && q[qend] != 0 {
-                    qend += 1 + q[qend] as usize;
-                }
-                qend += 5; // the root label, type and class
+                let Some((_, qend)) = procflow_core::dns::question(q) else {
+                    return Err("malformed DNS query".into());
+                };
                 let mut r = Vec::with_capacity(qend + 16);
                 r.extend_from_slice(&q[..2]);
                 r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
@@ -673,7 +656,7 @@ fn main() -> Res<()> {
                     continue;
                 };
                 let q = &buf[..n];
-                let Some((qname, qend)) = question(q) else {
+                let Some((qname, qend)) = procflow_core::dns::question(q) else {
                     continue;
                 };
                 queries += 1;
