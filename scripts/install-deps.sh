@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs what procflow needs to build, run and test on Debian 12, as root.
+# Nothing else is assumed: CI runs the test suite in a fresh debootstrap
+# minbase root that has only what this script installs (and the Rust
+# toolchain). libbpf is built from libbpf-sys's vendored source (gcc, make);
+# libelf and zlib are linked statically from their -dev packages.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make \
+    ca-certificates gcc libc6-dev make pkg-config \
+    clang-19 llvm-19 libelf-dev zlib1g-dev \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
