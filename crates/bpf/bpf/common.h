@@ -66,6 +66,18 @@ PF_MAP struct {
 	__type(value, struct pf_pending);
 } pending SEC(".maps");
 
+/* Start-up scan: the owner of every socket a process holds, by the socket's
+ * kernel address, from iter/task_file (where the socket pointer is not one
+ * socket storage accepts) for iter/tcp and iter/udp, which give the sockets'
+ * contexts these owners. User space empties it after the scan. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
+	__type(value, struct pf_owner);
+} scan_owner SEC(".maps");
+
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PF_STAT_MAX);
@@ -95,6 +107,7 @@ static __always_inline bool owner_current(struct pf_owner *o)
 	o->ppid = t->real_parent->tgid;
 	o->uid = (__u32)bpf_get_current_uid_gid();
 	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->start_ns = t->group_leader->start_boottime;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	return true;
 }
@@ -106,6 +119,7 @@ static __always_inline void owner_of_task(struct pf_owner *o, struct task_struct
 	o->ppid = BPF_CORE_READ(t, real_parent, tgid);
 	o->uid = BPF_CORE_READ(t, cred, uid.val);
 	o->cgroup_id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	o->start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
 	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), t->comm);
 }
 

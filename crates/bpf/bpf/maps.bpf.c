@@ -6,6 +6,7 @@
 /* Emit the record types into BTF so the skeleton generates them for Rust. */
 struct pf_flow_event _pf_flow_event = {};
 struct pf_exec_event _pf_exec_event = {};
+struct pf_fork_event _pf_fork_event = {};
 struct pf_dgram_key _pf_dgram_key = {};
 struct pf_dgram_val _pf_dgram_val = {};
 struct pf_sock_ctx _pf_sock_ctx = {};

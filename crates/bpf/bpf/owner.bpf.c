@@ -147,6 +147,7 @@ int BPF_PROG(pf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->_pad = 0;
+	e->start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->fname, sizeof(e->fname), BPF_CORE_READ(bprm, filename));
 
@@ -171,6 +172,30 @@ int BPF_PROG(pf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		    bpf_probe_read_kernel(e->path, n, sb->b + pos) == 0)
 			e->path_len = n;
 	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* fork and clone: a new process runs what its parent ran until it execs, so
+ * user space gives it the parent's identity from its first moment, even when
+ * it exits within a millisecond. New threads are not reported. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(pf_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 tgid = child->tgid;
+	if (tgid != child->pid)
+		return 0;
+	struct pf_fork_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return 0;
+	}
+	e->kind = PF_EV_FORK;
+	e->pid = tgid;
+	e->ppid = parent->tgid;
+	e->_pad = 0;
+	e->start_ns = child->start_boottime;
+	e->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_boottime);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

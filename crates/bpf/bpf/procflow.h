@@ -24,6 +24,7 @@ enum pf_kind {
 	PF_EV_SCAN = 6,    /* start-up scan: an existing socket */
 	PF_EV_DUMP = 7,    /* periodic reading of a live socket */
 	PF_EV_DNS = 10,    /* a DNS response arrived (remote names) */
+	PF_EV_FORK = 11,   /* a new process (not a thread) was created */
 };
 
 enum pf_origin {
@@ -54,6 +55,8 @@ struct pf_owner {
 	__u32 uid;
 	__u32 _pad;
 	__u64 cgroup_id;
+	__u64 start_ns;  /* the process's start (group leader's start_boottime):
+			  * with pid, a key no later process repeats */
 	char comm[PF_COMM_LEN];
 };
 
@@ -155,10 +158,22 @@ struct pf_exec_event {
 	__u16 path_len;       /* bytes of path[] used (0: not found) */
 	__u16 args_len;
 	__u32 _pad;
-	char comm[PF_COMM_LEN];
+	__u64 start_ns;       /* the process's start_boottime */
+	char comm[PF_COMM_LEN];  /* as set by this exec */
 	char args[PF_ARGS_LEN];
 	char fname[PF_FNAME_LEN];
 	char path[PF_EXEC_PATH];  /* absolute path of the executable */
+};
+
+/* A process created by fork or clone (threads are not reported): it runs
+ * what its parent ran until it calls exec. */
+struct pf_fork_event {
+	__u32 kind;  /* PF_EV_FORK */
+	__u32 pid;   /* the child's tgid */
+	__u32 ppid;  /* the forking process's tgid */
+	__u32 _pad;
+	__u64 start_ns;         /* the child's start_boottime */
+	__u64 parent_start_ns;  /* the forking process's start_boottime */
 };
 
 #define PF_DNS_MAX 512
@@ -181,10 +196,11 @@ enum pf_stat {
 };
 
 #ifdef __bpf__
-_Static_assert(sizeof(struct pf_owner) == 40, "pf_owner size");
+_Static_assert(sizeof(struct pf_owner) == 48, "pf_owner size");
+_Static_assert(sizeof(struct pf_fork_event) == 32, "pf_fork_event size");
 _Static_assert(sizeof(struct pf_counters) == 48, "pf_counters size");
 _Static_assert(sizeof(struct pf_addr) == 40, "pf_addr size");
-_Static_assert(sizeof(struct pf_flow_event) == 184, "pf_flow_event size");
+_Static_assert(sizeof(struct pf_flow_event) == 192, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 #endif
 
@@ -288,7 +304,7 @@ struct pf_verdict_event {
 _Static_assert(sizeof(struct pf_mask) == 128, "pf_mask size");
 _Static_assert(sizeof(struct pf_exe_key) == 260, "pf_exe_key size");
 _Static_assert(sizeof(struct pf_policy_hdr) == 912, "pf_policy_hdr size");
-_Static_assert(sizeof(struct pf_verdict_event) == 376, "pf_verdict_event size");
+_Static_assert(sizeof(struct pf_verdict_event) == 384, "pf_verdict_event size");
 #endif
 
 #endif /* PROCFLOW_H */

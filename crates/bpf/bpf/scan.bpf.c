@@ -21,6 +21,14 @@ static __always_inline void scan_sock(struct seq_file *seq, struct sock *sk, boo
 		ctx_init(ctx, sk, false);
 		ctx->addr.origin = PF_ORIGIN_STARTUP;
 	}
+	if (!(ctx->flags & PF_F_OWNER)) {
+		__u64 key = (__u64)sk;
+		struct pf_owner *o = bpf_map_lookup_elem(&scan_owner, &key);
+		if (o) {
+			ctx->owner = *o;
+			__sync_fetch_and_or(&ctx->flags, PF_F_OWNER | PF_F_OWNER_WEAK);
+		}
+	}
 	struct pf_flow_event e = {};
 	event_from_ctx(&e, PF_EV_SCAN, ctx);
 	addr_of_sock(sk, &e.addr);
@@ -62,9 +70,10 @@ int pf_iter_udp(struct bpf_iter__udp *it)
 	return 0;
 }
 
-/* Every socket file of every process: its owner, unless a hook already saw
- * the owner act. It writes nothing: the contexts are its output. Threads
- * share the table of their leader: leaders only. */
+/* Every socket file of every process: its owner, by the socket's address,
+ * for the TCP and UDP walks that follow (scan_owner). It writes nothing.
+ * Threads share the table of their leader: leaders only. The first process
+ * found holding a socket is its owner (weak until it acts on it). */
 SEC("iter/task_file")
 int pf_iter_task_file(struct bpf_iter__task_file *it)
 {
@@ -83,19 +92,10 @@ int pf_iter_task_file(struct bpf_iter__task_file *it)
 	__u16 family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!ctx) {
-		stat_inc(PF_STAT_NO_STORAGE);
-		return 0;
-	}
-	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(sk))) {
-		ctx_init(ctx, sk, false);
-		ctx->addr.origin = PF_ORIGIN_STARTUP;
-	}
-	if (!(ctx->flags & PF_F_OWNER)) {
-		owner_of_task(&ctx->owner, task);
-		__sync_fetch_and_or(&ctx->flags, PF_F_OWNER | PF_F_OWNER_WEAK);
-	}
+	__u64 key = (__u64)sk;
+	struct pf_owner o = {};
+	owner_of_task(&o, task);
+	bpf_map_update_elem(&scan_owner, &key, &o, BPF_NOEXIST);
 	return 0;
 }
 

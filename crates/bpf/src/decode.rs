@@ -5,9 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use procflow_core::event::FlowView;
 use procflow_core::flow::{BeforeStart, Counters, Direction, FlowInfo, FlowKey, Origin, Proto};
-use procflow_core::identity::{ExecInfo, Owner};
+use procflow_core::identity::{ExecInfo, Owner, ProcessKey};
+use procflow_core::FlowEvent;
 
-use crate::skel::types::{pf_counters, pf_exec_event, pf_flow_event, pf_owner};
+use crate::skel::types::{pf_counters, pf_exec_event, pf_flow_event, pf_fork_event, pf_owner};
 
 pub const PF_EV_OPEN: u32 = 1;
 pub const PF_EV_CLOSE: u32 = 2;
@@ -16,13 +17,15 @@ pub const PF_EV_RELEASE: u32 = 4;
 pub const PF_EV_EXEC: u32 = 5;
 pub const PF_EV_DUMP: u32 = 7;
 pub const PF_EV_DNS: u32 = 10;
+pub const PF_EV_FORK: u32 = 11;
 
 pub const PF_F_OWNER: u32 = 0x02;
 pub const PF_F_BEFORE: u32 = 0x20;
 
-pub const FLOW_EVENT_SIZE: usize = 184;
+pub const FLOW_EVENT_SIZE: usize = 192;
 const _: () = assert!(std::mem::size_of::<pf_flow_event>() == FLOW_EVENT_SIZE);
-const _: () = assert!(std::mem::size_of::<pf_owner>() == 40);
+const _: () = assert!(std::mem::size_of::<pf_owner>() == 48);
+const _: () = assert!(std::mem::size_of::<pf_fork_event>() == 32);
 const _: () = assert!(std::mem::size_of::<pf_counters>() == 48);
 
 /// Reads a `T` from the start of `bytes`, if it is long enough.
@@ -102,6 +105,21 @@ pub fn owner(o: &pf_owner) -> Owner {
         uid: o.uid,
         comm: c_str(&o.comm),
         cgroup_id: o.cgroup_id,
+        start_ns: o.start_ns,
+    }
+}
+
+/// A fork record: the child runs what its parent ran.
+pub fn fork(e: &pf_fork_event) -> FlowEvent {
+    FlowEvent::Fork {
+        child: ProcessKey {
+            pid: e.pid,
+            start_ns: e.start_ns,
+        },
+        parent: ProcessKey {
+            pid: e.ppid,
+            start_ns: e.parent_start_ns,
+        },
     }
 }
 
@@ -171,7 +189,7 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
 }
 
 /// The absolute executable path and command line of an exec record.
-pub fn exec_info(e: &pf_exec_event) -> (u32, ExecInfo) {
+pub fn exec_info(e: &pf_exec_event) -> (ProcessKey, ExecInfo) {
     let n = (e.path_len as usize).min(e.path.len());
     let mut exe: String =
         String::from_utf8_lossy(&e.path[..n].iter().map(|&c| c as u8).collect::<Vec<u8>>())
@@ -187,7 +205,12 @@ pub fn exec_info(e: &pf_exec_event) -> (u32, ExecInfo) {
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    (e.pid, ExecInfo { exe, cmdline })
+    let key = ProcessKey {
+        pid: e.pid,
+        start_ns: e.start_ns,
+    };
+    let comm = c_str(&e.comm);
+    (key, ExecInfo { exe, cmdline, comm })
 }
 
 #[cfg(test)]
@@ -210,8 +233,8 @@ mod tests {
             e.args[i] = *b as i8;
         }
         e.args_len = args.len() as u16;
-        let (pid, info) = exec_info(&e);
-        assert_eq!(pid, 42);
+        let (key, info) = exec_info(&e);
+        assert_eq!(key.pid, 42);
         assert_eq!(info.exe, "/usr/bin/curl");
         assert_eq!(info.cmdline, "curl -s http://x");
     }

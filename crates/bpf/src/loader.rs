@@ -17,43 +17,35 @@ use procflow_core::flow::{Counters, FlowKey};
 
 use crate::cgroup::cgroup2_root;
 use crate::decode::{self, Clock};
-use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event};
+use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event};
 use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
 use crate::{BpfError, Record};
 
-/// Programs attached to the root cgroup.
-const CGROUP_PROGS: &[&str] = &[
-    "pf_sock_create",
-    "pf_post_bind4",
-    "pf_post_bind6",
-    "pf_connect4",
-    "pf_connect6",
-    "pf_sendmsg4",
-    "pf_sendmsg6",
-    "pf_sock_release",
-    "pf_egress",
-    "pf_ingress",
-    "pf_sockops",
-    "pf_pol_bind4",
-    "pf_pol_bind6",
-    "pf_pol_sock",
-];
-/// Tracing programs attached to their tracepoints.
-const TRACE_PROGS: &[&str] = &[
-    "pf_send_len",
-    "pf_recv_len",
-    "pf_exec",
-    "pf_tcp_state",
-    "pf_pol_exec",
-];
-/// Iterators, attached when used.
-const ITER_PROGS: &[&str] = &[
-    "pf_iter_tcp",
-    "pf_iter_udp",
-    "pf_iter_task_file",
-    "pf_dump_tcp",
-    "pf_dump_udp",
-];
+/// How a program is attached, from its ELF section: every program in the
+/// object has one, or procflow refuses to start (a program nobody attaches
+/// would load and silently do nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachKind {
+    /// Attached to the root cgroup (`cgroup/*`, `cgroup_skb/*`, `sockops`).
+    Cgroup,
+    /// Attached to its tracepoint (`tp_btf/*`).
+    Tracepoint,
+    /// An iterator, attached when used (`iter/*`).
+    Iterator,
+}
+
+fn attach_kind(section: &str) -> Option<AttachKind> {
+    if section.starts_with("cgroup/") || section.starts_with("cgroup_skb/") || section == "sockops"
+    {
+        Some(AttachKind::Cgroup)
+    } else if section.starts_with("tp_btf/") {
+        Some(AttachKind::Tracepoint)
+    } else if section.starts_with("iter/") {
+        Some(AttachKind::Iterator)
+    } else {
+        None
+    }
+}
 
 /// A program the kernel would not load, and why.
 #[derive(Debug, Clone)]
@@ -111,6 +103,12 @@ fn open(
         .map_err(|e| BpfError::Load(format!("opening the eBPF object: {e}")))?;
     for mut p in open.open_object_mut().progs_mut() {
         let name = p.name().to_string_lossy().into_owned();
+        let section = p.section().to_string_lossy().into_owned();
+        if attach_kind(&section).is_none() {
+            return Err(BpfError::Load(format!(
+                "program {name} (section {section}) has no attach kind the loader knows"
+            )));
+        }
         let keep = match only {
             Some(o) => o == name,
             None => !skip.iter().any(|r| r.name == name),
@@ -121,14 +119,6 @@ fn open(
         ro.pf_rules_on = u32::from(rules);
     }
     Ok(open)
-}
-
-fn all_progs() -> impl Iterator<Item = &'static str> {
-    CGROUP_PROGS
-        .iter()
-        .chain(TRACE_PROGS)
-        .chain(ITER_PROGS)
-        .copied()
 }
 
 /// Routes libbpf's messages into procflow's log (its debug output shows
@@ -162,7 +152,12 @@ impl Kernel {
             Ok(s) => s,
             Err(first) => {
                 // Find which programs the kernel refuses, one at a time.
-                for name in all_progs() {
+                let names: Vec<String> = open(None, &[], rules)?
+                    .open_object()
+                    .progs()
+                    .map(|p| p.name().to_string_lossy().into_owned())
+                    .collect();
+                for name in &names {
                     if let Err(e) = open(Some(name), &[], rules)?.load() {
                         refused.push(Refused {
                             name: name.to_string(),
@@ -212,12 +207,10 @@ impl Kernel {
                 if !loaded.contains(&name) {
                     continue;
                 }
-                let link = if CGROUP_PROGS.contains(&name.as_str()) {
-                    p.attach_cgroup(cg.as_raw_fd())
-                } else if TRACE_PROGS.contains(&name.as_str()) {
-                    p.attach()
-                } else {
-                    continue;
+                let link = match attach_kind(&p.section().to_string_lossy()) {
+                    Some(AttachKind::Cgroup) => p.attach_cgroup(cg.as_raw_fd()),
+                    Some(AttachKind::Tracepoint) => p.attach(),
+                    Some(AttachKind::Iterator) | None => continue,
                 };
                 match link {
                     Ok(l) => links.push(l),
@@ -397,6 +390,16 @@ impl Kernel {
         Some(total)
     }
 
+    /// Empties the start-up scan's owner table (sockets the TCP and UDP
+    /// walks did not meet: raw and ping sockets, closed since).
+    pub(crate) fn clear_scan_owners(&self) {
+        let map = &self.skel.maps.scan_owner;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for k in keys {
+            let _ = map.delete(&k);
+        }
+    }
+
     /// Number of datagram flow entries in the kernel.
     pub fn datagram_entries(&self) -> usize {
         self.skel.maps.dgram_flows.keys().count()
@@ -427,8 +430,12 @@ fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
     }
     if kind == decode::PF_EV_EXEC {
         let e: pf_exec_event = decode::read_struct(data)?;
-        let (pid, info) = decode::exec_info(&e);
-        return Some(Record::Event(FlowEvent::Exec { pid, info }));
+        let (process, info) = decode::exec_info(&e);
+        return Some(Record::Event(FlowEvent::Exec { process, info }));
+    }
+    if kind == decode::PF_EV_FORK {
+        let e: pf_fork_event = decode::read_struct(data)?;
+        return Some(Record::Event(decode::fork(&e)));
     }
     let e: pf_flow_event = decode::read_struct(data)?;
     Some(match kind {

@@ -36,7 +36,7 @@ const UID_MISS: u32 = u32::MAX;
 const COMM_MISS: [u8; 16] = [0xff; 16];
 
 pub const PF_EV_VERDICT: u32 = 9;
-pub const VERDICT_EVENT_SIZE: usize = 376;
+pub const VERDICT_EVENT_SIZE: usize = 384;
 const _: () = assert!(std::mem::size_of::<pf_verdict_event>() == VERDICT_EVENT_SIZE);
 const _: () = assert!(std::mem::size_of::<pf_policy_hdr>() == 912);
 

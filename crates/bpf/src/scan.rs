@@ -128,7 +128,8 @@ impl Kernel {
         let mut out = Vec::new();
         let mut report = ScanReport::default();
 
-        // Gives every socket held by a process its owner; writes nothing.
+        // Every socket held by a process, with its owner (scan_owner);
+        // writes nothing.
         let task_fd = self.iter_link("pf_iter_task_file")?.as_fd().as_raw_fd();
         read_iter(task_fd)?;
 
@@ -145,6 +146,7 @@ impl Kernel {
                 Err(e) => report.failed.push(e.to_string()),
             }
         }
+        self.clear_scan_owners();
         report.elapsed = started.elapsed();
         Ok((out, report))
     }

@@ -5,7 +5,7 @@
 //! events instead of a kernel.
 
 use crate::flow::{BeforeStart, Counters, FlowInfo, FlowKey};
-use crate::identity::{ExecInfo, Owner};
+use crate::identity::{ExecInfo, Owner, ProcessKey};
 
 /// Everything the kernel knows of one flow at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +31,13 @@ pub enum FlowEvent {
     /// A process other than the recorded owner used the socket `cookie`.
     Owner { cookie: u64, owner: Owner },
     /// A process called exec; captured in the kernel at that moment.
-    Exec { pid: u32, info: ExecInfo },
+    Exec { process: ProcessKey, info: ExecInfo },
+    /// A new process (not a thread) was created by fork or clone from
+    /// `parent`; captured in the kernel at that moment.
+    Fork {
+        child: ProcessKey,
+        parent: ProcessKey,
+    },
     /// A DNS response received by a socket of process `pid` (0: unknown).
     Dns { pid: u32, message: Vec<u8> },
 }

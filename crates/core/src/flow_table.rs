@@ -18,14 +18,19 @@ struct Entry {
     view: FlowView,
     /// The remote's name, once learned (it then stays for the flow's life).
     remote_name: Option<String>,
+    /// The flow was counted in `TableStats::exe_unknown`.
+    unknown_counted: bool,
 }
 
 /// Totals kept over a run, for the stats record.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TableStats {
     /// Distinct flows seen.
     pub flows_seen: u64,
     pub flows_closed: u64,
+    /// Flows whose owner's executable could not be known, by reason (each
+    /// flow counted once).
+    pub exe_unknown: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +63,7 @@ impl FlowTable {
     }
 
     pub fn stats(&self) -> TableStats {
-        self.stats
+        self.stats.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -99,8 +104,12 @@ impl FlowTable {
                 }
                 Vec::new()
             }
-            FlowEvent::Exec { pid, info } => {
-                self.identities.exec(pid, info);
+            FlowEvent::Exec { process, info } => {
+                self.identities.exec(process, info, sys);
+                Vec::new()
+            }
+            FlowEvent::Fork { child, parent } => {
+                self.identities.fork(child, parent, sys);
                 Vec::new()
             }
             FlowEvent::Owner { cookie, owner } => {
@@ -236,6 +245,7 @@ impl FlowTable {
             Entry {
                 view,
                 remote_name: None,
+                unknown_counted: false,
             },
         );
     }
@@ -286,6 +296,12 @@ impl FlowTable {
         let info = v.info.clone();
         let (counters, before_start, start_ns) = (v.counters, v.before_start, v.start_ns);
         let process: Option<ProcessIdentity> = owner.map(|o| self.identities.resolve(&o, sys));
+        if let Some(why) = process.as_ref().and_then(|p| p.exe_unknown.as_ref()) {
+            if let Some(e) = self.flows.get_mut(key).filter(|e| !e.unknown_counted) {
+                e.unknown_counted = true;
+                *self.stats.exe_unknown.entry(why.clone()).or_default() += 1;
+            }
+        }
         FlowRecord {
             kind: "flow",
             flow_id: key.to_string(),
@@ -341,6 +357,7 @@ mod tests {
                 uid: 0,
                 comm: "dig".into(),
                 cgroup_id: 1,
+                start_ns: 0,
             }),
             counters: Counters {
                 tx_payload: tx,
@@ -444,10 +461,14 @@ mod tests {
         let mut sys = FakeSystem::default();
         t.ingest(
             FlowEvent::Exec {
-                pid: 777,
+                process: crate::identity::ProcessKey {
+                    pid: 777,
+                    start_ns: 0,
+                },
                 info: ExecInfo {
                     exe: "/tmp/short-lived".into(),
                     cmdline: "short-lived 1".into(),
+                    comm: "short-lived".into(),
                 },
             },
             &mut sys,
@@ -462,6 +483,44 @@ mod tests {
         let p = r[0].process.as_ref().unwrap();
         assert_eq!(p.exe.as_deref(), Some("/tmp/short-lived"));
         assert_eq!(p.cmdline.as_deref(), Some("short-lived 1"));
+    }
+
+    #[test]
+    fn forked_child_that_is_gone_names_its_parent_and_unknowns_are_counted_by_reason() {
+        use crate::identity::{reason, ProcessKey};
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let parent = ProcessKey {
+            pid: 100,
+            start_ns: 0,
+        };
+        let child = ProcessKey {
+            pid: 778,
+            start_ns: 0,
+        };
+        t.ingest(FlowEvent::Fork { child, parent }, &mut sys);
+        sys.gone = true;
+        let r = t.ingest(
+            FlowEvent::Close {
+                view: view(FlowKey::socket(1), Some(778), 10),
+                end_ns: 2,
+            },
+            &mut sys,
+        );
+        let p = r[0].process.as_ref().unwrap();
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/old"));
+        assert_eq!(p.exe_unknown, None);
+        // A process nobody saw: the reason, counted once per flow.
+        let k = FlowKey::socket(2);
+        t.ingest(FlowEvent::Open(view(k, Some(555), 1)), &mut sys);
+        t.snapshot(&mut sys);
+        let r = t.close(&k, 3, &mut sys).unwrap();
+        assert_eq!(
+            r.process.unwrap().exe_unknown.as_deref(),
+            Some(reason::EXITED)
+        );
+        assert_eq!(t.stats().exe_unknown.get(reason::EXITED), Some(&1));
+        assert_eq!(t.stats().exe_unknown.len(), 1);
     }
 
     #[test]

@@ -190,6 +190,7 @@ fn stats_record(
         "flows_seen": t.flows_seen,
         "flows_closed": t.flows_closed,
         "flows_open": c.table.len(),
+        "exe_unknown": t.exe_unknown,
         "events_lost": k.events_lost,
         "storage_failures": k.no_storage,
         "datagram_table_full": k.dgram_full,

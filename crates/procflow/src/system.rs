@@ -7,7 +7,35 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use procflow_core::identity::{ExecInfo, SystemLookup};
+use std::io::Read;
+
+use procflow_core::identity::{reason, ExecInfo, RunningProcess, SystemLookup};
+
+/// Bytes of a command line read from /proc: a process cannot make every
+/// record carry megabytes.
+const MAX_CMDLINE: u64 = 4096;
+
+/// At most `max` bytes of a file; empty if it cannot be read.
+fn read_bounded(path: &str, max: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    buf
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot). The
+/// name in field 2 may hold spaces and parentheses: fields are counted
+/// after its last ')'.
+fn stat_start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Field 3 of /proc/PID/stat: the state (R, S, Z for a zombie...).
+fn stat_state(stat: &str) -> Option<&str> {
+    stat[stat.rfind(')')? + 1..].split_ascii_whitespace().next()
+}
 
 #[derive(Debug)]
 pub struct ProcSystem {
@@ -59,22 +87,41 @@ fn passwd_name(uid: u32) -> Option<String> {
 }
 
 impl SystemLookup for ProcSystem {
-    fn process(&mut self, pid: u32) -> Option<ExecInfo> {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = raw
+    fn process(&mut self, pid: u32) -> Result<Option<RunningProcess>, &'static str> {
+        // The start time first: it tells which process holds the pid now.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return Ok(None);
+        };
+        let Some(start_ticks) = stat_start_ticks(&stat) else {
+            return Ok(None);
+        };
+        let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(p) => p,
+            // Exited: gone, or a zombie (its stat stays until it is reaped).
+            Err(_) if stat_state(&stat).is_none_or(|s| s == "Z" || s == "X") => return Ok(None),
+            Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => return Ok(None),
+            Err(_) => return Err(reason::UNREADABLE),
+        };
+        let cmdline = read_bounded(&format!("/proc/{pid}/cmdline"), MAX_CMDLINE)
             .split(|&b| b == 0)
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect::<Vec<_>>()
             .join(" ");
-        Some(ExecInfo {
-            exe: exe
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string(),
-            cmdline,
-        })
+        let comm = String::from_utf8_lossy(&read_bounded(&format!("/proc/{pid}/comm"), 64))
+            .trim_end_matches('\n')
+            .to_string();
+        Ok(Some(RunningProcess {
+            info: ExecInfo {
+                exe: exe
+                    .to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string(),
+                cmdline,
+                comm,
+            },
+            start_ticks,
+        }))
     }
 
     fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -96,5 +143,38 @@ impl SystemLookup for ProcSystem {
             self.walk_cgroups();
         }
         self.cgroups.get(&id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_after_a_name_with_spaces_and_parentheses() {
+        let stat =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(stat_start_ticks(stat), Some(98765));
+        assert_eq!(stat_start_ticks("garbage"), None);
+        assert_eq!(stat_state(stat), Some("S"));
+    }
+
+    #[test]
+    fn this_process_is_found_with_its_start_time() {
+        let me = std::process::id();
+        let p = ProcSystem::new("/sys/fs/cgroup".into())
+            .process(me)
+            .unwrap()
+            .unwrap();
+        assert!(p.info.exe.ends_with(
+            &std::env::current_exe()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        ));
+        assert!(p.start_ticks > 0);
+        assert!(!p.info.comm.is_empty());
     }
 }

@@ -133,6 +133,7 @@ fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
             exe: Some(format!("/usr/bin/prog{exe}")),
             cmdline: Some(format!("/usr/bin/prog{exe} --worker {p}")),
             cgroup: Some(format!("/system.slice/prog{exe}.service")),
+            exe_unknown: None,
         }),
         netns: 4_026_531_840,
         start: rfc3339(start_s as u64 * 1_000_000_000),

@@ -38,6 +38,7 @@ fn rec(id: u32, state: FlowState, tx: u64, rx: u64, start_s: i64) -> FlowRecord 
             exe: Some("/usr/bin/curl".into()),
             cmdline: Some("curl https://example.com/".into()),
             cgroup: Some("/user.slice".into()),
+            exe_unknown: None,
         }),
         netns: 1,
         start: rfc3339(ns(start_s)),

@@ -64,6 +64,7 @@ fn flows() -> Vec<Flow> {
                 exe: Some(format!("/usr/bin/prog{exe}")),
                 cmdline: None,
                 cgroup: None,
+                exe_unknown: None,
             }),
             netns: 4026531840,
             start: rfc3339(ns(start)),

@@ -48,6 +48,7 @@ impl Synth {
             exe: self.exe.map(String::from),
             cmdline: self.exe.map(|e| format!("{e} --flag")),
             cgroup: self.cgroup.map(String::from),
+            exe_unknown: None,
         })
     }
 
