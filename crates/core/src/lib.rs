@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod enforcement;
 pub mod event;
 pub mod flow;
 pub mod flow_table;
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod rules;
 pub mod timefmt;
 
+pub use enforcement::{RulesOutcome, RulesRecord, VerdictRecord};
 pub use event::FlowEvent;
 pub use flow::{Counters, Direction, FlowInfo, FlowKey, FlowRecord, Origin, Proto};
 pub use flow_table::FlowTable;
