@@ -48,9 +48,11 @@ pub enum StoreError {
     /// A batch could not be written; none of its `records` are in the store.
     /// The store stays usable: later batches are written when the cause
     /// (for example a full disk) goes away.
-    #[error("could not write {records} flow records to the store: {source}")]
+    #[error("could not write {records} {what} to the store: {source}")]
     Write {
         records: usize,
+        /// What kind of records: "flow records", "verdict and rules records".
+        what: &'static str,
         #[source]
         source: rusqlite::Error,
     },

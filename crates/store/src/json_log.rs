@@ -1,34 +1,57 @@
 //! The JSON-lines log: one JSON object per line, to a file or stdout, with
 //! rotation by size (`FILE` -> `FILE.1` -> ... -> `FILE.<keep>`).
+//!
+//! A failing write (a full disk, EIO) loses nothing at once: lines are
+//! queued and written in chunks, a chunk that could not be written whole is
+//! cut off the file again (so the file never holds half a line) and stays
+//! queued, and the next [`JsonLog::flush`] tries again. The queue is bounded
+//! ([`BACKLOG_LIMIT`] bytes): beyond it the oldest lines are dropped and
+//! counted ([`LogStats`]).
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::StoreError;
 
+/// How many bytes of lines wait for the file at most; beyond it the oldest
+/// lines are dropped.
+pub const BACKLOG_LIMIT: usize = 16 << 20;
+
+/// Lines are written in chunks of about this size; a write is attempted as
+/// soon as this much is queued.
+const CHUNK: usize = 64 << 10;
+
 enum Sink {
-    Stdout(BufWriter<io::Stdout>),
-    File(BufWriter<File>),
+    /// Standard output (a duplicate of its descriptor, so that writes are
+    /// not buffered twice).
+    Stdout(File),
+    /// The log file; `None` after a rotation that could not open the new
+    /// file (opened again at the next write).
+    File(Option<File>),
     #[cfg(test)]
     Other(Box<dyn Write + Send>),
 }
 
-impl Sink {
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Sink::Stdout(w) => w,
-            Sink::File(w) => w,
-            #[cfg(test)]
-            Sink::Other(w) => w,
-        }
-    }
+/// What the log has written and lost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Lines written to the file or stdout.
+    pub records_written: u64,
+    /// Lines dropped because the queue was full.
+    pub records_dropped: u64,
+    /// Lines waiting to be written.
+    pub records_pending: u64,
+    /// Writes (and rotations) that failed.
+    pub write_errors: u64,
 }
 
-/// A JSON-lines writer. Lines are buffered: call [`JsonLog::flush`] after
-/// each batch of records.
+/// A JSON-lines writer. Lines are queued: call [`JsonLog::flush`] after each
+/// batch of records.
 pub struct JsonLog {
     sink: Sink,
     /// The file, or None for stdout.
@@ -36,6 +59,16 @@ pub struct JsonLog {
     max_size: Option<u64>,
     keep: usize,
     size: u64,
+    backlog: VecDeque<Vec<u8>>,
+    backlog_bytes: usize,
+    backlog_limit: usize,
+    /// The last write failed: new lines are only queued until the next
+    /// flush tries again.
+    failing: bool,
+    /// Part of a line could not be cut off the output again: the next
+    /// write starts on a new line.
+    torn: bool,
+    stats: LogStats,
 }
 
 impl std::fmt::Debug for JsonLog {
@@ -45,20 +78,26 @@ impl std::fmt::Debug for JsonLog {
             .field("max_size", &self.max_size)
             .field("keep", &self.keep)
             .field("size", &self.size)
+            .field("stats", &self.stats)
             .finish()
     }
 }
 
-fn open_append(path: &Path) -> Result<(File, u64), StoreError> {
+/// Opens `path` for appending, creating it readable by its owner only (the
+/// log holds every process's command line). `nofollow`: refuse a symbolic
+/// link (a file created anew by a rotation, where anyone who can write to
+/// the directory could have put one).
+fn open_append(path: &Path, nofollow: bool) -> Result<(File, u64), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
+    let mut o = OpenOptions::new();
+    o.create(true).append(true).mode(0o600);
+    if nofollow {
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    let f = o.open(path).map_err(io)?;
     let size = f.metadata().map_err(io)?.len();
     Ok((f, size))
 }
@@ -70,11 +109,26 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Writes `buf` whole; returns how much was written before an error.
+fn write_counting(w: &mut dyn Write, buf: &[u8]) -> (usize, io::Result<()>) {
+    let mut done = 0;
+    while done < buf.len() {
+        match w.write(&buf[done..]) {
+            Ok(0) => return (done, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Err(e)),
+        }
+    }
+    (done, w.flush())
+}
+
 impl JsonLog {
     /// Opens `target` for appending, or stdout when it is `-`. With
     /// `max_size`, a file that would grow past it is rotated first, keeping
     /// `keep` older files (`keep` = 0: the file is simply started anew).
-    /// A single line longer than `max_size` gets a file of its own.
+    /// A single line longer than `max_size` gets a file of its own. A new
+    /// file is created with mode 0600.
     pub fn open(
         target: impl AsRef<Path>,
         max_size: Option<u64>,
@@ -82,32 +136,71 @@ impl JsonLog {
     ) -> Result<JsonLog, StoreError> {
         let target = target.as_ref();
         if target == Path::new("-") {
-            return Ok(JsonLog {
-                sink: Sink::Stdout(BufWriter::new(io::stdout())),
-                path: None,
-                max_size: None,
-                keep: 0,
-                size: 0,
-            });
+            use std::os::fd::AsFd;
+            let out = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(StoreError::Output)?;
+            return Ok(JsonLog::with_sink(
+                Sink::Stdout(File::from(out)),
+                None,
+                None,
+                0,
+                0,
+            ));
         }
-        let (f, size) = open_append(target)?;
-        Ok(JsonLog {
-            sink: Sink::File(BufWriter::new(f)),
-            path: Some(target.to_path_buf()),
+        let (f, size) = open_append(target, false)?;
+        Ok(JsonLog::with_sink(
+            Sink::File(Some(f)),
+            Some(target.to_path_buf()),
             max_size,
             keep,
             size,
-        })
+        ))
+    }
+
+    fn with_sink(
+        sink: Sink,
+        path: Option<PathBuf>,
+        max_size: Option<u64>,
+        keep: usize,
+        size: u64,
+    ) -> JsonLog {
+        JsonLog {
+            sink,
+            path,
+            max_size,
+            keep,
+            size,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            backlog_limit: BACKLOG_LIMIT,
+            failing: false,
+            torn: false,
+            stats: LogStats::default(),
+        }
     }
 
     #[cfg(test)]
     fn to_writer(w: Box<dyn Write + Send>) -> JsonLog {
-        JsonLog {
-            sink: Sink::Other(w),
-            path: None,
-            max_size: None,
-            keep: 0,
-            size: 0,
+        JsonLog::with_sink(Sink::Other(w), None, None, 0, 0)
+    }
+
+    /// Bounds the queue of lines waiting for the file to `bytes` (default
+    /// [`BACKLOG_LIMIT`]).
+    pub fn set_backlog_limit(&mut self, bytes: usize) {
+        self.backlog_limit = bytes;
+    }
+
+    /// The file, or None for stdout.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            records_pending: self.backlog.len() as u64,
+            ..self.stats
         }
     }
 
@@ -121,28 +214,31 @@ impl JsonLog {
         }
     }
 
-    /// Writes one record as one line. A reader that went away (broken pipe
-    /// on stdout) gives [`StoreError::BrokenPipe`].
+    /// Queues one record as one line, and writes the queue out once a chunk
+    /// is full. An error is that write's (the record stays queued); a reader
+    /// that went away (broken pipe on stdout) gives
+    /// [`StoreError::BrokenPipe`].
     pub fn write(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        let len = line.len() as u64;
-        if let Some(max) = self.max_size {
-            if self.size > 0 && self.size.saturating_add(len) > max {
-                self.rotate()?;
+        self.backlog_bytes += line.len();
+        self.backlog.push_back(line);
+        while self.backlog_bytes > self.backlog_limit && self.backlog.len() > 1 {
+            if let Some(old) = self.backlog.pop_front() {
+                self.backlog_bytes -= old.len();
+                self.stats.records_dropped += 1;
             }
         }
-        self.sink
-            .writer()
-            .write_all(&line)
-            .map_err(|e| self.io_error(e))?;
-        self.size += len;
+        if !self.failing && self.backlog_bytes >= CHUNK {
+            self.write_out()?;
+        }
         Ok(())
     }
 
-    /// Pushes buffered lines to the file or stdout.
+    /// Writes every queued line to the file or stdout. On error the lines
+    /// not written stay queued for the next flush.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        self.sink.writer().flush().map_err(|e| self.io_error(e))
+        self.write_out()
     }
 
     /// Current size of the file being written, in bytes.
@@ -150,8 +246,90 @@ impl JsonLog {
         self.size
     }
 
+    fn write_out(&mut self) -> Result<(), StoreError> {
+        let result = self.write_queue();
+        self.failing = result.is_err();
+        if let Err(e) = &result {
+            if !matches!(e, StoreError::BrokenPipe) {
+                self.stats.write_errors += 1;
+            }
+        }
+        result
+    }
+
+    fn write_queue(&mut self) -> Result<(), StoreError> {
+        let mut rotate_error = None;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        while let Some(first_len) = self.backlog.front().map(|l| l.len() as u64) {
+            if let Some(max) = self.max_size.filter(|_| rotate_error.is_none()) {
+                if self.size > 0 && self.size.saturating_add(first_len) > max {
+                    // A rotation that fails leaves the lines in the current
+                    // file rather than holding them back.
+                    if let Err(e) = self.rotate() {
+                        rotate_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Sink::File(None) = self.sink {
+                let path = self.path.clone().unwrap_or_default();
+                let (f, size) = open_append(&path, true)?;
+                self.sink = Sink::File(Some(f));
+                self.size = size;
+                self.torn = false;
+            }
+            chunk.clear();
+            if self.torn {
+                chunk.push(b'\n');
+            }
+            let mut lines = 0;
+            let room = self.max_size.filter(|_| rotate_error.is_none());
+            for line in &self.backlog {
+                let grown = self.size + (chunk.len() + line.len()) as u64;
+                if lines > 0
+                    && (chunk.len() + line.len() > CHUNK || room.is_some_and(|m| grown > m))
+                {
+                    break;
+                }
+                chunk.extend_from_slice(line);
+                lines += 1;
+            }
+            let (done, result) = match &mut self.sink {
+                Sink::Stdout(f) | Sink::File(Some(f)) => write_counting(f, &chunk),
+                Sink::File(None) => (0, Err(io::ErrorKind::NotConnected.into())),
+                #[cfg(test)]
+                Sink::Other(w) => write_counting(w, &chunk),
+            };
+            if let Err(e) = result {
+                if done > 0 {
+                    // Cut the partial chunk off again; where that is not
+                    // possible (stdout), start the next write on a new line.
+                    let cut = match &self.sink {
+                        Sink::File(Some(f)) => f.set_len(self.size).is_ok(),
+                        _ => false,
+                    };
+                    if !cut {
+                        self.torn = true;
+                        self.size += done as u64;
+                    }
+                }
+                return Err(self.io_error(e));
+            }
+            self.torn = false;
+            self.size += chunk.len() as u64;
+            for _ in 0..lines {
+                if let Some(l) = self.backlog.pop_front() {
+                    self.backlog_bytes -= l.len();
+                }
+            }
+            self.stats.records_written += lines as u64;
+        }
+        match rotate_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn rotate(&mut self) -> Result<(), StoreError> {
-        self.flush()?;
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
@@ -171,8 +349,13 @@ impl JsonLog {
             }
             fs::rename(&path, numbered(&path, 1)).map_err(io(&path))?;
         }
-        let (f, size) = open_append(&path)?;
-        self.sink = Sink::File(BufWriter::new(f));
+        // The old file is gone from under the name: from here on the
+        // lines go to a new one, opened at the next write if not now.
+        self.sink = Sink::File(None);
+        self.size = 0;
+        self.torn = false;
+        let (f, size) = open_append(&path, true)?;
+        self.sink = Sink::File(Some(f));
         self.size = size;
         Ok(())
     }
@@ -265,5 +448,130 @@ mod tests {
             Err(StoreError::BrokenPipe) => {}
             other => panic!("expected BrokenPipe, got {other:?}"),
         }
+    }
+    /// A writer that fails while `fail` is set, after taking `partial`
+    /// bytes of the write that fails.
+    #[derive(Default)]
+    struct Flaky {
+        fail: bool,
+        partial: usize,
+        data: Vec<u8>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Flaky>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut f = self.0.lock().unwrap();
+            if f.fail {
+                if f.partial > 0 {
+                    let n = f.partial.min(buf.len());
+                    f.partial = 0;
+                    f.data.extend_from_slice(&buf[..n]);
+                    return Ok(n);
+                }
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            f.data.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn numbers(data: &[u8]) -> Vec<u32> {
+        String::from_utf8_lossy(data)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["n"].as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    #[test]
+    fn a_failing_write_keeps_the_lines_and_the_next_flush_writes_them() {
+        let out = Shared::default();
+        let mut log = JsonLog::to_writer(Box::new(out.clone()));
+        log.write(&Line { n: 1, pad: "x" }).unwrap();
+        log.flush().unwrap();
+        out.0.lock().unwrap().fail = true;
+        log.write(&Line { n: 2, pad: "x" }).unwrap();
+        log.write(&Line { n: 3, pad: "x" }).unwrap();
+        assert!(log.flush().is_err());
+        assert!(log.flush().is_err());
+        let st = log.stats();
+        assert_eq!((st.records_written, st.records_pending), (1, 2));
+        assert_eq!((st.write_errors, st.records_dropped), (2, 0));
+        out.0.lock().unwrap().fail = false;
+        log.write(&Line { n: 4, pad: "x" }).unwrap();
+        log.flush().unwrap();
+        assert_eq!(numbers(&out.0.lock().unwrap().data), vec![1, 2, 3, 4]);
+        let st = log.stats();
+        assert_eq!((st.records_written, st.records_pending), (4, 0));
+    }
+
+    #[test]
+    fn half_a_line_written_before_a_failure_is_ended_before_the_next_line() {
+        let out = Shared::default();
+        let mut log = JsonLog::to_writer(Box::new(out.clone()));
+        {
+            let mut f = out.0.lock().unwrap();
+            f.fail = true;
+            f.partial = 5;
+        }
+        log.write(&Line { n: 1, pad: "x" }).unwrap();
+        assert!(log.flush().is_err());
+        out.0.lock().unwrap().fail = false;
+        log.flush().unwrap();
+        let data = out.0.lock().unwrap().data.clone();
+        let text = String::from_utf8(data.clone()).unwrap();
+        // The torn start stands on a line of its own; the record is whole.
+        assert_eq!(text, "{\"n\":\n{\"n\":1,\"pad\":\"x\"}\n");
+        assert_eq!(numbers(&data), vec![1]);
+    }
+
+    #[test]
+    fn a_full_backlog_drops_the_oldest_lines_and_counts_them() {
+        let out = Shared::default();
+        out.0.lock().unwrap().fail = true;
+        let mut log = JsonLog::to_writer(Box::new(out.clone()));
+        // Each line is 18 bytes: {"n":N,"pad":"x"}\n
+        log.set_backlog_limit(3 * 18);
+        for n in 0..5 {
+            log.write(&Line { n, pad: "x" }).unwrap();
+        }
+        assert_eq!(log.stats().records_dropped, 2);
+        out.0.lock().unwrap().fail = false;
+        log.flush().unwrap();
+        assert_eq!(numbers(&out.0.lock().unwrap().data), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_new_log_is_private_and_rotation_refuses_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let mut log = JsonLog::open(&path, Some(21), 1).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        log.write(&Line { n: 1, pad: "xxxx" }).unwrap();
+        log.flush().unwrap();
+        log.write(&Line { n: 2, pad: "xxxx" }).unwrap();
+        log.flush().unwrap();
+        assert_eq!(lines(&numbered(&path, 1)), vec![1]);
+        assert_eq!(
+            mode(&path),
+            0o600,
+            "the file a rotation creates is private too"
+        );
+        // The file a rotation opens is never a link someone put there.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = open_append(&link, true).unwrap_err();
+        assert!(e.to_string().contains("symbolic links"), "{e}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "");
     }
 }

@@ -5,13 +5,15 @@
 //! - deletes the flows whose last record (their end, or for a flow that never
 //!   got a final record, the last time it was written) is older than
 //!   `now - retain`, and the hourly totals of hours that ended before that;
+//! - deletes the blocked attempts and rules loads older than `now - retain`;
 //! - deletes the 10-second samples that started more than [`FINE_FOR`]
 //!   before `now` (on the hour): older traffic is kept in the hourly totals
 //!   only, which the writer fills beside the samples, so totals never change,
 //!   only the time resolution of old data;
 //! - deletes the series and processes not used for more than `retain` (and
 //!   two or three hours of margin), then the executables and runs nothing
-//!   refers to any more.
+//!   refers to any more (a run's row, with its stats, is kept for `retain`
+//!   after it ended).
 //!
 //! Every step uses an index or a primary-key range, so a pass costs what it
 //! deletes, not the size of the store.
@@ -37,6 +39,10 @@ pub struct RetentionSummary {
     /// unless those were deleted too).
     pub samples_deleted: usize,
     pub hours_deleted: usize,
+    /// Blocked attempts deleted.
+    pub verdicts_deleted: usize,
+    /// Records of rules loads deleted.
+    pub rules_changes_deleted: usize,
 }
 
 /// The last flow row that started before `cutoff_us`, found by bisecting
@@ -106,6 +112,10 @@ impl Store {
                     "DELETE FROM hourly WHERE hour <= ?1",
                     [cutoff_s.saturating_sub(HOUR_SECONDS)],
                 )?,
+                verdicts_deleted: conn
+                    .execute("DELETE FROM verdicts WHERE time_us < ?1", [cutoff_us])?,
+                rules_changes_deleted: conn
+                    .execute("DELETE FROM rules_changes WHERE time_us < ?1", [cutoff_us])?,
             };
             // Series and processes unused for a while: the writer keeps the
             // last_seen_us of those in use fresh to within minutes, so these
@@ -126,11 +136,17 @@ impl Store {
                     [],
                 )?;
             }
+            // A run's row (and its stats) is kept for the retention time
+            // after it ended, and while anything refers to it. Verdicts
+            // need no check of their own: each refers to a process of its
+            // run, which outlives it (see above).
             conn.execute(
                 "DELETE FROM runs WHERE run_id <> ?1
+                   AND coalesce(ended_us, started_us) < ?2
                    AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.run_id = runs.run_id)
-                   AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.run_id = runs.run_id)",
-                [current_run],
+                   AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.run_id = runs.run_id)
+                   AND NOT EXISTS (SELECT 1 FROM rules_changes c WHERE c.run_id = runs.run_id)",
+                [current_run, cutoff_us],
             )?;
             Ok(sum)
         };

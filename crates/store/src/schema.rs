@@ -20,7 +20,7 @@ use crate::error::StoreError;
 pub const APPLICATION_ID: i32 = 0x5046_4C57;
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: runs, executables, processes, flows, series and samples.
 ///
@@ -115,8 +115,52 @@ ALTER TABLE flows ADD COLUMN remote_name TEXT;
 ALTER TABLE series ADD COLUMN remote_name TEXT;
 ";
 
+/// Version 3: what the rules did and how each run ended. Blocked attempts
+/// (`verdicts`), loads and reloads of the rules file (`rules_changes`), each
+/// run's end and final stats record (`runs.ended_us`, `runs.stats`), the
+/// deciding rule of the traffic (`series.verdict`, `series.rule`) and why a
+/// process's executable is unknown (`processes.exe_unknown`).
+const V3: &str = "
+ALTER TABLE runs ADD COLUMN ended_us INTEGER;
+ALTER TABLE runs ADD COLUMN stats TEXT;
+ALTER TABLE processes ADD COLUMN exe_unknown TEXT;
+ALTER TABLE series ADD COLUMN verdict TEXT;
+ALTER TABLE series ADD COLUMN rule TEXT;
+CREATE TABLE verdicts (
+    verdict_id   INTEGER PRIMARY KEY,
+    run_id       INTEGER NOT NULL REFERENCES runs(run_id),
+    time_us      INTEGER NOT NULL,
+    process_id   INTEGER REFERENCES processes(process_id),
+    action       TEXT NOT NULL,
+    rule         TEXT,
+    rule_index   INTEGER,
+    generation   INTEGER NOT NULL,
+    hook         TEXT NOT NULL,
+    proto        TEXT NOT NULL,
+    family       INTEGER NOT NULL,
+    direction    TEXT NOT NULL,
+    local_ip     TEXT NOT NULL,
+    local_port   INTEGER NOT NULL,
+    remote_ip    TEXT NOT NULL,
+    remote_port  INTEGER NOT NULL,
+    netns        INTEGER NOT NULL
+);
+CREATE INDEX verdicts_time ON verdicts(time_us);
+CREATE TABLE rules_changes (
+    change_id   INTEGER PRIMARY KEY,
+    run_id      INTEGER NOT NULL REFERENCES runs(run_id),
+    time_us     INTEGER NOT NULL,
+    generation  INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    rules       INTEGER NOT NULL,
+    error       TEXT
+);
+CREATE INDEX rules_changes_time ON rules_changes(time_us);
+";
+
 /// `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
 
 /// The 16 bytes every SQLite database file starts with.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

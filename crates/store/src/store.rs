@@ -4,7 +4,8 @@
 //! and writes it in one transaction: each record upserts its flow's row, and
 //! the growth of its byte counters since the flow's previous record goes into
 //! a 10-second sample of its series (process, remote, service port, proto,
-//! direction) and into the hourly total of that series. The previous
+//! direction, remote name, deciding rule) and into the hourly total of that
+//! series. The previous
 //! counters of live flows are kept in memory, and
 //! read back from the flow's row when they are not (after a restart of the
 //! writer, or when the bounded caches were emptied), so a flow is never
@@ -70,6 +71,9 @@ struct SeriesKey {
     proto: Proto,
     direction: Direction,
     remote_name: Option<String>,
+    /// `allow` or `block`.
+    verdict: Option<&'static str>,
+    rule: Option<String>,
 }
 
 /// What the writer remembers of a live flow.
@@ -80,6 +84,9 @@ struct LiveFlow {
     tx_bytes: u64,
     rx_bytes: u64,
     remote_name: Option<String>,
+    /// The flow's verdict and deciding rule, once known.
+    verdict: Option<Verdict>,
+    rule: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -135,10 +142,18 @@ pub(crate) fn direction_str(d: Direction) -> &'static str {
     }
 }
 
-fn verdict_str(v: Verdict) -> &'static str {
+pub(crate) fn verdict_str(v: Verdict) -> &'static str {
     match v {
         Verdict::Allow => "allow",
         Verdict::Block => "block",
+    }
+}
+
+fn parse_verdict(s: Option<String>) -> Option<Verdict> {
+    match s.as_deref() {
+        Some("allow") => Some(Verdict::Allow),
+        Some("block") => Some(Verdict::Block),
+        _ => None,
     }
 }
 
@@ -203,6 +218,41 @@ impl Store {
         Ok(id)
     }
 
+    /// Ends the current run: its end time and its final stats record (a
+    /// JSON object, kept as text in `runs.stats`). Starts a run first if
+    /// none was started, so that the stats of a run that recorded nothing
+    /// are kept too.
+    pub fn end_run(
+        &mut self,
+        stats: &impl serde::Serialize,
+        now_unix_ns: u64,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(stats)?;
+        let now_us = db_u64(now_unix_ns / 1_000);
+        let run_id = self.ensure_run(now_us)?;
+        self.conn.execute(
+            "UPDATE runs SET ended_us = ?2, stats = ?3 WHERE run_id = ?1",
+            params![run_id, now_us, text],
+        )?;
+        Ok(())
+    }
+
+    /// The current run, started now if there is none. Inside a transaction
+    /// that fails, the caller must forget the run again (see
+    /// [`Store::write`]).
+    pub(crate) fn ensure_run(&mut self, now_us: i64) -> rusqlite::Result<i64> {
+        if let Some(id) = self.run_id {
+            return Ok(id);
+        }
+        self.conn.execute(
+            "INSERT INTO runs (started_us, version) VALUES (?1, ?2)",
+            params![now_us, env!("CARGO_PKG_VERSION")],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.run_id = Some(id);
+        Ok(id)
+    }
+
     /// Writes a batch of records in one transaction and returns how many were
     /// written. On failure (for example [`StoreError::is_disk_full`]) nothing
     /// of the batch is kept, [`StoreError::Write`] tells how many records were
@@ -211,17 +261,31 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
+        self.batch("flow records", records.len(), |s| {
+            s.write_batch(records, now_unix_ns)
+        })
+    }
+
+    /// Runs `write` (which writes `records` records) in one transaction,
+    /// counting it in the stats; on failure nothing of it is kept and the
+    /// store stays usable.
+    pub(crate) fn batch(
+        &mut self,
+        what: &'static str,
+        records: usize,
+        write: impl FnOnce(&mut Self) -> rusqlite::Result<()>,
+    ) -> Result<usize, StoreError> {
         let started_run = self.run_id.is_none();
         let result = self
             .conn
             .execute_batch("BEGIN IMMEDIATE")
-            .and_then(|()| self.write_batch(records, now_unix_ns))
+            .and_then(|()| write(self))
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         match result {
             Ok(()) => {
                 self.stats.batches_written += 1;
-                self.stats.records_written += records.len() as u64;
-                Ok(records.len())
+                self.stats.records_written += records as u64;
+                Ok(records)
             }
             Err(source) => {
                 if !self.conn.is_autocommit() {
@@ -234,9 +298,10 @@ impl Store {
                     self.run_id = None;
                 }
                 self.stats.batches_failed += 1;
-                self.stats.records_failed += records.len() as u64;
+                self.stats.records_failed += records as u64;
                 Err(StoreError::Write {
-                    records: records.len(),
+                    records,
+                    what,
                     source,
                 })
             }
@@ -245,18 +310,7 @@ impl Store {
 
     fn write_batch(&mut self, records: &[FlowRecord], now_unix_ns: u64) -> rusqlite::Result<()> {
         let now_us = db_u64(now_unix_ns / 1_000);
-        let run_id = match self.run_id {
-            Some(id) => id,
-            None => {
-                self.conn.execute(
-                    "INSERT INTO runs (started_us, version) VALUES (?1, ?2)",
-                    params![now_us, env!("CARGO_PKG_VERSION")],
-                )?;
-                let id = self.conn.last_insert_rowid();
-                self.run_id = Some(id);
-                id
-            }
-        };
+        let run_id = self.ensure_run(now_us)?;
         let mut samples: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
         for r in records {
             self.write_record(run_id, r, now_us, &mut samples)?;
@@ -306,7 +360,7 @@ impl Store {
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT flow_row, tx_bytes, rx_bytes, remote_name FROM flows
+                    "SELECT flow_row, tx_bytes, rx_bytes, remote_name, verdict, rule FROM flows
                      WHERE run_id = ?1 AND flow_id = ?2",
                 )?
                 .query_row(params![run_id, r.flow_id], |row| {
@@ -315,6 +369,8 @@ impl Store {
                         tx_bytes: row.get::<_, i64>(1)?.max(0) as u64,
                         rx_bytes: row.get::<_, i64>(2)?.max(0) as u64,
                         remote_name: row.get(3)?,
+                        verdict: parse_verdict(row.get(4)?),
+                        rule: row.get(5)?,
                     })
                 })
                 .optional()?,
@@ -405,6 +461,12 @@ impl Store {
         };
 
         let mut prev = prev.unwrap_or_default();
+        // A record without a verdict keeps the one the flow already has
+        // (the row does the same with coalesce).
+        if r.verdict.is_some() {
+            prev.verdict = r.verdict;
+            prev.rule = r.rule.clone();
+        }
         if prev.remote_name.is_none() {
             if let Some(name) = &r.remote_name {
                 self.conn
@@ -423,6 +485,8 @@ impl Store {
                 proto: r.proto,
                 direction: r.direction,
                 remote_name: prev.remote_name.clone(),
+                verdict: prev.verdict.map(verdict_str),
+                rule: prev.rule.clone(),
             };
             let series = self.series_id(key, now_us)?;
             // Traffic up to a close belongs to the close; the rest to now.
@@ -449,6 +513,8 @@ impl Store {
                         tx_bytes: c.tx_bytes.max(prev.tx_bytes),
                         rx_bytes: c.rx_bytes.max(prev.rx_bytes),
                         remote_name: prev.remote_name,
+                        verdict: prev.verdict,
+                        rule: prev.rule,
                     },
                 );
             }
@@ -472,7 +538,7 @@ impl Store {
         Ok(id)
     }
 
-    fn process_id(
+    pub(crate) fn process_id(
         &mut self,
         run_id: i64,
         p: &ProcessIdentity,
@@ -562,7 +628,7 @@ impl Store {
             .prepare_cached(
                 "SELECT series_id FROM series
                  WHERE process_id IS ?1 AND remote_ip = ?2 AND port = ?3 AND proto = ?4
-                   AND direction = ?5 AND remote_name IS ?6",
+                   AND direction = ?5 AND remote_name IS ?6 AND verdict IS ?7 AND rule IS ?8",
             )?
             .query_row(
                 params![
@@ -571,7 +637,9 @@ impl Store {
                     key.port,
                     key.proto.to_string(),
                     direction_str(key.direction),
-                    key.remote_name
+                    key.remote_name,
+                    key.verdict,
+                    key.rule,
                 ],
                 |r| r.get(0),
             )
@@ -585,8 +653,8 @@ impl Store {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO series (process_id, remote_ip, port, proto, direction,
-                            remote_name, last_seen_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            remote_name, verdict, rule, last_seen_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )?
                     .execute(params![
                         key.process_id,
@@ -595,6 +663,8 @@ impl Store {
                         key.proto.to_string(),
                         direction_str(key.direction),
                         key.remote_name,
+                        key.verdict,
+                        key.rule,
                         now_us
                     ])?;
                 self.conn.last_insert_rowid()

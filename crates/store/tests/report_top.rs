@@ -151,7 +151,10 @@ fn key(f: &Flow, by: &[GroupBy]) -> Vec<Value> {
     let mut k = Vec::new();
     for g in by {
         match g {
-            GroupBy::Exe => k.push(json!(f.exe)),
+            GroupBy::Exe => {
+                k.push(json!(f.exe));
+                k.push(Value::Null); // exe_unknown
+            }
             GroupBy::Remote => k.push(json!(f.remote)),
             GroupBy::Port => {
                 k.push(json!(f.port));

@@ -13,7 +13,7 @@ use procflow_store::report::{run_report_at, Format, GroupBy, ReportArgs};
 use procflow_store::Store;
 use serde_json::{json, Value};
 
-const ALL: [GroupBy; 9] = [
+const ALL: [GroupBy; 10] = [
     GroupBy::Exe,
     GroupBy::Process,
     GroupBy::User,
@@ -23,6 +23,7 @@ const ALL: [GroupBy; 9] = [
     GroupBy::Port,
     GroupBy::Proto,
     GroupBy::Direction,
+    GroupBy::Rule,
 ];
 
 fn service(port: u16) -> Value {
@@ -40,7 +41,8 @@ fn truth_key(f: &Synth, g: GroupBy) -> Vec<Value> {
     let owned = !f.unowned;
     let opt = |v: Option<&str>| if owned { json!(v) } else { Value::Null };
     match g {
-        GroupBy::Exe => vec![opt(f.exe)],
+        // The synthetic flows never say why an executable is unknown.
+        GroupBy::Exe => vec![opt(f.exe), Value::Null],
         GroupBy::Process if owned => vec![json!(f.pid), json!(f.comm)],
         GroupBy::Process => vec![Value::Null, Value::Null],
         GroupBy::User if owned => vec![json!(f.user.map_or(f.uid.to_string(), String::from))],
@@ -59,6 +61,8 @@ fn truth_key(f: &Synth, g: GroupBy) -> Vec<Value> {
             Direction::Out => "out",
             Direction::Unknown => "unknown",
         })],
+        // No rules decided the synthetic flows.
+        GroupBy::Rule => vec![Value::Null, Value::Null],
     }
 }
 
@@ -214,6 +218,20 @@ fn table_key(by: &[GroupBy], key: &[Value]) -> Vec<String> {
                 out.push(match &key[i + 1] {
                     Value::String(n) => format!("{} ({n})", key[i]),
                     _ => key[i].to_string(),
+                });
+                i += 2;
+            }
+            GroupBy::Exe => {
+                out.push(match (&key[i], &key[i + 1]) {
+                    (Value::Null, Value::String(why)) => format!("(unknown: {why})"),
+                    (exe, _) => s(exe),
+                });
+                i += 2;
+            }
+            GroupBy::Rule => {
+                out.push(match (&key[i], &key[i + 1]) {
+                    (Value::Null, Value::String(_)) => "(default)".to_string(),
+                    (rule, _) => s(rule),
                 });
                 i += 2;
             }

@@ -302,3 +302,70 @@ fn a_report_reads_while_a_writer_holds_a_transaction() {
     );
     other.execute_batch("ROLLBACK").unwrap();
 }
+
+#[test]
+fn a_version_2_database_is_migrated_to_3_and_keeps_its_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v2.db");
+    let t = NOW_S - 3_600;
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(V1_LAYOUT).unwrap();
+        c.execute_batch(
+            "ALTER TABLE flows ADD COLUMN remote_name TEXT;
+             ALTER TABLE series ADD COLUMN remote_name TEXT;",
+        )
+        .unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO runs VALUES (1, {us}, '0.1.0');
+             INSERT INTO executables VALUES (1, '/usr/bin/wget');
+             INSERT INTO processes VALUES (1, 1, 42, 1, 1000, 'alice', 'wget', 1, 'wget x', '/', {us}, {us});
+             INSERT INTO series VALUES (1, 1, '192.0.2.1', 443, 'tcp', 'out', {us}, 'example.org');
+             INSERT INTO samples VALUES ({t}, 1, 300, 7000);
+             INSERT INTO hourly VALUES ({h}, 1, 300, 7000);",
+            us = t * 1_000_000,
+            h = t - t % 3_600,
+        ))
+        .unwrap();
+        c.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let args = ReportArgs {
+        db: db.clone(),
+        ..Default::default()
+    };
+    match run_report_at(&args, NOW_S, &mut Vec::new()) {
+        Err(StoreError::OlderSchema { found: 2, .. }) => {}
+        other => panic!("expected OlderSchema, got {other:?}"),
+    }
+    let mut store = Store::open(&db).unwrap();
+    let c = Connection::open(&db).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+    // The new columns are there, empty for the old rows.
+    let (verdict, rule, unknown, stats): (Option<String>, Option<String>, Option<String>, Option<String>) = c
+        .query_row(
+            "SELECT s.verdict, s.rule, p.exe_unknown, r.stats
+             FROM series s, processes p, runs r WHERE s.series_id = 1 AND p.process_id = 1 AND r.run_id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((verdict, rule, unknown, stats), (None, None, None, None));
+    for table in ["verdicts", "rules_changes"] {
+        let n: i64 = c
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let doc = json_report(&db, &[GroupBy::Exe, GroupBy::Rule]);
+    assert_eq!(doc["rows"][0]["exe"], json!("/usr/bin/wget"));
+    assert_eq!(doc["rows"][0]["rule"], Value::Null);
+    assert_eq!(doc["rows"][0]["total_bytes"], json!(7_300));
+    store.end_run(&json!({"type": "stats"}), ns(NOW_S)).unwrap();
+    assert_eq!(store.run_id(), Some(2), "a new run beside the old one");
+    store.integrity_check().unwrap();
+}

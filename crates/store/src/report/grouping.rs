@@ -176,6 +176,7 @@ impl<'q> Grouper<'q> {
         let p = process_id.and_then(|id| self.procs.get(&id));
         let info = SeriesInfo {
             exe: p.and_then(|p| p.exe.as_deref()),
+            exe_unknown: p.and_then(|p| p.exe_unknown.as_deref()),
             pid: p.map(|p| p.pid),
             comm: p.map(|p| p.comm.as_str()),
             uid: p.map(|p| p.uid),
@@ -230,6 +231,7 @@ impl<'q> Grouper<'q> {
                     GroupBy::Port => v.int_id(info.port.into(), cells),
                     GroupBy::Proto => v.text_id(info.proto, cells),
                     GroupBy::Direction => v.text_id(info.direction, cells),
+                    GroupBy::Rule => v.id(cells()),
                     GroupBy::Exe | GroupBy::Process | GroupBy::User | GroupBy::Cgroup => continue,
                 };
             }

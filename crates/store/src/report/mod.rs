@@ -6,9 +6,12 @@
 //! buckets in which they were transferred.
 
 pub mod chart;
+pub mod filters;
 mod grouping;
 pub mod output;
 pub mod query;
+pub mod rules_changes;
+pub mod verdicts;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -83,6 +86,24 @@ pub struct ReportArgs {
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
+    /// Only what this rule decided (its name; `(default)` for the default).
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+
+    /// Only what the rules allowed, or blocked.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub action: Option<filters::Action>,
+
+    /// Blocked attempts instead of traffic: one line per attempt, or with
+    /// --by (or --timeline) the number of attempts per group.
+    #[arg(long, conflicts_with = "chart")]
+    pub verdicts: bool,
+
+    /// Loads and reloads of the rules file (accepted or refused) instead of
+    /// traffic.
+    #[arg(long, conflicts_with_all = ["verdicts", "chart", "timeline", "by", "bucket"])]
+    pub rules_changes: bool,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -117,6 +138,10 @@ impl Default for ReportArgs {
             port: None,
             proto: None,
             user: None,
+            rule: None,
+            action: None,
+            verdicts: false,
+            rules_changes: false,
             format: Format::Table,
             timeline: false,
             bucket: None,
@@ -209,6 +234,8 @@ pub fn build_query(args: &ReportArgs, now_s: i64) -> Result<Query, StoreError> {
             port,
             proto: args.proto.clone(),
             user: args.user.clone(),
+            rule: args.rule.clone(),
+            action: args.action,
         },
         bucket,
     })
@@ -231,6 +258,14 @@ pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Resu
     }
     let q = build_query(args, now_s)?;
     let conn = schema::open_reader(&args.db)?;
+    if args.rules_changes {
+        return rules_changes::report(&conn, &q, args.top, args.format, out);
+    }
+    if args.verdicts {
+        // Without --by or --timeline: every attempt, one per line.
+        let list = args.by.is_empty() && !args.timeline;
+        return verdicts::report(&conn, &q, list, args.top, args.format, out);
+    }
     // A chart draws its own top groups from all of them.
     let top = args.top.filter(|_| args.chart.is_none());
     let query::Grouped { rows, total, other } = query::run_top(&conn, &q, top)?;

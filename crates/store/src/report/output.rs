@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
 use crate::error::StoreError;
+use crate::report::filters::DEFAULT_RULE;
 use crate::report::query::{Cell, GroupBy, Query, Row};
 use crate::services;
 use crate::timespec::{human_time, rfc3339_s};
@@ -178,6 +179,7 @@ pub fn by_name(g: GroupBy) -> &'static str {
         GroupBy::Port => "port",
         GroupBy::Proto => "proto",
         GroupBy::Direction => "direction",
+        GroupBy::Rule => "rule",
     }
 }
 
@@ -189,7 +191,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// A CSV field, quoted only when it needs to be, appended to `out`.
-fn push_csv_field(out: &mut String, s: &str) {
+pub(crate) fn push_csv_field(out: &mut String, s: &str) {
     if s.contains([',', '"', '\n', '\r']) || s.trim() != s {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -257,6 +259,17 @@ fn push_key_cells(cells: &mut Cells, by: &[GroupBy], key: &[Cell]) {
                 }
                 i += 2;
             }
+            GroupBy::Exe => {
+                s.push_str(&exe_text(cell_text(&key[i]), cell_text(&key[i + 1])));
+                i += 2;
+            }
+            GroupBy::Rule => {
+                match (&key[i], &key[i + 1]) {
+                    (Cell::Null, Cell::Text(_)) => s.push_str(DEFAULT_RULE),
+                    (rule, _) => push_text_or_dash(s, rule),
+                }
+                i += 2;
+            }
             GroupBy::Process => {
                 push_text_or_dash(s, &key[i + 1]);
                 s.push_str(" [");
@@ -270,6 +283,13 @@ fn push_key_cells(cells: &mut Cells, by: &[GroupBy], key: &[Cell]) {
             }
         }
         cells.end();
+    }
+}
+
+fn cell_text(c: &Cell) -> Option<&str> {
+    match c {
+        Cell::Text(t) => Some(t),
+        _ => None,
     }
 }
 
@@ -402,6 +422,97 @@ pub fn write_table(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError
         writeln!(out, "{}", line.trim_end()).map_err(out_err)?;
     }
     Ok(())
+}
+
+/// A JSON object whose keys keep the order they were given in.
+pub(crate) struct Fields(pub(crate) Vec<(&'static str, Value)>);
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Writes `doc` as one pretty-printed JSON document.
+pub(crate) fn write_json_doc(out: &mut dyn Write, doc: &impl Serialize) -> Result<(), StoreError> {
+    serde_json::to_writer_pretty(&mut *out, doc)?;
+    writeln!(out).map_err(out_err)
+}
+
+/// CSV: the header, then one line per row of cells (`None`: empty).
+pub(crate) fn write_csv_rows(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<Option<String>>],
+) -> Result<(), StoreError> {
+    writeln!(out, "{}", header.join(",")).map_err(out_err)?;
+    let mut line = String::new();
+    for row in rows {
+        line.clear();
+        for (i, c) in row.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            if let Some(c) = c {
+                push_csv_field(&mut line, c);
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes()).map_err(out_err)?;
+    }
+    Ok(())
+}
+
+/// A caption, then `rows` (the header first) aligned in columns: the first
+/// `left` columns left-aligned, the others (numbers) right-aligned.
+pub(crate) fn write_aligned(
+    out: &mut dyn Write,
+    caption: &str,
+    rows: &[Vec<String>],
+    left: usize,
+) -> Result<(), StoreError> {
+    writeln!(out, "{caption}").map_err(out_err)?;
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(width(c));
+        }
+    }
+    let mut line = String::new();
+    for row in rows {
+        line.clear();
+        for (i, c) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[i] - width(c);
+            if i < left {
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(c);
+            }
+        }
+        writeln!(out, "{}", line.trim_end()).map_err(out_err)?;
+    }
+    Ok(())
+}
+
+/// How a table shows an executable: its path, why it is not known
+/// (`(unknown: exited before first seen)`), or `-`.
+pub(crate) fn exe_text(exe: Option<&str>, unknown: Option<&str>) -> String {
+    match (exe, unknown) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(why)) => format!("(unknown: {why})"),
+        (None, None) => "-".to_string(),
+    }
 }
 
 /// `10s`, `1m`, `1h`, `1d`, or a combination.

@@ -10,11 +10,11 @@
 //! rows; see [`plan`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use rusqlite::Connection;
 
 use crate::error::StoreError;
+pub use crate::report::filters::{Action, Filters, Net};
 use crate::report::grouping::Grouper;
 use crate::services;
 use crate::store::HOUR_SECONDS;
@@ -23,7 +23,7 @@ use crate::timespec::bucket_start;
 /// What a report can be grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum GroupBy {
-    /// Full path of the executable.
+    /// Full path of the executable (or why it is not known).
     Exe,
     /// One process (pid and command name).
     Process,
@@ -41,13 +41,16 @@ pub enum GroupBy {
     Proto,
     /// out, in or unknown.
     Direction,
+    /// The rule that decided (its name, `(default)`, or `-` when no rules
+    /// decided); with --verdicts, the rule that blocked.
+    Rule,
 }
 
 impl GroupBy {
     /// The columns this grouping adds to a report.
     pub fn columns(self) -> &'static [&'static str] {
         match self {
-            GroupBy::Exe => &["exe"],
+            GroupBy::Exe => &["exe", "exe_unknown"],
             GroupBy::Process => &["pid", "comm"],
             GroupBy::User => &["user"],
             GroupBy::Cgroup => &["cgroup"],
@@ -56,6 +59,7 @@ impl GroupBy {
             GroupBy::Port => &["port", "service"],
             GroupBy::Proto => &["proto"],
             GroupBy::Direction => &["direction"],
+            GroupBy::Rule => &["rule", "action"],
         }
     }
 }
@@ -79,6 +83,8 @@ impl Cell {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SeriesInfo<'a> {
     pub exe: Option<&'a str>,
+    /// Why `exe` is not known.
+    pub exe_unknown: Option<&'a str>,
     pub pid: Option<i64>,
     pub comm: Option<&'a str>,
     pub uid: Option<i64>,
@@ -89,6 +95,10 @@ pub struct SeriesInfo<'a> {
     pub port: u16,
     pub proto: &'a str,
     pub direction: &'a str,
+    /// `allow` or `block`, when rules decided.
+    pub verdict: Option<&'a str>,
+    /// The deciding rule; `None` for the default (or no decision).
+    pub rule: Option<&'a str>,
 }
 
 impl SeriesInfo<'_> {
@@ -97,7 +107,11 @@ impl SeriesInfo<'_> {
         let mut k = Vec::with_capacity(by.len() + 1);
         for g in by {
             match g {
-                GroupBy::Exe => k.push(Cell::text(self.exe)),
+                GroupBy::Exe => {
+                    k.push(Cell::text(self.exe));
+                    // A known path needs no reason.
+                    k.push(Cell::text(self.exe_unknown.filter(|_| self.exe.is_none())));
+                }
                 GroupBy::Process => {
                     k.push(self.pid.map_or(Cell::Null, Cell::Int));
                     k.push(Cell::text(self.comm));
@@ -118,140 +132,13 @@ impl SeriesInfo<'_> {
                 }
                 GroupBy::Proto => k.push(Cell::Text(self.proto.to_string())),
                 GroupBy::Direction => k.push(Cell::Text(self.direction.to_string())),
+                GroupBy::Rule => {
+                    k.push(Cell::text(self.rule));
+                    k.push(Cell::text(self.verdict));
+                }
             }
         }
         k
-    }
-}
-
-/// An address or a network (`10.0.0.0/8`, `2001:db8::/32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    pub fn parse(s: &str) -> Result<Net, StoreError> {
-        let bad = |r: &str| StoreError::invalid("address", s, r);
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.parse().map_err(|_| bad("not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.parse::<u8>().map_err(|_| bad("bad prefix length"))?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(bad("prefix length too long"));
-        }
-        Ok(Net { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - u32::from(prefix))
-            }
-        }
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                masked(u32::from(a).into(), 32, self.prefix)
-                    == masked(u32::from(*b).into(), 32, self.prefix)
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                masked(u128::from(a), 128, self.prefix) == masked(u128::from(*b), 128, self.prefix)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Filters of a report; each one that is set must match.
-#[derive(Debug, Clone, Default)]
-pub struct Filters {
-    /// A full path, or a file name matched against the last component.
-    pub exe: Option<String>,
-    /// A host name; also matches its subdomains (`example.com` matches
-    /// `www.example.com`). An address matches flows without a name.
-    pub host: Option<String>,
-    pub remote: Option<Net>,
-    pub port: Option<u16>,
-    pub proto: Option<String>,
-    /// A user name or a uid.
-    pub user: Option<String>,
-}
-
-impl Filters {
-    pub fn matches(&self, s: &SeriesInfo) -> bool {
-        self.matches_process(s) && self.matches_series(s)
-    }
-
-    /// True when a filter looks at more than the process of a series.
-    pub(super) fn on_series(&self) -> bool {
-        self.host.is_some() || self.remote.is_some() || self.port.is_some() || self.proto.is_some()
-    }
-
-    /// The filters on what the process row says (exe, user).
-    pub(super) fn matches_process(&self, s: &SeriesInfo) -> bool {
-        if let Some(want) = &self.exe {
-            let ok = s.exe.is_some_and(|e| {
-                if want.contains('/') {
-                    e == want
-                } else {
-                    e.rsplit('/').next() == Some(want.as_str())
-                }
-            });
-            if !ok {
-                return false;
-            }
-        }
-        if let Some(u) = &self.user {
-            let by_name = s.user == Some(u.as_str());
-            let by_uid = u.parse::<i64>().ok().is_some_and(|n| s.uid == Some(n));
-            if !(by_name || by_uid) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The filters on what the series row says (remote, port, proto).
-    pub(super) fn matches_series(&self, s: &SeriesInfo) -> bool {
-        if let Some(want) = &self.host {
-            let want = want.trim_end_matches('.').to_ascii_lowercase();
-            let ok = match s.remote_name {
-                Some(n) => {
-                    let n = n.trim_end_matches('.').to_ascii_lowercase();
-                    n == want || n.ends_with(&format!(".{want}"))
-                }
-                None => s.remote_ip == want,
-            };
-            if !ok {
-                return false;
-            }
-        }
-        if let Some(net) = &self.remote {
-            match s.remote_ip.parse::<IpAddr>() {
-                Ok(ip) if net.contains(&ip) => {}
-                _ => return false,
-            }
-        }
-        if self.port.is_some_and(|p| p != s.port) {
-            return false;
-        }
-        if self
-            .proto
-            .as_ref()
-            .is_some_and(|p| !p.eq_ignore_ascii_case(s.proto))
-        {
-            return false;
-        }
-        true
     }
 }
 
@@ -292,11 +179,12 @@ pub(super) struct ProcInfo {
     pub(super) user: Option<String>,
     pub(super) cgroup: Option<String>,
     pub(super) exe: Option<String>,
+    pub(super) exe_unknown: Option<String>,
 }
 
 fn load_processes(conn: &Connection) -> Result<HashMap<i64, ProcInfo>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT p.process_id, p.pid, p.comm, p.uid, p.user, p.cgroup, e.path
+        "SELECT p.process_id, p.pid, p.comm, p.uid, p.user, p.cgroup, e.path, p.exe_unknown
          FROM processes p LEFT JOIN executables e ON e.exe_id = p.exe_id",
     )?;
     let mut out = HashMap::new();
@@ -311,6 +199,7 @@ fn load_processes(conn: &Connection) -> Result<HashMap<i64, ProcInfo>, StoreErro
                 user: r.get(4)?,
                 cgroup: r.get(5)?,
                 exe: r.get(6)?,
+                exe_unknown: r.get(7)?,
             },
         );
     }
@@ -387,6 +276,8 @@ pub(super) struct SeriesColumns {
     port: Option<usize>,
     proto: Option<usize>,
     direction: Option<usize>,
+    verdict: Option<usize>,
+    rule: Option<usize>,
 }
 
 impl SeriesColumns {
@@ -409,6 +300,14 @@ impl SeriesColumns {
             port: pick(by(GroupBy::Port) || f.port.is_some(), "port"),
             proto: pick(by(GroupBy::Proto) || f.proto.is_some(), "proto"),
             direction: pick(by(GroupBy::Direction), "direction"),
+            verdict: pick(
+                by(GroupBy::Rule) || f.rule.is_some() || f.action.is_some(),
+                "verdict",
+            ),
+            rule: pick(
+                by(GroupBy::Rule) || f.rule.is_some() || f.action.is_some(),
+                "rule",
+            ),
             ..Default::default()
         };
         c.select = format!("SELECT {} FROM series", names.join(", "));
@@ -431,6 +330,14 @@ impl SeriesColumns {
             },
             proto: text_at(self.proto)?,
             direction: text_at(self.direction)?,
+            verdict: match self.verdict {
+                Some(i) => text_or_null(r, i)?,
+                None => None,
+            },
+            rule: match self.rule {
+                Some(i) => text_or_null(r, i)?,
+                None => None,
+            },
             ..Default::default()
         })
     }
@@ -679,82 +586,4 @@ pub fn top_groups(rows: &[Row], n: usize) -> Vec<Vec<Cell>> {
     let mut v: Vec<(&Vec<Cell>, u64)> = totals.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     v.into_iter().take(n).map(|(k, _)| k.clone()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn networks() {
-        let n = Net::parse("10.1.0.0/16").unwrap();
-        assert!(n.contains(&"10.1.2.3".parse().unwrap()));
-        assert!(!n.contains(&"10.2.0.1".parse().unwrap()));
-        assert!(!n.contains(&"::1".parse().unwrap()));
-        let one = Net::parse("2001:db8::1").unwrap();
-        assert!(one.contains(&"2001:db8::1".parse().unwrap()));
-        assert!(!one.contains(&"2001:db8::2".parse().unwrap()));
-        assert!(Net::parse("0.0.0.0/0")
-            .unwrap()
-            .contains(&"1.2.3.4".parse().unwrap()));
-        assert!(Net::parse("10.0.0.0/33").is_err());
-        assert!(Net::parse("example.com").is_err());
-    }
-
-    #[test]
-    fn filters_match_names_paths_and_users() {
-        let s = SeriesInfo {
-            exe: Some("/usr/bin/curl"),
-            uid: Some(1000),
-            user: Some("alice"),
-            remote_ip: "93.184.216.34",
-            remote_name: Some("www.example.com"),
-            port: 443,
-            proto: "tcp",
-            direction: "out",
-            ..Default::default()
-        };
-        let f = |f: Filters| f.matches(&s);
-        assert!(f(Filters {
-            exe: Some("curl".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filters {
-            exe: Some("/usr/bin/curl".into()),
-            ..Default::default()
-        }));
-        assert!(!f(Filters {
-            exe: Some("/bin/curl".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filters {
-            host: Some("example.com".into()),
-            ..Default::default()
-        }));
-        assert!(!f(Filters {
-            host: Some("ample.com".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filters {
-            user: Some("1000".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filters {
-            user: Some("alice".into()),
-            ..Default::default()
-        }));
-        assert!(!f(Filters {
-            user: Some("root".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filters {
-            proto: Some("TCP".into()),
-            port: Some(443),
-            ..Default::default()
-        }));
-        assert!(!f(Filters {
-            port: Some(80),
-            ..Default::default()
-        }));
-    }
 }
