@@ -1,5 +1,6 @@
 //! `procflow run --rules FILE`: loads the rules into the kernel, reloads them
-//! on SIGHUP (a refused file leaves the rules in force untouched), turns the
+//! on SIGHUP (a refused file leaves the rules in force untouched) and
+//! acknowledges every load with a `"type":"rules"` record, turns the
 //! kernel's decisions into `"type":"verdict"` records and flow `verdict` /
 //! `rule` fields, and with `--enforce-existing` closes established TCP
 //! connections that the rules block.
@@ -19,10 +20,10 @@ use procflow_core::rules::{
     cgroup_ancestors, normalize_ip, CompiledRules, Direction, Query, Rules,
 };
 use procflow_core::timefmt::rfc3339;
-use procflow_core::FlowTable;
-use serde_json::json;
+use procflow_core::{FlowTable, RulesOutcome, RulesRecord, VerdictRecord};
 
 use crate::rules_cmd;
+use crate::sinks::{now_ns, Sinks};
 
 #[derive(Debug, clap::Args)]
 pub struct RulesArgs {
@@ -56,11 +57,16 @@ pub struct Enforcer {
     enforce_existing: bool,
     policy: Policy,
     hup: Arc<AtomicBool>,
+    /// Rule sets accepted so far in this run (the generation in force).
+    generation: u64,
+    /// The generation held in each of the kernel's two table copies.
+    slot_generation: [u64; 2],
 }
 
 impl Enforcer {
-    /// Loads the rules file, if one was given, into the kernel.
-    pub fn start(args: &RulesArgs, kernel: &Kernel) -> Result<Enforcer> {
+    /// Loads the rules file, if one was given, into the kernel, and says so
+    /// (or why not) in a rules record.
+    pub fn start(args: &RulesArgs, kernel: &Kernel, sinks: &mut Sinks) -> Result<Enforcer> {
         let hup = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
             .context("installing the SIGHUP handler")?;
@@ -69,8 +75,10 @@ impl Enforcer {
             enforce_existing: args.enforce_existing,
             policy: Policy::new(),
             hup,
+            generation: 0,
+            slot_generation: [0; 2],
         };
-        if let Some(path) = &e.path {
+        if let Some(path) = e.path.clone() {
             if let Some(r) = kernel
                 .refused()
                 .iter()
@@ -82,14 +90,54 @@ impl Enforcer {
                     r.reason
                 );
             }
-            let rules = rules_cmd::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let n = rules.rules.len();
-            e.policy
-                .install(kernel, rules)
-                .with_context(|| format!("loading {}", path.display()))?;
-            tracing::info!("rules: {} loaded ({n} rules)", path.display());
+            if let Err(err) = e.load(kernel, &path, sinks) {
+                bail!("{err}");
+            }
+            tracing::info!(
+                "rules: {} loaded ({} rules)",
+                path.display(),
+                e.policy.rules().map_or(0, |r| r.rules.len())
+            );
         }
         Ok(e)
+    }
+
+    /// Reads, checks and installs the rules file; writes the rules record
+    /// of the outcome. On error (the file's problems, or what the kernel
+    /// tables could not take) the rules in force stay in force.
+    fn load(
+        &mut self,
+        kernel: &Kernel,
+        path: &std::path::Path,
+        sinks: &mut Sinks,
+    ) -> Result<(), String> {
+        let result = match rules_cmd::load(path) {
+            Err(e) => Err(e.to_string()),
+            Ok(rules) => self
+                .policy
+                .install(kernel, rules)
+                .map_err(|e| format!("{}: {e}", path.display())),
+        };
+        let outcome = match &result {
+            Ok(()) => {
+                self.generation += 1;
+                // The first set goes into copy 0, each later one into the
+                // copy not in force (see `Policy::install`).
+                self.slot_generation[((self.generation - 1) & 1) as usize] = self.generation;
+                RulesOutcome::Accepted
+            }
+            Err(_) => RulesOutcome::Refused,
+        };
+        sinks.rules_change(RulesRecord {
+            kind: RulesRecord::KIND,
+            time: rfc3339(now_ns()),
+            generation: self.generation,
+            outcome,
+            path: path.display().to_string(),
+            rules: self.policy.rules().map_or(0, |r| r.rules.len()),
+            error: result.as_ref().err().cloned(),
+        });
+        result
     }
 
     /// Once the start-up scan is done: closes what the rules block.
@@ -111,6 +159,7 @@ impl Enforcer {
         kernel: &mut Kernel,
         table: &mut FlowTable,
         sys: &mut dyn SystemLookup,
+        sinks: &mut Sinks,
     ) -> Result<()> {
         if !self.hup.swap(false, Ordering::Relaxed) {
             return Ok(());
@@ -119,22 +168,16 @@ impl Enforcer {
             tracing::warn!("SIGHUP: no --rules file to reload");
             return Ok(());
         };
-        let rules = match rules_cmd::load(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("rules: reload refused, the rules in force stay in force:\n{e}");
-                return Ok(());
-            }
-        };
-        let n = rules.rules.len();
-        if let Err(e) = self.policy.install(kernel, rules) {
-            tracing::error!(
-                "rules: reload of {} refused, the rules in force stay in force: {e}",
-                path.display()
-            );
+        if let Err(e) = self.load(kernel, &path, sinks) {
+            tracing::error!("rules: reload refused, the rules in force stay in force:\n{e}");
             return Ok(());
         }
-        tracing::info!("rules: {} reloaded ({n} rules)", path.display());
+        tracing::info!(
+            "rules: {} reloaded (generation {}, {} rules)",
+            path.display(),
+            self.generation,
+            self.policy.rules().map_or(0, |r| r.rules.len())
+        );
         if self.enforce_existing {
             self.close_blocked(kernel, table, sys)?;
         }
@@ -148,7 +191,7 @@ impl Enforcer {
         v: &KernelVerdict,
         table: &mut FlowTable,
         sys: &mut dyn SystemLookup,
-    ) -> Option<serde_json::Value> {
+    ) -> Option<VerdictRecord> {
         let rule = v.rule.and_then(|i| {
             self.policy
                 .rules_of(v.generation)
@@ -179,7 +222,8 @@ impl Enforcer {
         if v.exe.is_some() {
             process.exe = v.exe.clone();
         }
-        Some(verdict_record(v, rule.as_deref(), &process))
+        let generation = self.slot_generation[(v.generation & 1) as usize];
+        Some(verdict_record(v, rule, generation, process))
     }
 
     /// Closes established TCP connections that the rules in force block.
@@ -255,31 +299,38 @@ fn blocked_connections(
     Ok(out)
 }
 
-fn proto_name(p: u8) -> String {
-    Proto::from_number(p).to_string()
-}
-
 fn verdict_record(
     v: &KernelVerdict,
-    rule: Option<&str>,
-    process: &procflow_core::ProcessIdentity,
-) -> serde_json::Value {
-    json!({
-        "type": "verdict",
-        "time": rfc3339(v.time_ns),
-        "verdict": if v.block { "block" } else { "allow" },
-        "rule": rule,
-        "rule_index": v.rule,
-        "hook": v.hook.name(),
-        "proto": proto_name(v.proto),
-        "family": v.family,
-        "direction": if v.direction == procflow_core::flow::Direction::In { "in" } else { "out" },
-        "local_ip": v.local.0,
-        "local_port": v.local.1,
-        "remote_ip": v.remote.0,
-        "remote_port": v.remote.1,
-        "process": process,
-        "netns": v.netns,
-        "socket": v.cookie,
-    })
+    rule: Option<String>,
+    generation: u64,
+    process: procflow_core::ProcessIdentity,
+) -> VerdictRecord {
+    use procflow_core::flow::Direction as FlowDirection;
+    VerdictRecord {
+        kind: VerdictRecord::KIND,
+        time: rfc3339(v.time_ns),
+        verdict: if v.block {
+            Verdict::Block
+        } else {
+            Verdict::Allow
+        },
+        rule,
+        rule_index: v.rule,
+        generation,
+        hook: v.hook.name(),
+        proto: Proto::from_number(v.proto),
+        family: v.family,
+        direction: if v.direction == FlowDirection::In {
+            FlowDirection::In
+        } else {
+            FlowDirection::Out
+        },
+        local_ip: v.local.0,
+        local_port: v.local.1,
+        remote_ip: v.remote.0,
+        remote_port: v.remote.1,
+        process,
+        netns: v.netns,
+        socket: v.cookie,
+    }
 }

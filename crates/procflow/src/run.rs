@@ -17,16 +17,39 @@ use crate::system::ProcSystem;
 pub struct RunArgs {
     #[command(flatten)]
     sinks: crate::sinks::SinkArgs,
-    /// Also write a cumulative record for every open flow every SECS seconds.
-    #[arg(long, value_name = "SECS")]
-    interval: Option<f64>,
-    /// Stop by itself after SECS seconds (SIGINT and SIGTERM stop it too).
-    #[arg(long, value_name = "SECS")]
-    duration: Option<f64>,
+    /// Also write a cumulative record for every open flow this often:
+    /// seconds (10, 0.5) or a duration (30s, 5m).
+    #[arg(long, value_name = "TIME", value_parser = parse_period)]
+    interval: Option<Duration>,
+    /// Stop by itself after this long: seconds (3600) or a duration (1h);
+    /// SIGINT and SIGTERM stop it too.
+    #[arg(long, value_name = "TIME", value_parser = parse_period)]
+    duration: Option<Duration>,
     #[command(flatten)]
     rules: crate::enforce::RulesArgs,
     #[command(flatten)]
     resolve: crate::resolve::ResolveArgs,
+}
+
+/// A time span given on the command line: plain seconds (`10`, `0.5`) or a
+/// duration as `--retain` takes it (`10s`, `5m`, `1h30m`). It must be
+/// longer than zero.
+fn parse_period(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = t.parse().map_err(|_| {
+            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
+        })?;
+        Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))?
+    } else {
+        procflow_store::timespec::parse_duration(t).map_err(|_| {
+            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
+        })?
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
 }
 
 /// The collector: applies kernel records to the flow table and sends the
@@ -52,7 +75,8 @@ impl Collector {
                         res.want(r.remote_ip);
                     }
                 }
-                self.sinks.flows(&out)
+                self.sinks.flows(&out);
+                Ok(())
             }
             Record::Release { cookie, end_ns } => {
                 for key in self.table.keys_of_socket(cookie) {
@@ -60,15 +84,17 @@ impl Collector {
                         self.table.update_counters(&key, c);
                     }
                     if let Some(r) = self.table.close(&key, end_ns, &mut self.sys) {
-                        self.sinks.flows(&[r])?;
+                        self.sinks.flows(&[r]);
                     }
                 }
                 Ok(())
             }
-            Record::Verdict(v) => match self.rules.verdict(&v, &mut self.table, &mut self.sys) {
-                Some(r) => self.sinks.write(&r),
-                None => Ok(()),
-            },
+            Record::Verdict(v) => {
+                if let Some(r) = self.rules.verdict(&v, &mut self.table, &mut self.sys) {
+                    self.sinks.verdict(r);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -109,11 +135,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let started = Instant::now();
     let kernel = Kernel::open(args.rules.rules.is_some()).context("loading the kernel programs")?;
-    let sinks = Sinks::open(&args.sinks)?;
+    let mut sinks = Sinks::open(&args.sinks)?;
     for r in kernel.refused() {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
     }
-    let rules = crate::enforce::Enforcer::start(&args.rules, &kernel)?;
+    let rules = match crate::enforce::Enforcer::start(&args.rules, &kernel, &mut sinks) {
+        Ok(r) => r,
+        Err(e) => {
+            // The refusal is on record (log and store) before procflow ends.
+            sinks.flush();
+            return Err(e);
+        }
+    };
     let resolver = crate::resolve::Resolver::start(&args.resolve)?;
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let mut c = Collector {
@@ -137,7 +170,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let contexts_at_start = c.refresh()?;
     c.rules
         .after_start(&mut c.kernel, &mut c.table, &mut c.sys)?;
-    c.sinks.flush()?;
+    c.sinks.flush();
     tracing::info!(
         "watching: {} namespaces, {} sockets found in {:?}",
         scan.namespaces,
@@ -145,8 +178,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         scan.elapsed
     );
 
-    let interval = args.interval.map(Duration::from_secs_f64);
-    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let interval = args.interval;
+    let deadline = args.duration.and_then(|d| started.checked_add(d));
     let mut next_snapshot = interval.map(|i| Instant::now() + i);
     while !stop.load(Ordering::Relaxed) && !c.sinks.broken {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -154,26 +187,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         c.drain(Duration::from_millis(100))?;
         c.rules
-            .check_reload(&mut c.kernel, &mut c.table, &mut c.sys)?;
+            .check_reload(&mut c.kernel, &mut c.table, &mut c.sys, &mut c.sinks)?;
         if let (Some(at), Some(every)) = (next_snapshot, interval) {
             if Instant::now() >= at {
                 c.refresh()?;
                 let snap = c.table.snapshot(&mut c.sys);
-                c.sinks.flows(&snap)?;
+                c.sinks.flows(&snap);
                 next_snapshot = Some(at + every);
             }
         }
-        c.sinks.flush()?;
+        c.sinks.flush();
     }
 
     // Stopping: everything still queued, then a final record for every open flow.
     c.drain(Duration::ZERO)?;
     let contexts_at_stop = c.refresh()?;
     let snap = c.table.snapshot(&mut c.sys);
-    c.sinks.flows(&snap)?;
+    c.sinks.flows(&snap);
+    c.sinks.flush();
     let stats = stats_record(&c, &scan, contexts_at_start, contexts_at_stop);
-    c.sinks.write(&stats)?;
-    c.sinks.flush()?;
+    c.sinks.finish(&stats);
     Ok(())
 }
 
@@ -208,6 +241,25 @@ fn stats_record(
         "socket_contexts_at_stop": contexts_at_stop,
         "datagram_entries": c.kernel.datagram_entries(),
         "store": c.sinks.stats(),
+        "log": c.sinks.log_stats(),
         "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_in_seconds_or_durations() {
+        assert_eq!(parse_period("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_period("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_period("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_period("30s"), Ok(Duration::from_secs(30)));
+        for bad in [
+            "0", "0s", "0.0", "-1", "NaN", "nan", "inf", "-inf", "", "1e400", "10x",
+        ] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
 }

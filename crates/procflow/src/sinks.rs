@@ -1,38 +1,44 @@
 //! Where records go: the JSON-lines log (optional, rotated by size) and the
 //! SQLite flow history (by default). Sinks only consume records; a failing
-//! store is reported and counted, never fatal.
+//! log or store is reported (rate-limited) and counted, never fatal: the
+//! monitor, and the rules in the kernel, keep running.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use procflow_core::flow::FlowRecord;
+use procflow_core::{RulesRecord, VerdictRecord};
 use procflow_store::{JsonLog, Store, StoreError, DEFAULT_DB_PATH};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct SinkArgs {
     /// Write flow records as JSON lines to FILE ("-" for standard output).
+    /// A new file is created readable by root only (mode 0600).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
-    /// Rotate the log when it would grow past this size (e.g. 100M, 1G).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    log_max_size: Option<u64>,
+    /// Rotate the log when it would grow past this size (e.g. 100M, 1G);
+    /// 0 turns rotation off.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100M", requires = "log")]
+    log_max_size: u64,
     /// Rotated logs to keep (FILE.1 ... FILE.N).
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "log")]
     log_keep: usize,
     /// The flow history database.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH, conflicts_with = "no_db")]
     db: PathBuf,
     /// Do not record to the database.
     #[arg(long)]
     no_db: bool,
     /// Delete history older than this (e.g. 30d, 12h); samples older than
     /// two days are rolled up into hourly totals.
-    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age)]
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age, conflicts_with = "no_db")]
     retain: Duration,
 }
 
+/// A size: a number of bytes, or a number with a binary unit (K, M, G;
+/// `100M`, `1GiB`).
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -52,10 +58,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
             (&s[..i], mult)
         }
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 100M)"))?;
-    Ok(n * mult)
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (e.g. 100M)"));
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is too large (at most {} bytes)", u64::MAX))
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -76,9 +85,14 @@ pub struct Sinks {
     log: Option<JsonLog>,
     store: Option<Store>,
     pending: Vec<FlowRecord>,
+    pending_verdicts: Vec<VerdictRecord>,
+    pending_rules: Vec<RulesRecord>,
     retain: Duration,
     last_retention: Option<Instant>,
     store_errors: u64,
+    /// Failed writes of the log, and whether the last one failed.
+    log_errors: u64,
+    log_failing: bool,
     /// Standard output was closed by its reader: not an error, just stop.
     pub broken: bool,
 }
@@ -87,10 +101,13 @@ impl Sinks {
     pub fn open(args: &SinkArgs) -> Result<Sinks> {
         let log = match &args.log {
             None => None,
-            Some(p) => Some(
-                JsonLog::open(p, args.log_max_size, args.log_keep)
-                    .with_context(|| format!("opening the log {}", p.display()))?,
-            ),
+            Some(p) => {
+                let max = Some(args.log_max_size).filter(|m| *m > 0);
+                Some(
+                    JsonLog::open(p, max, args.log_keep)
+                        .with_context(|| format!("opening the log {}", p.display()))?,
+                )
+            }
         };
         let store = if args.no_db {
             None
@@ -109,68 +126,117 @@ impl Sinks {
             log,
             store,
             pending: Vec::new(),
+            pending_verdicts: Vec::new(),
+            pending_rules: Vec::new(),
             retain: args.retain,
             last_retention: None,
             store_errors: 0,
+            log_errors: 0,
+            log_failing: false,
             broken: false,
         })
     }
 
-    /// A record for the log only (stats, verdicts).
-    pub fn write(&mut self, value: &impl serde::Serialize) -> Result<()> {
-        let Some(log) = self.log.as_mut() else {
-            return Ok(());
-        };
-        match log.write(value) {
-            Ok(()) => Ok(()),
+    /// What a write to the log (or a flush) came to.
+    fn log_outcome(&mut self, r: Result<(), StoreError>) {
+        match r {
+            Ok(()) => {
+                if std::mem::take(&mut self.log_failing) {
+                    tracing::warn!(
+                        "flow log: writing again (after {} failed writes)",
+                        self.log_errors
+                    );
+                }
+            }
             Err(StoreError::BrokenPipe) => {
                 self.broken = true;
                 self.log = None;
-                Ok(())
             }
-            Err(e) => Err(e).context("writing the flow log"),
+            Err(e) => {
+                self.log_errors += 1;
+                self.log_failing = true;
+                // Rate-limit the message: a full disk fails every flush.
+                if self.log_errors.is_power_of_two() {
+                    tracing::error!(
+                        "flow log: {e:#} (monitoring continues; records wait in memory \
+                         and are written when the log works again; {} writes failed so far)",
+                        self.log_errors
+                    );
+                }
+            }
+        }
+    }
+
+    /// A record for the log only.
+    fn log_record(&mut self, value: &impl serde::Serialize) {
+        if let Some(log) = self.log.as_mut() {
+            let r = log.write(value);
+            self.log_outcome(r);
         }
     }
 
     /// Flow records: the log and the store.
-    pub fn flows(&mut self, recs: &[FlowRecord]) -> Result<()> {
+    pub fn flows(&mut self, recs: &[FlowRecord]) {
         for r in recs {
-            self.write(r)?;
+            self.log_record(r);
         }
         if self.store.is_some() {
             self.pending.extend_from_slice(recs);
         }
-        Ok(())
     }
 
-    /// Flushes the log and writes the batch of flow records to the store.
-    pub fn flush(&mut self) -> Result<()> {
+    /// A blocked attempt: the log and the store.
+    pub fn verdict(&mut self, v: VerdictRecord) {
+        self.log_record(&v);
+        if self.store.is_some() {
+            self.pending_verdicts.push(v);
+        }
+    }
+
+    /// A load or reload of the rules: the log and the store.
+    pub fn rules_change(&mut self, r: RulesRecord) {
+        self.log_record(&r);
+        if self.store.is_some() {
+            self.pending_rules.push(r);
+        }
+    }
+
+    fn store_failed(&mut self, e: &StoreError) {
+        self.store_errors += 1;
+        // Rate-limit the message: a full disk fails every batch.
+        if self.store_errors.is_power_of_two() {
+            tracing::error!(
+                "flow history: {e:#} (monitoring continues; {} batches failed so far)",
+                self.store_errors
+            );
+        }
+    }
+
+    /// Flushes the log and writes the batch of records to the store.
+    pub fn flush(&mut self) {
         if let Some(log) = self.log.as_mut() {
-            match log.flush() {
-                Ok(()) => {}
-                Err(StoreError::BrokenPipe) => {
-                    self.broken = true;
-                    self.log = None;
-                }
-                Err(e) => return Err(e).context("writing the flow log"),
-            }
+            let r = log.flush();
+            self.log_outcome(r);
         }
         let Some(store) = self.store.as_mut() else {
-            return Ok(());
+            return;
         };
         let now = now_ns();
+        let mut failed = Vec::new();
         if !self.pending.is_empty() {
             if let Err(e) = store.write(&self.pending, now) {
-                self.store_errors += 1;
-                // Rate-limit the message: a full disk fails every batch.
-                if self.store_errors.is_power_of_two() {
-                    tracing::error!(
-                        "flow history: {e:#} (monitoring continues; {} batches failed so far)",
-                        self.store_errors
-                    );
-                }
+                failed.push(e);
             }
             self.pending.clear();
+        }
+        if !self.pending_verdicts.is_empty() || !self.pending_rules.is_empty() {
+            if let Err(e) =
+                store.write_enforcement(&self.pending_verdicts, &self.pending_rules, now)
+            {
+                failed.push(e);
+            }
+            self.pending_verdicts.clear();
+            self.pending_rules.clear();
         }
         if self
             .last_retention
@@ -181,7 +247,21 @@ impl Sinks {
                 tracing::error!("flow history retention: {e:#}");
             }
         }
-        Ok(())
+        for e in &failed {
+            self.store_failed(e);
+        }
+    }
+
+    /// The end of a run: the stats record to the log and to the store (the
+    /// run's row), after everything else.
+    pub fn finish(&mut self, stats: &serde_json::Value) {
+        self.log_record(stats);
+        self.flush();
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.end_run(stats, now_ns()) {
+                tracing::error!("flow history: storing the stats record: {e:#}");
+            }
+        }
     }
 
     /// The store's counters, for the stats record.
@@ -199,6 +279,25 @@ impl Sinks {
             }
         }
     }
+
+    /// The log's counters, for the stats record: lines written, lines not
+    /// written (dropped from the full queue, or still waiting), and failed
+    /// writes.
+    pub fn log_stats(&self) -> serde_json::Value {
+        match &self.log {
+            None => serde_json::Value::Null,
+            Some(l) => {
+                let st = l.stats();
+                json!({
+                    "path": l.path().map_or_else(|| "-".into(), |p| p.display().to_string()),
+                    "records_written": st.records_written,
+                    "records_failed": st.records_dropped + st.records_pending,
+                    "records_dropped": st.records_dropped,
+                    "write_errors": st.write_errors,
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,10 +307,14 @@ mod tests {
     #[test]
     fn sizes_and_units() {
         assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("10K"), Ok(10 << 10));
         assert_eq!(parse_size("100M"), Ok(100 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
         assert!(parse_size("5X").is_err());
         assert!(parse_size("M").is_err());
+        assert!(parse_size("18446744073709551616").is_err());
+        assert!(parse_size("17179869184G").is_err());
     }
 }
