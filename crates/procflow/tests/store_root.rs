@@ -5,10 +5,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn report(db: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(PROCFLOW)
@@ -320,8 +322,8 @@ struct SmallFs {
 }
 
 impl SmallFs {
-    fn new(size: &str) -> SmallFs {
-        let dir = std::env::temp_dir().join(format!("pf-full-{}", std::process::id()));
+    fn new(tag: &str, size: &str) -> SmallFs {
+        let dir = std::env::temp_dir().join(format!("pf-full-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         sh(&[
             "mount",
@@ -355,7 +357,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_full_disk_never_stops_monitoring_and_writing_resumes_with_space() {
     let p = Pair::new("diskfull", 32);
-    let fs = SmallFs::new("600k");
+    let fs = SmallFs::new("db", "600k");
     let db = fs.dir.join("procflow.db");
     let pf = Procflow::start(&["--db", db.to_str().unwrap()]);
     // Enough flows to fill 600 KiB many times over.
@@ -441,4 +443,385 @@ fn a_full_disk_never_stops_monitoring_and_writing_resumes_with_space() {
     let tx: u64 = after.iter().map(|f| u(f, "tx_bytes")).sum();
     let rx: u64 = after.iter().map(|f| u(f, "rx_bytes")).sum();
     assert_eq!((u(row, "tx_bytes"), u(row, "rx_bytes")), (tx, rx), "{row}");
+}
+
+/// `procflow run` with exactly the given arguments (the harness's
+/// `Procflow` always adds a log), its stderr kept for `wait_stderr`;
+/// killed on drop.
+struct Run {
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Run {
+    fn start(args: &[&str]) -> Run {
+        require_root();
+        let mut child = Command::new(PROCFLOW)
+            .args(["-v", "run"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting procflow");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[procflow] {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let run = Run {
+            child: Some(child),
+            stderr,
+        };
+        run.wait_stderr("watching", 30);
+        run
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits until a line of stderr contains `what`.
+    fn wait_stderr(&self, what: &str, secs: u64) {
+        let ok = wait_for(secs, || {
+            self.stderr.lock().unwrap().iter().any(|l| l.contains(what))
+        });
+        assert!(ok, "procflow never said {what:?} within {secs} s");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// SIGINT, and exit 0.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        sh(&["kill", "-INT", &child.id().to_string()]);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "procflow exited with {status}");
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A directory of files for one test, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("pf-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The generator's real path: what procflow reports as its exe.
+fn testgen() -> String {
+    std::fs::canonicalize(TESTGEN)
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// A rules file that blocks the generator's connections to `remote:port`.
+fn block_testgen(path: &Path, rule: &str, remote: IpAddr, port: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "default = \"allow\"\n\n[[rule]]\nname = \"{rule}\"\naction = \"block\"\n\
+             exe = \"{}\"\nremote = \"{remote}\"\nremote_port = {port}\n",
+            testgen()
+        ),
+    )
+    .unwrap();
+}
+
+/// A TCP connect by the generator from `p.a` that the rules block: its pid.
+fn blocked_connect(p: &Pair, remote: IpAddr, port: u16) -> u32 {
+    let child =
+        p.a.command(TESTGEN)
+            .args([
+                "tcp-send",
+                "--connect",
+                &format!("{remote}:{port}"),
+                "--upload",
+                "10",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Operation not permitted"),
+        "the connect to {remote}:{port} was not blocked: {err}"
+    );
+    pid
+}
+
+/// The stats record of the last run in the store.
+fn stored_stats(db: &Path) -> Value {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let text: String = c
+        .query_row(
+            "SELECT stats FROM runs ORDER BY run_id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A report of the verdicts table, polled until `want` rows are there.
+fn wait_verdicts(db: &Path, args: &[&str], want: usize) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_for(10, || {
+        let mut a = vec!["--verdicts"];
+        a.extend_from_slice(args);
+        last = report(db, &a);
+        last["rows"].as_array().unwrap().len() >= want
+    });
+    assert!(
+        ok,
+        "fewer than {want} attempts in the store after 10 s: {last:#}"
+    );
+    last
+}
+
+#[test]
+fn a_blocked_connect_without_a_log_is_in_the_store_with_its_exe_and_rule() {
+    let p = Pair::new("vstore", 34);
+    let dir = Scratch::new("vstore");
+    let rules = dir.path("rules.toml");
+    let db = dir.path("procflow.db");
+    block_testgen(&rules, "no-testgen-7101", p.b4, 7101);
+    let run = Run::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let pid = blocked_connect(&p, p.b4, 7101);
+    let doc = wait_verdicts(&db, &[], 1);
+    let rows = doc["rows"].as_array().unwrap();
+    let mine: Vec<&Value> = rows.iter().filter(|r| r["pid"] == pid).collect();
+    assert_eq!(mine.len(), 1, "{doc:#}");
+    let v = mine[0];
+    assert_eq!(v["exe"], testgen(), "{v}");
+    assert_eq!(v["rule"], "no-testgen-7101", "{v}");
+    assert_eq!(v["action"], "block", "{v}");
+    assert_eq!(v["hook"], "connect", "{v}");
+    assert_eq!(v["proto"], "tcp", "{v}");
+    assert_eq!(v["direction"], "out", "{v}");
+    assert_eq!(v["remote_ip"], p.b4.to_string(), "{v}");
+    assert_eq!(v["remote_port"], 7101, "{v}");
+    assert_eq!(v["uid"], 0, "{v}");
+    assert_eq!(v["comm"], "procflow-testge", "{v}");
+
+    // A bad file on SIGHUP: refused, acknowledged in the store, and the
+    // rules in force still block.
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"x\"\naction = \"block\"\nremote_port = \"9-1\"\n",
+    )
+    .unwrap();
+    sh(&["kill", "-HUP", &run.pid().to_string()]);
+    let mut changes = Value::Null;
+    let ok = wait_for(10, || {
+        changes = report(&db, &["--rules-changes"]);
+        changes["rows"].as_array().unwrap().len() >= 2
+    });
+    assert!(ok, "the reload was not acknowledged: {changes:#}");
+    let second = blocked_connect(&p, p.b4, 7101);
+    let doc = wait_verdicts(&db, &["--rule", "no-testgen-7101"], 2);
+    assert_eq!(doc["rows"][1]["pid"], second, "{doc:#}");
+    run.stop();
+
+    let changes = report(&db, &["--rules-changes"]);
+    let rows = changes["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{changes:#}");
+    assert_eq!(
+        (
+            &rows[0]["outcome"],
+            &rows[0]["generation"],
+            &rows[0]["rules"],
+            &rows[0]["error"]
+        ),
+        (&json!("accepted"), &json!(1), &json!(1), &Value::Null),
+        "{changes:#}"
+    );
+    assert_eq!(rows[0]["path"], rules.to_str().unwrap());
+    assert_eq!(
+        (
+            &rows[1]["outcome"],
+            &rows[1]["generation"],
+            &rows[1]["rules"]
+        ),
+        (&json!("refused"), &json!(1), &json!(1)),
+        "{changes:#}"
+    );
+    let err = rows[1]["error"].as_str().unwrap();
+    assert!(
+        err.starts_with(&format!("{}:4:15: ", rules.display())),
+        "{err}"
+    );
+    // Counted per rule: the two attempts, and nothing by the default.
+    let doc = report(&db, &["--verdicts", "--by", "exe,rule"]);
+    let rows = doc["rows"].as_array().unwrap();
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["exe"] == testgen()).collect();
+    assert_eq!(ours.len(), 1, "{doc:#}");
+    assert_eq!(ours[0]["rule"], "no-testgen-7101");
+    assert_eq!(ours[0]["attempts"], 2);
+    // The run's stats record is in the store, with no log.
+    let st = stored_stats(&db);
+    assert_eq!(st["type"], "stats", "{st}");
+    assert!(st["log"].is_null(), "{st}");
+    assert_eq!(st["store"]["records_failed"], 0, "{st}");
+}
+
+/// The records of a log that may be being written: whole lines only.
+fn log_records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn a_full_log_file_system_never_stops_monitoring_or_enforcing() {
+    let p = Pair::new("logfull", 35);
+    let dir = Scratch::new("logfull");
+    let fs = SmallFs::new("log", "256k");
+    let rules = dir.path("rules.toml");
+    let db = dir.path("procflow.db");
+    let log = fs.dir.join("flows.jsonl");
+    block_testgen(&rules, "no-testgen-7102", p.b4, 7102);
+    let mut run = Run::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    // Far more records than 256 KiB hold.
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--count",
+            "3000",
+        ],
+    );
+    let cl = client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--upload",
+            "10",
+            "--count",
+            "3000",
+        ],
+    );
+    assert_eq!(u(&cl, "connections"), 3000);
+    finish(server);
+    run.wait_stderr("flow log: ", 20);
+    // Full: still running, still enforcing.
+    assert!(run.running(), "procflow stopped when its log filled");
+    let blocked = blocked_connect(&p, p.b4, 7102);
+    wait_verdicts(&db, &["--rule", "no-testgen-7102"], 1);
+    assert!(run.running());
+
+    // Space returns: everything queued reaches the log, then new records.
+    fs.resize("64m");
+    let (server, port2) = serve(&p.b, &["tcp-serve", "--listen", &format!("{}:0", p.b4)]);
+    client(
+        &p.a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("{}:{port2}", p.b4),
+            "--upload",
+            "1234",
+        ],
+    );
+    finish(server);
+    let mut recs = Vec::new();
+    let ok = wait_for(20, || {
+        recs = log_records(&log);
+        recs.iter().any(|r| {
+            r["type"] == "flow" && r["state"] == "closed" && u(r, "remote_port") == port2 as u64
+        })
+    });
+    assert!(ok, "the log did not resume: {} records", recs.len());
+    run.wait_stderr("flow log: writing again", 5);
+    run.stop();
+
+    // Every line is whole (read_log panics on a torn one), and nothing
+    // was lost: every connection has its closed record, the attempt made
+    // while the disk was full has its verdict record.
+    let recs = read_log(&log);
+    let flows = final_flows(&recs);
+    let closed = flows_in(&flows, &p.a, |f| {
+        u(f, "remote_port") == port as u64 && f["state"] == "closed"
+    });
+    assert_eq!(closed.len(), 3000);
+    let v: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["process"]["pid"] == blocked)
+        .collect();
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0]["rule"], "no-testgen-7102");
+    let acks: Vec<&Value> = recs.iter().filter(|r| r["type"] == "rules").collect();
+    assert_eq!(acks.len(), 1, "{acks:#?}");
+    assert_eq!(acks[0]["outcome"], "accepted");
+    assert_eq!(acks[0]["generation"], 1);
+    let st = stats(&recs);
+    assert_eq!(
+        recs.last().unwrap()["type"],
+        "stats",
+        "the stats record comes last"
+    );
+    // The stats record counts every line before it, and the failures.
+    assert_eq!(
+        u(&st["log"], "records_written"),
+        recs.len() as u64 - 1,
+        "{st}"
+    );
+    assert_eq!(u(&st["log"], "records_failed"), 0, "{st}");
+    assert!(
+        u(&st["log"], "write_errors") > 0,
+        "the log never failed: {st}"
+    );
+    // The store has the same stats record.
+    assert_eq!(stored_stats(&db), st);
 }
