@@ -121,6 +121,7 @@ mod tests {
                 exe: Some("/usr/bin/curl".into()),
                 cmdline: Some("curl https://10.0.0.2/".into()),
                 cgroup: None,
+                exe_unknown: None,
             },
             netns: 1,
             socket: 99,

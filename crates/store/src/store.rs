@@ -59,7 +59,15 @@ fn process_hash(p: &ProcessIdentity) -> u64 {
     static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
         std::sync::OnceLock::new();
     STATE.get_or_init(Default::default).hash_one((
-        p.pid, p.ppid, p.uid, &p.user, &p.comm, &p.exe, &p.cmdline, &p.cgroup,
+        p.pid,
+        p.ppid,
+        p.uid,
+        &p.user,
+        &p.comm,
+        &p.exe,
+        &p.cmdline,
+        &p.cgroup,
+        &p.exe_unknown,
     ))
 }
 
@@ -568,10 +576,22 @@ impl Store {
             .prepare_cached(
                 "SELECT process_id FROM processes
                  WHERE run_id = ?1 AND pid = ?2 AND ppid = ?3 AND uid = ?4 AND user IS ?5
-                   AND comm = ?6 AND exe_id IS ?7 AND cmdline IS ?8 AND cgroup IS ?9",
+                   AND comm = ?6 AND exe_id IS ?7 AND cmdline IS ?8 AND cgroup IS ?9
+                   AND exe_unknown IS ?10",
             )?
             .query_row(
-                params![run_id, p.pid, p.ppid, p.uid, p.user, p.comm, exe_id, p.cmdline, p.cgroup],
+                params![
+                    run_id,
+                    p.pid,
+                    p.ppid,
+                    p.uid,
+                    p.user,
+                    p.comm,
+                    exe_id,
+                    p.cmdline,
+                    p.cgroup,
+                    p.exe_unknown
+                ],
                 |r| r.get(0),
             )
             .optional()?;
@@ -584,11 +604,20 @@ impl Store {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO processes (run_id, pid, ppid, uid, user, comm, exe_id,
-                            cmdline, cgroup, first_seen_us, last_seen_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                            cmdline, cgroup, exe_unknown, first_seen_us, last_seen_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
                     )?
                     .execute(params![
-                        run_id, p.pid, p.ppid, p.uid, p.user, p.comm, exe_id, p.cmdline, p.cgroup,
+                        run_id,
+                        p.pid,
+                        p.ppid,
+                        p.uid,
+                        p.user,
+                        p.comm,
+                        exe_id,
+                        p.cmdline,
+                        p.cgroup,
+                        p.exe_unknown,
                         now_us
                     ])?;
                 self.conn.last_insert_rowid()

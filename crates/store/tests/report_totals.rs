@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{feed, ns, synthetic_flows, Synth, NOW_S};
+use common::{feed, ns, synthetic_flows, Synth, NOW_S, UNKNOWN_WHY};
 use procflow_core::flow::{Direction, FlowState, Proto};
 use procflow_store::report::output::human_bytes;
 use procflow_store::report::{run_report_at, Format, GroupBy, ReportArgs};
@@ -41,8 +41,15 @@ fn truth_key(f: &Synth, g: GroupBy) -> Vec<Value> {
     let owned = !f.unowned;
     let opt = |v: Option<&str>| if owned { json!(v) } else { Value::Null };
     match g {
-        // The synthetic flows never say why an executable is unknown.
-        GroupBy::Exe => vec![opt(f.exe), Value::Null],
+        // An owned flow without an executable says why.
+        GroupBy::Exe => vec![
+            opt(f.exe),
+            if owned && f.exe.is_none() {
+                json!(UNKNOWN_WHY)
+            } else {
+                Value::Null
+            },
+        ],
         GroupBy::Process if owned => vec![json!(f.pid), json!(f.comm)],
         GroupBy::Process => vec![Value::Null, Value::Null],
         GroupBy::User if owned => vec![json!(f.user.map_or(f.uid.to_string(), String::from))],

@@ -38,6 +38,7 @@ fn identity(i: usize) -> ProcessIdentity {
         exe: exe.map(String::from),
         cmdline: exe.map(|e| format!("{e} 10.1.2.3")),
         cgroup: Some("/user.slice".into()),
+        exe_unknown: None,
     }
 }
 

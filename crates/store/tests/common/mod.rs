@@ -10,6 +10,9 @@ use procflow_core::ProcessIdentity;
 /// A fixed "now": 2026-11-18T11:06:40Z.
 pub const NOW_S: i64 = 1_795_000_000;
 
+/// Why a synthetic flow's executable is unknown (those without `exe`).
+pub const UNKNOWN_WHY: &str = "exited before first seen";
+
 pub fn ns(s: i64) -> u64 {
     (s as u64) * 1_000_000_000
 }
@@ -48,7 +51,7 @@ impl Synth {
             exe: self.exe.map(String::from),
             cmdline: self.exe.map(|e| format!("{e} --flag")),
             cgroup: self.cgroup.map(String::from),
-            exe_unknown: None,
+            exe_unknown: self.exe.is_none().then(|| UNKNOWN_WHY.to_string()),
         })
     }
 
