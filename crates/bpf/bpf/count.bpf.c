@@ -40,8 +40,6 @@ static __always_inline int parse_l4_slow(struct __sk_buff *skb, struct pkt *p, _
 			p->dport = (uh[2] << 8) | uh[3];
 		}
 		p->l4len = 8;
-	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
-		p->l4len = 8;
 	}
 	return 0;
 }
@@ -182,8 +180,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return parse_slow(skb, p);
 		p->sport = (t[0] << 8) | t[1];
 		p->dport = (t[2] << 8) | t[3];
-		p->l4len = 8;
-	} else if (p->l4 == IPPROTO_ICMP || p->l4 == IPPROTO_ICMPV6) {
 		p->l4len = 8;
 	} else if (version == 6 && ipv6_ext(p->l4)) {
 		return parse_v6_ext(skb, p, skb->len);

@@ -294,12 +294,14 @@ fn icmp_echo_over_a_ping_socket_is_exact() {
     assert_eq!(f["process"]["exe"], TESTGEN);
     assert_eq!((u(f, "tx_packets"), u(f, "tx_bytes")), (rq_p, rq_b), "{f}");
     assert_eq!((u(f, "rx_packets"), u(f, "rx_bytes")), (rp_p, rp_b), "{f}");
-    // ICMP payload is the echo data after the 8-byte ICMP header.
+    // ICMP payload is what the application wrote and read: the ICMP
+    // message, its 8-byte header included (what sendto/recvfrom returned).
     assert_eq!(
         (u(f, "tx_payload"), u(f, "rx_payload")),
-        (7 * 1000, 7 * 1000),
+        (u(&cl, "sent"), u(&cl, "received")),
         "{f}"
     );
+    assert_eq!(u(&cl, "sent"), 7 * 1008);
 }
 
 #[test]
