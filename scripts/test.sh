@@ -8,7 +8,14 @@ if [ "$(id -u)" != 0 ]; then
     echo "procflow: the test suite must run as root (its kernel tests load eBPF programs)" >&2
     exit 1
 fi
+T0=$(date +%s)
+phase() { echo "==> test.sh: $1 ($(($(date +%s) - T0)) s since start)"; }
+phase "installing packages (scripts/install-deps.sh)"
 bash scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+phase "building"
 cargo build --release --locked --workspace --all-targets
+phase "running every test (unit tests and root tests)"
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads=2
+phase "done"
+
