@@ -100,14 +100,18 @@ int pf_iter_task_file(struct bpf_iter__task_file *it)
 }
 
 /* Periodic reading, per namespace: current counters of the live TCP flows
- * (PF_EV_DUMP), and a kind-0 record for every other socket that has a
- * context, so user space can count live contexts. Creates nothing. */
+ * (PF_EV_DUMP), and a kind-0 record with the cookie for every other socket
+ * that has a context, so user space can count live contexts and end the
+ * flows of UDP sockets that are gone. Creates nothing. */
 static __always_inline void dump_sock(struct seq_file *seq, struct sock *sk, bool tcp)
 {
 	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, sk, 0, 0);
 	if (!ctx)
 		return;
 	struct pf_flow_event e = {};
+	e.cookie = ctx->cookie;
+	e.netns = ctx->netns;
+	e.addr.proto = tcp ? IPPROTO_TCP : IPPROTO_UDP;
 	__u32 flags = ctx->flags;
 	if (tcp && (flags & PF_F_ANNOUNCED) && !(flags & PF_F_CLOSED)) {
 		event_from_ctx(&e, PF_EV_DUMP, ctx);

@@ -24,7 +24,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/procflow.skel.rs"));
 }
 
-pub use loader::{Kernel, KernelStats, Refused};
+pub use loader::{Dump, Kernel, KernelStats, Refused};
 pub use scan::ScanReport;
 
 /// One record from the kernel.

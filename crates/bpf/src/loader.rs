@@ -47,6 +47,22 @@ fn attach_kind(section: &str) -> Option<AttachKind> {
     }
 }
 
+/// One reading of every namespace's TCP and UDP sockets.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Current counters of the live TCP flows.
+    pub views: Vec<procflow_core::event::FlowView>,
+    /// Sockets with a context.
+    pub contexts: usize,
+    /// Cookies of the UDP sockets alive during the reading.
+    pub live_udp: std::collections::HashSet<u64>,
+    /// The namespaces read (inode numbers).
+    pub namespaces: std::collections::HashSet<u64>,
+    /// When the reading started, boot-time and Unix nanoseconds.
+    pub started_boot_ns: u64,
+    pub started_unix_ns: u64,
+}
+
 /// A program the kernel would not load, and why.
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -316,14 +332,18 @@ impl Kernel {
     }
 
     /// Current counters of every live TCP flow, in every network
-    /// namespace, and how many TCP and UDP sockets have a context.
-    pub fn dump_tcp(&mut self) -> Result<(Vec<procflow_core::event::FlowView>, usize), BpfError> {
+    /// namespace, how many TCP and UDP sockets have a context, and which
+    /// UDP sockets are alive.
+    pub fn dump(&mut self) -> Result<Dump, BpfError> {
         let clock = self.clock;
         let tcp_fd = self.iter_link("pf_dump_tcp")?.as_fd().as_raw_fd();
         let udp_fd = self.iter_link("pf_dump_udp")?.as_fd().as_raw_fd();
-        let mut views = Vec::new();
-        let mut contexts = 0;
-        for (_ino, path) in crate::scan::namespaces() {
+        let mut d = Dump {
+            started_boot_ns: clock.boot_now(),
+            ..Dump::default()
+        };
+        d.started_unix_ns = clock.unix_ns(d.started_boot_ns);
+        for (ino, path) in crate::scan::namespaces() {
             let Ok((tcp, udp)) = crate::scan::in_netns(&path, || {
                 Ok((
                     crate::scan::read_iter(tcp_fd)?,
@@ -332,17 +352,56 @@ impl Kernel {
             }) else {
                 continue; // the namespace is gone
             };
-            contexts += (tcp.len() + udp.len()) / decode::FLOW_EVENT_SIZE;
+            d.namespaces.insert(ino);
+            d.contexts += (tcp.len() + udp.len()) / decode::FLOW_EVENT_SIZE;
             for rec in tcp.chunks_exact(decode::FLOW_EVENT_SIZE) {
                 if decode::record_kind(rec) != Some(decode::PF_EV_DUMP) {
                     continue;
                 }
                 if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
-                    views.push(decode::flow_view(&e, &clock));
+                    d.views.push(decode::flow_view(&e, &clock));
+                }
+            }
+            for rec in udp.chunks_exact(decode::FLOW_EVENT_SIZE) {
+                if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
+                    d.live_udp.insert(e.cookie);
                 }
             }
         }
-        Ok((views, contexts))
+        Ok(d)
+    }
+
+    /// Deletes the kernel's datagram entries of UDP sockets that are gone
+    /// (their RELEASE record was lost) and that user space never announced:
+    /// entries whose socket `dump` did not list, older than the dump.
+    /// Returns how many were deleted.
+    pub fn sweep_datagram_entries(&self, d: &Dump, known: &dyn Fn(&FlowKey) -> bool) -> usize {
+        let map = &self.skel.maps.dgram_flows;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        let mut deleted = 0;
+        for kb in keys {
+            let Some(k) = decode::read_struct::<pf_dgram_key>(&kb) else {
+                continue;
+            };
+            if d.live_udp.contains(&k.cookie) {
+                continue;
+            }
+            let Some(per_cpu) = map.lookup_percpu(&kb, MapFlags::ANY).ok().flatten() else {
+                continue;
+            };
+            let vals: Vec<pf_dgram_val> = per_cpu
+                .iter()
+                .filter_map(|b| decode::read_struct::<pf_dgram_val>(b))
+                .collect();
+            let udp = vals.iter().any(|v| v.proto == 17);
+            let start = vals.iter().map(|v| v.start_ns).filter(|&s| s > 0).min();
+            let old = start.is_some_and(|s| s < d.started_boot_ns);
+            let key = FlowKey::datagram(k.cookie, decode::ip(k.family, &k.remote), k.rport);
+            if udp && old && !known(&key) && map.delete(&kb).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
     }
 
     fn dgram_key(key: &FlowKey) -> Option<pf_dgram_key> {

@@ -89,6 +89,36 @@ impl FlowTable {
         self.flows.keys().copied().collect()
     }
 
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.flows.contains_key(key)
+    }
+
+    /// UDP flows whose socket is gone although its RELEASE record never
+    /// came (it was lost): in a namespace that a reading of the live
+    /// sockets covered (`namespaces`), started before that reading began
+    /// (`read_at_ns`, Unix ns), and whose socket it did not list (`live`).
+    /// Other datagram protocols (ping, raw, UDP-Lite) are not in that
+    /// reading and are never chosen.
+    pub fn udp_flows_gone(
+        &self,
+        live: &std::collections::HashSet<u64>,
+        namespaces: &std::collections::HashSet<u64>,
+        read_at_ns: u64,
+    ) -> Vec<FlowKey> {
+        self.flows
+            .iter()
+            .filter(|(k, e)| {
+                let i = &e.view.info;
+                k.remote.is_some()
+                    && i.proto == crate::flow::Proto::Udp
+                    && namespaces.contains(&i.netns)
+                    && e.view.start_ns < read_at_ns
+                    && !live.contains(&k.cookie)
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// A name for `ip` from a reverse lookup; flows to `ip` without a name
     /// from a DNS answer carry it in their next records.
     pub fn learn_reverse(&mut self, ip: std::net::IpAddr, name: String) {
@@ -521,6 +551,35 @@ mod tests {
         );
         assert_eq!(t.stats().exe_unknown.get(reason::EXITED), Some(&1));
         assert_eq!(t.stats().exe_unknown.len(), 1);
+    }
+
+    #[test]
+    fn udp_flows_of_sockets_that_are_gone_are_found_and_no_others() {
+        use std::collections::HashSet;
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let at = |cookie: u64, start_ns: u64, proto: Proto, netns: u64| {
+            let mut v = view(FlowKey::datagram(cookie, ip(2), 53), Some(100), 1);
+            v.start_ns = start_ns;
+            v.info.proto = proto;
+            v.info.netns = netns;
+            v
+        };
+        let ns: HashSet<u64> = [7].into();
+        let live: HashSet<u64> = [1].into();
+        for v in [
+            at(1, 10, Proto::Udp, 7),  // alive
+            at(2, 10, Proto::Udp, 7),  // gone: chosen
+            at(3, 500, Proto::Udp, 7), // started after the reading
+            at(4, 10, Proto::Udp, 8),  // namespace not read
+            at(5, 10, Proto::Icmp, 7), // ping: not in the reading
+        ] {
+            t.ingest(FlowEvent::Open(v), &mut sys);
+        }
+        assert_eq!(
+            t.udp_flows_gone(&live, &ns, 100),
+            vec![FlowKey::datagram(2, ip(2), 53)]
+        );
     }
 
     #[test]

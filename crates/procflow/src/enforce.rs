@@ -257,7 +257,7 @@ fn blocked_connections(
     sys: &mut dyn SystemLookup,
 ) -> Result<BTreeMap<u64, Vec<TcpId>>> {
     let compiled = CompiledRules::compile(rules);
-    let (views, _) = kernel.dump_tcp().context("reading live connections")?;
+    let views = kernel.dump().context("reading live connections")?.views;
     let mut out: BTreeMap<u64, Vec<TcpId>> = BTreeMap::new();
     for v in views {
         let (rip, rport) = v.info.remote;

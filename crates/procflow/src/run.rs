@@ -61,7 +61,22 @@ struct Collector {
     sinks: Sinks,
     rules: crate::enforce::Enforcer,
     resolver: Option<crate::resolve::Resolver>,
+    swept: Swept,
+    last_refresh: Instant,
 }
+
+/// What the periodic sweep ended because a RELEASE record was lost.
+#[derive(Debug, Default, serde::Serialize)]
+struct Swept {
+    /// Flows of UDP sockets that were gone, ended with a closed record.
+    flows: u64,
+    /// Kernel datagram entries of such sockets, never announced, deleted.
+    kernel_entries: u64,
+}
+
+/// How often the live sockets are read even without `--interval`: the
+/// sweep of flows whose RELEASE record was lost runs with it.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Collector {
     fn apply(&mut self, rec: Record) -> Result<()> {
@@ -98,10 +113,13 @@ impl Collector {
         }
     }
 
-    /// Reads the current counters of every live flow from the kernel.
+    /// Reads the current counters of every live flow from the kernel, and
+    /// ends the flows of UDP sockets that are gone although their RELEASE
+    /// record never arrived (and deletes such kernel entries).
     fn refresh(&mut self) -> Result<usize> {
-        let (views, contexts) = self.kernel.dump_tcp()?;
-        for v in views {
+        let mut dump = self.kernel.dump()?;
+        let contexts = dump.contexts;
+        for v in std::mem::take(&mut dump.views) {
             self.table.ingest(FlowEvent::Update(v), &mut self.sys);
         }
         for key in self.table.keys() {
@@ -111,6 +129,24 @@ impl Collector {
                 }
             }
         }
+        let gone =
+            self.table
+                .udp_flows_gone(&dump.live_udp, &dump.namespaces, dump.started_unix_ns);
+        for key in gone {
+            if let Some(c) = self.kernel.datagram_counters(&key, true) {
+                self.table.update_counters(&key, c);
+            }
+            let end = self.kernel.clock.unix_ns(self.kernel.clock.boot_now());
+            if let Some(r) = self.table.close(&key, end, &mut self.sys) {
+                self.swept.flows += 1;
+                self.sinks.flows(&[r]);
+            }
+        }
+        let table = &self.table;
+        self.swept.kernel_entries +=
+            self.kernel
+                .sweep_datagram_entries(&dump, &|k| table.contains(k)) as u64;
+        self.last_refresh = Instant::now();
         Ok(contexts)
     }
 
@@ -156,6 +192,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         sinks,
         rules,
         resolver,
+        swept: Swept::default(),
+        last_refresh: Instant::now(),
     };
 
     // Records that arrived while attaching come first, then the scan's.
@@ -195,6 +233,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 c.sinks.flows(&snap);
                 next_snapshot = Some(at + every);
             }
+        }
+        if c.last_refresh.elapsed() >= SWEEP_EVERY {
+            c.refresh()?;
         }
         c.sinks.flush();
     }
@@ -240,6 +281,7 @@ fn stats_record(
         "socket_contexts_at_start": contexts_at_start,
         "socket_contexts_at_stop": contexts_at_stop,
         "datagram_entries": c.kernel.datagram_entries(),
+        "swept": c.swept,
         "store": c.sinks.stats(),
         "log": c.sinks.log_stats(),
         "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),

@@ -323,8 +323,11 @@ fn remove_db(db: &std::path::Path) {
     }
 }
 
+/// Every complete record of the log (a line procflow is still writing, not
+/// yet ended by its newline, is left for the next read).
 pub fn read_log(path: &PathBuf) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
+    let mut text = std::fs::read_to_string(path).unwrap();
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
         .collect()
