@@ -61,6 +61,11 @@ fn main() {
         assert!(status.success(), "{clang} failed on bpf/{src}");
         objs.push(o);
     }
+    // libbpf's own messages say why a link fails: show them in the build log.
+    fn to_stderr(_: libbpf_rs::PrintLevel, msg: String) {
+        eprint!("{msg}");
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, to_stderr)));
     let mut linker = libbpf_rs::Linker::new(&obj).expect("BPF linker");
     for o in &objs {
         linker.add_file(o).expect("adding object to the BPF linker");

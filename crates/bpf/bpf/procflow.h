@@ -23,6 +23,7 @@ enum pf_kind {
 	PF_EV_EXEC = 5,    /* a process called exec */
 	PF_EV_SCAN = 6,    /* start-up scan: an existing socket */
 	PF_EV_DUMP = 7,    /* periodic reading of a live socket */
+	PF_EV_VERDICT = 9, /* a rule (or the default) decided a connection */
 	PF_EV_DNS = 10,    /* a DNS response arrived (remote names) */
 	PF_EV_FORK = 11,   /* a new process (not a thread) was created */
 };
@@ -42,12 +43,14 @@ enum pf_direction {
 };
 
 /* pf_sock_ctx.flags */
-#define PF_F_ANNOUNCED  0x01 /* an OPEN record was sent */
-#define PF_F_OWNER      0x02 /* owner fields are set */
-#define PF_F_OWNER_WEAK 0x04 /* owner inherited (listener, scan), not seen acting */
-#define PF_F_BORN       0x08 /* created at the socket's birth: no earlier traffic */
-#define PF_F_CLOSED     0x10 /* the final record was sent */
-#define PF_F_BEFORE     0x20 /* before_start is meaningful (start-up scan) */
+enum pf_flag {
+	PF_F_ANNOUNCED = 0x01,  /* an OPEN record was sent */
+	PF_F_OWNER = 0x02,      /* owner fields are set */
+	PF_F_OWNER_WEAK = 0x04, /* owner inherited (listener, scan), not seen acting */
+	PF_F_BORN = 0x08,       /* created at the socket's birth: no earlier traffic */
+	PF_F_CLOSED = 0x10,     /* the final record was sent */
+	PF_F_BEFORE = 0x20,     /* before_start is meaningful (start-up scan) */
+};
 
 struct pf_owner {
 	__u32 pid;  /* tgid */
@@ -202,15 +205,27 @@ _Static_assert(sizeof(struct pf_counters) == 48, "pf_counters size");
 _Static_assert(sizeof(struct pf_addr) == 40, "pf_addr size");
 _Static_assert(sizeof(struct pf_flow_event) == 192, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
+_Static_assert(sizeof(struct pf_dgram_val) == 80, "pf_dgram_val size");
+_Static_assert(sizeof(struct pf_sock_ctx) == 184, "pf_sock_ctx size");
+_Static_assert(sizeof(struct pf_exec_event) == 1584, "pf_exec_event size");
+_Static_assert(sizeof(struct pf_dns_event) == 528, "pf_dns_event size");
 #endif
 
 /* ---- Rules enforcement (policy.bpf.c, crates/bpf/src/policy.rs) ---- */
 
-#define PF_EV_VERDICT 9      /* a rule (or the default) decided a connection */
 #define PF_RULE_WORDS 16     /* 1024 rules, one bit each */
 #define PF_EXE_KEY 256       /* bytes of path in an exe LPM key */
 #define PF_CG_LEVELS 16      /* cgroup levels a rule may name: 0 (/) to 15 */
 #define PF_PORT_SEGS 4096    /* port segments per dimension and generation */
+#define PF_REMOTE_ENTRIES 16384 /* entries of each remote LPM table */
+
+/* The table sizes Rust needs, as an enum so that they reach BTF and the
+ * skeleton's types (procflow-bpf takes them from there). */
+enum pf_size {
+	PF_SIZE_PORT_SEGS = PF_PORT_SEGS,
+	PF_SIZE_CG_LEVELS = PF_CG_LEVELS,
+	PF_SIZE_REMOTE_ENTRIES = PF_REMOTE_ENTRIES,
+};
 
 /* A set of rules: rule i is bit i % 64 of w[i / 64]. */
 struct pf_mask {

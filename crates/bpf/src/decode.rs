@@ -10,34 +10,79 @@ use procflow_core::FlowEvent;
 
 use crate::skel::types::{pf_counters, pf_exec_event, pf_flow_event, pf_fork_event, pf_owner};
 
-pub const PF_EV_OPEN: u32 = 1;
-pub const PF_EV_CLOSE: u32 = 2;
-pub const PF_EV_OWNER: u32 = 3;
-pub const PF_EV_RELEASE: u32 = 4;
-pub const PF_EV_EXEC: u32 = 5;
-pub const PF_EV_DUMP: u32 = 7;
-pub const PF_EV_DNS: u32 = 10;
-pub const PF_EV_FORK: u32 = 11;
+use crate::skel::types::{pf_direction, pf_flag, pf_kind, pf_origin};
 
-pub const PF_F_OWNER: u32 = 0x02;
-pub const PF_F_BEFORE: u32 = 0x20;
+// Record kinds and flags, from procflow.h through the skeleton's types.
+pub const PF_EV_OPEN: u32 = pf_kind::PF_EV_OPEN.0;
+pub const PF_EV_CLOSE: u32 = pf_kind::PF_EV_CLOSE.0;
+pub const PF_EV_OWNER: u32 = pf_kind::PF_EV_OWNER.0;
+pub const PF_EV_RELEASE: u32 = pf_kind::PF_EV_RELEASE.0;
+pub const PF_EV_EXEC: u32 = pf_kind::PF_EV_EXEC.0;
+pub const PF_EV_DUMP: u32 = pf_kind::PF_EV_DUMP.0;
+pub const PF_EV_VERDICT: u32 = pf_kind::PF_EV_VERDICT.0;
+pub const PF_EV_DNS: u32 = pf_kind::PF_EV_DNS.0;
+pub const PF_EV_FORK: u32 = pf_kind::PF_EV_FORK.0;
+
+pub const PF_F_OWNER: u32 = pf_flag::PF_F_OWNER.0;
+pub const PF_F_BEFORE: u32 = pf_flag::PF_F_BEFORE.0;
 
 pub const FLOW_EVENT_SIZE: usize = 192;
 const _: () = assert!(std::mem::size_of::<pf_flow_event>() == FLOW_EVENT_SIZE);
 const _: () = assert!(std::mem::size_of::<pf_owner>() == 48);
 const _: () = assert!(std::mem::size_of::<pf_fork_event>() == 32);
 const _: () = assert!(std::mem::size_of::<pf_counters>() == 48);
+const _: () = assert!(std::mem::size_of::<pf_exec_event>() == 1584);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dns_event>() == 528);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_key>() == 32);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_val>() == 80);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 184);
+
+/// A type that crosses the kernel boundary as bytes: one of the skeleton's
+/// `repr(C)` types made only of integers and integer arrays, with every
+/// padding byte spelled out as a field (libbpf-cargo generates them so), so
+/// that every bit pattern is a valid value and every byte is initialised.
+///
+/// # Safety
+///
+/// Implement it only for such types; `read_struct` and `struct_bytes` rely
+/// on it.
+pub(crate) unsafe trait Plain: Copy {}
+
+// SAFETY: each is a skeleton type generated from procflow.h, integers and
+// integer arrays only, padding as explicit fields (the size asserts above
+// and in policy.rs pin their layout).
+unsafe impl Plain for pf_flow_event {}
+// SAFETY: as above.
+unsafe impl Plain for pf_exec_event {}
+// SAFETY: as above.
+unsafe impl Plain for pf_fork_event {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_dns_event {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_dgram_key {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_dgram_val {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_verdict_event {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_policy_hdr {}
 
 /// Reads a `T` from the start of `bytes`, if it is long enough.
-pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
+pub(crate) fn read_struct<T: Plain>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < std::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: the length was checked above; T is one of the skeleton's
-    // repr(C) record types made only of integers and integer arrays, for
-    // which every bit pattern is valid; read_unaligned copes with any
-    // alignment of the ring buffer or iterator bytes.
+    // SAFETY: the length was checked above; T: Plain makes every bit
+    // pattern valid; read_unaligned copes with any alignment of the ring
+    // buffer or iterator bytes.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The bytes of a plain type, for map keys and values.
+pub(crate) fn struct_bytes<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: T: Plain has no uninitialised (padding) bytes; the slice
+    // borrows v for its lifetime.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 /// The kind of a record (its first u32).
@@ -135,20 +180,37 @@ pub fn counters(c: &pf_counters) -> Counters {
 }
 
 fn origin(o: u8) -> Origin {
-    match o {
-        1 => Origin::Connect,
-        2 => Origin::Accept,
-        3 => Origin::Send,
-        4 => Origin::Startup,
+    match pf_origin(u32::from(o)) {
+        pf_origin::PF_ORIGIN_CONNECT => Origin::Connect,
+        pf_origin::PF_ORIGIN_ACCEPT => Origin::Accept,
+        pf_origin::PF_ORIGIN_SEND => Origin::Send,
+        pf_origin::PF_ORIGIN_STARTUP => Origin::Startup,
         _ => Origin::Packet,
     }
 }
 
-fn direction(d: u8) -> Direction {
-    match d {
-        1 => Direction::Out,
-        2 => Direction::In,
+pub(crate) fn direction(d: u8) -> Direction {
+    match pf_direction(u32::from(d)) {
+        pf_direction::PF_DIR_OUT => Direction::Out,
+        pf_direction::PF_DIR_IN => Direction::In,
         _ => Direction::Unknown,
+    }
+}
+
+/// A flow's family and addresses as they are on the wire: a dual-stack
+/// IPv6 socket talking to an IPv4 peer (`::ffff:a.b.c.d`) sends IPv4, so
+/// its flow is family 4 with IPv4 addresses, one remote with the flows of
+/// IPv4 sockets to the same peer.
+pub fn endpoints(family: u8, local: &[u8; 16], remote: &[u8; 16]) -> (u8, IpAddr, IpAddr) {
+    let (l, r) = (ip(family, local), ip(family, remote));
+    match (l, r) {
+        (IpAddr::V6(lv), IpAddr::V6(rv)) if rv.to_ipv4_mapped().is_some() => {
+            let l4 = lv
+                .to_ipv4_mapped()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4);
+            (4, l4, r.to_canonical())
+        }
+        _ => (family, l, r),
     }
 }
 
@@ -161,7 +223,7 @@ pub fn is_datagram(e: &pf_flow_event) -> bool {
 /// socket's owner is known.
 pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
     let a = &e.addr;
-    let remote = ip(a.family, &a.remote);
+    let (family, local, remote) = endpoints(a.family, &a.local, &a.remote);
     let key = if is_datagram(e) {
         FlowKey::datagram(e.cookie, remote, a.rport)
     } else {
@@ -171,10 +233,10 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
         key,
         info: FlowInfo {
             proto: Proto::from_number(a.proto),
-            family: a.family,
+            family,
             direction: direction(a.direction),
             origin: origin(a.origin),
-            local: (ip(a.family, &a.local), a.lport),
+            local: (local, a.lport),
             remote: (remote, a.rport),
             netns: e.netns as u64,
         },
@@ -237,6 +299,25 @@ mod tests {
         assert_eq!(key.pid, 42);
         assert_eq!(info.exe, "/usr/bin/curl");
         assert_eq!(info.cmdline, "curl -s http://x");
+    }
+
+    #[test]
+    fn a_dual_stack_socket_talking_to_ipv4_is_an_ipv4_flow() {
+        let mapped = |a: [u8; 4]| {
+            let mut b = [0u8; 16];
+            b[10] = 0xff;
+            b[11] = 0xff;
+            b[12..].copy_from_slice(&a);
+            b
+        };
+        let (f, l, r) = endpoints(6, &mapped([10, 0, 0, 1]), &mapped([10, 0, 0, 2]));
+        assert_eq!(
+            (f, l.to_string(), r.to_string()),
+            (4, "10.0.0.1".into(), "10.0.0.2".into())
+        );
+        let v6: [u8; 16] = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        let (f, _, r) = endpoints(6, &[0; 16], &v6);
+        assert_eq!((f, r.to_string()), (6, "fd00::2".into()));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use procflow_core::flow::{Counters, FlowKey};
 
 use crate::cgroup::cgroup2_root;
 use crate::decode::{self, Clock};
-use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event};
+use crate::skel::types::{
+    pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event, pf_stat,
+};
 use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
 use crate::{BpfError, Record};
 
@@ -296,7 +298,7 @@ impl Kernel {
     }
 
     pub fn stats(&self) -> KernelStats {
-        let mut out = [0u64; 3];
+        let mut out = [0u64; pf_stat::PF_STAT_MAX.0 as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
             if let Ok(Some(per_cpu)) = self.skel.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
@@ -308,9 +310,9 @@ impl Kernel {
             }
         }
         KernelStats {
-            events_lost: out[0],
-            no_storage: out[1],
-            dgram_full: out[2],
+            events_lost: out[pf_stat::PF_STAT_RB_LOST.0 as usize],
+            no_storage: out[pf_stat::PF_STAT_NO_STORAGE.0 as usize],
+            dgram_full: out[pf_stat::PF_STAT_DGRAM_FULL.0 as usize],
         }
     }
 
@@ -428,7 +430,7 @@ impl Kernel {
     /// socket was released).
     pub fn datagram_counters(&self, key: &FlowKey, remove: bool) -> Option<Counters> {
         let k = Self::dgram_key(key)?;
-        let kb = struct_bytes(&k);
+        let kb = decode::struct_bytes(&k);
         let map = &self.skel.maps.dgram_flows;
         let per_cpu = map.lookup_percpu(kb, MapFlags::ANY).ok().flatten()?;
         if remove {
@@ -463,14 +465,6 @@ impl Kernel {
     pub fn datagram_entries(&self) -> usize {
         self.skel.maps.dgram_flows.keys().count()
     }
-}
-
-/// The bytes of a plain record type, for map keys.
-fn struct_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a repr(C) skeleton type of integers (no padding bytes are
-    // left uninitialised: the key types spell their padding out as fields and
-    // are built from Default); the slice borrows v for its lifetime.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {

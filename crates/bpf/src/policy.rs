@@ -23,19 +23,21 @@ use crate::decode::{self, Clock};
 use crate::skel::types::{pf_policy_hdr, pf_verdict_event};
 use crate::{BpfError, Kernel};
 
+use crate::skel::types::{pf_hook, pf_size};
+
 /// Port segments per dimension (`PF_PORT_SEGS`).
-pub const PORT_SEGS: usize = 4096;
+pub const PORT_SEGS: usize = pf_size::PF_SIZE_PORT_SEGS.0 as usize;
 /// Cgroup levels the kernel looks up (`PF_CG_LEVELS`): a rule may name a
 /// cgroup at most this many components deep, less one.
-pub const CG_LEVELS: usize = 16;
+pub const CG_LEVELS: usize = pf_size::PF_SIZE_CG_LEVELS.0 as usize;
 /// Entries of each remote LPM table, one kept for the /0 entry.
-pub const REMOTE_ENTRIES: usize = 16384;
+pub const REMOTE_ENTRIES: usize = pf_size::PF_SIZE_REMOTE_ENTRIES.0 as usize;
 /// `PF_UID_MISS`: the uid key that holds the uid table's miss mask.
 const UID_MISS: u32 = u32::MAX;
 /// The comm key that holds the comm table's miss mask (no NUL in it).
 const COMM_MISS: [u8; 16] = [0xff; 16];
 
-pub const PF_EV_VERDICT: u32 = 9;
+pub const PF_EV_VERDICT: u32 = decode::PF_EV_VERDICT;
 pub const VERDICT_EVENT_SIZE: usize = 384;
 const _: () = assert!(std::mem::size_of::<pf_verdict_event>() == VERDICT_EVENT_SIZE);
 const _: () = assert!(std::mem::size_of::<pf_policy_hdr>() == 912);
@@ -90,6 +92,7 @@ pub fn decode_verdict(data: &[u8], clock: &Clock) -> Option<KernelVerdict> {
     let e: pf_verdict_event = decode::read_struct(data)?;
     let len = (e.exe_len as usize).min(EXE_KEY_BYTES);
     let exe_bytes: Vec<u8> = e.exe[..len].iter().map(|&c| c as u8).collect();
+    let (family, local, remote) = decode::endpoints(e.family, &e.local, &e.remote);
     Some(KernelVerdict {
         time_ns: clock.unix_ns(e.ts_ns),
         cookie: e.cookie,
@@ -98,20 +101,19 @@ pub fn decode_verdict(data: &[u8], clock: &Clock) -> Option<KernelVerdict> {
         generation: e.r#gen,
         owner: decode::owner(&e.owner),
         exe: (len > 0).then(|| String::from_utf8_lossy(&exe_bytes).into_owned()),
-        family: e.family,
+        family,
         proto: e.proto,
-        direction: if e.direction == 2 {
-            Direction::In
-        } else {
-            Direction::Out
+        direction: match decode::direction(e.direction) {
+            Direction::In => Direction::In,
+            _ => Direction::Out,
         },
-        remote: (decode::ip(e.family, &e.remote), e.rport),
-        local: (decode::ip(e.family, &e.local), e.lport),
+        remote: (remote, e.rport),
+        local: (local, e.lport),
         netns: u64::from(e.netns),
-        hook: match e.hook {
-            2 => Hook::Sendmsg,
-            3 => Hook::Egress,
-            4 => Hook::Ingress,
+        hook: match pf_hook(u32::from(e.hook)) {
+            pf_hook::PF_HOOK_SENDMSG => Hook::Sendmsg,
+            pf_hook::PF_HOOK_EGRESS => Hook::Egress,
+            pf_hook::PF_HOOK_INGRESS => Hook::Ingress,
             _ => Hook::Connect,
         },
     })
@@ -286,7 +288,7 @@ fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
     }
 
     Ok(Tables {
-        hdr: struct_bytes(&hdr).to_vec(),
+        hdr: decode::struct_bytes(&hdr).to_vec(),
         exe_pre: lpm_entries(&c.exe_prefix, EXE_KEY_BYTES),
         exe_suf: lpm_entries(&c.exe_suffix, EXE_KEY_BYTES),
         r4: lpm_entries(&c.remote_v4, 4),
@@ -301,12 +303,6 @@ fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
             port_tables(&c.local_port, "`local_port`")?,
         ],
     })
-}
-
-fn struct_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a repr(C) skeleton type made of integers (its padding is
-    // spelled out as fields and zeroed by Default); the slice borrows v.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 fn map_err(what: &str) -> impl Fn(libbpf_rs::Error) -> BpfError + '_ {

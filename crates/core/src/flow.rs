@@ -184,7 +184,8 @@ pub enum Verdict {
     Block,
 }
 
-/// One `"type":"flow"` line of the JSON-lines log (see DESIGN.md).
+/// One `"type":"flow"` record: a line of the JSON-lines log and a row of
+/// the store (README.md, "What the fields mean").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlowRecord {
     #[serde(rename = "type")]

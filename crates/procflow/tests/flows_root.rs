@@ -1,5 +1,5 @@
 //! Root tests of flow visibility, attribution and exact counting (see
-//! DESIGN.md, "Testing"). Each test runs in network namespaces it creates;
+//! ARCHITECTURE.md). Each test runs in network namespaces it creates;
 //! ground truth is the traffic generator's byte counts and nftables counters
 //! in the peer namespace.
 

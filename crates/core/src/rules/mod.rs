@@ -1,5 +1,5 @@
 //! The rules language: allow or block connections by process and
-//! destination. See `README.md` in this directory for the language itself.
+//! destination. See `docs/rules.md` at the top of the repository for the language itself.
 //!
 //! A rules file goes through three stages, each a type:
 //!

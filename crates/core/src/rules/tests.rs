@@ -464,7 +464,7 @@ fn summary_lists_every_rule() {
 
 #[test]
 fn readme_example_is_a_valid_rules_file() {
-    let readme = include_str!("README.md");
+    let readme = include_str!("../../../../docs/rules.md");
     let start = readme.find("```toml\n").expect("README has a toml example") + 8;
     let len = readme[start..].find("```").unwrap();
     let rules = parse(&readme[start..start + len]).unwrap();
