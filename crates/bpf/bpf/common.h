@@ -12,6 +12,7 @@
 #include <bpf/bpf_endian.h>
 #include "procflow.h"
 
+#define AF_UNSPEC 0
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1

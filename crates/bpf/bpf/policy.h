@@ -174,6 +174,20 @@ PF_PMAP struct {
 	__type(value, struct pf_exe_ident);
 } pol_zero SEC(".maps");
 
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pf_rate);
+} pol_rate SEC(".maps");
+
+PF_PMAP struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct pf_rate);
+} pol_rate_uid SEC(".maps");
+
 /* ---- the executable's path ---- */
 
 struct pol_walk {
@@ -399,10 +413,51 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 }
 
 /* Writes a verdict record. */
+/* Verdict records are rate-limited, so that a process making blocked
+ * connects as fast as it can neither floods the ring buffer (and with it
+ * other users' records) nor the log: each uid may have PF_VERDICT_RATE_UID
+ * records a second (inbound decisions, made in softirq for a remote
+ * sender, share one budget of their own), and each CPU PF_VERDICT_RATE in
+ * all. What is left out is counted (PF_STAT_VERDICT_SUPPRESSED), so totals
+ * stay exact; the decision itself is never skipped. */
+static __always_inline bool pol_window_ok(struct pf_rate *r, __u64 now, __u64 limit)
+{
+	if (now - r->window_ns >= 1000000000ULL) {
+		r->window_ns = now;
+		r->count = 0;
+	}
+	if (r->count >= limit)
+		return false;
+	__sync_fetch_and_add(&r->count, 1);
+	return true;
+}
+
+static __always_inline bool pol_rate_ok(__u8 hook)
+{
+	__u64 now = now_ns();
+	__u32 who = hook == PF_HOOK_INGRESS ? 0xfffffffe : (__u32)bpf_get_current_uid_gid();
+	struct pf_rate *u = bpf_map_lookup_elem(&pol_rate_uid, &who);
+	if (!u) {
+		struct pf_rate fresh = {.window_ns = now};
+		bpf_map_update_elem(&pol_rate_uid, &who, &fresh, BPF_NOEXIST);
+		u = bpf_map_lookup_elem(&pol_rate_uid, &who);
+	}
+	__u32 zero = 0;
+	struct pf_rate *c = bpf_map_lookup_elem(&pol_rate, &zero);
+	if ((u && !pol_window_ok(u, now, PF_VERDICT_RATE_UID)) ||
+	    (c && !pol_window_ok(c, now, PF_VERDICT_RATE))) {
+		stat_inc(PF_STAT_VERDICT_SUPPRESSED);
+		return false;
+	}
+	return true;
+}
+
 static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_ident *exe,
 				     struct pol_decision *d, __u64 cookie, struct pf_owner *o,
 				     __u32 netns, __u8 hook)
 {
+	if (!pol_rate_ok(hook))
+		return;
 	struct pf_verdict_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);
@@ -460,7 +515,10 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 	__u32 proto = sa->protocol;
 	__u32 port = sa->user_port;
 	q.rport = bpf_ntohs((__u16)port);
-	if (!v6 && family == AF_INET) {
+	/* sendto() with sin_family AF_UNSPEC on an IPv4 socket sends to
+	 * sin_addr (udp_sendmsg), so it is decided as AF_INET; any other family
+	 * this hook does not know is refused (fail closed). */
+	if (!v6 && (family == AF_INET || family == AF_UNSPEC)) {
 		__u32 ip = sa->user_ip4;
 		__builtin_memcpy(q.remote, &ip, 4);
 		q.family = 4;
@@ -478,7 +536,8 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 			q.family = 6;
 		}
 	} else {
-		return 1;
+		stat_inc(PF_STAT_FAIL_CLOSED);
+		return 0;
 	}
 	struct bpf_sock *sk = sa->sk;
 	if (!sk)

@@ -195,6 +195,8 @@ enum pf_stat {
 	PF_STAT_RB_LOST = 0,   /* ring buffer full: event dropped */
 	PF_STAT_NO_STORAGE,    /* socket storage could not be created */
 	PF_STAT_DGRAM_FULL,    /* datagram flow table full */
+	PF_STAT_VERDICT_SUPPRESSED, /* verdict records over the rate limit */
+	PF_STAT_FAIL_CLOSED,   /* blocked: an address family the rules do not know */
 	PF_STAT_MAX,
 };
 
@@ -218,6 +220,8 @@ _Static_assert(sizeof(struct pf_dns_event) == 528, "pf_dns_event size");
 #define PF_CG_LEVELS 16      /* cgroup levels a rule may name: 0 (/) to 15 */
 #define PF_PORT_SEGS 4096    /* port segments per dimension and generation */
 #define PF_REMOTE_ENTRIES 16384 /* entries of each remote LPM table */
+#define PF_VERDICT_RATE 4096    /* verdict records per second and CPU */
+#define PF_VERDICT_RATE_UID 1024 /* verdict records per second and uid */
 
 /* The table sizes Rust needs, as an enum so that they reach BTF and the
  * skeleton's types (procflow-bpf takes them from there). */
@@ -225,6 +229,14 @@ enum pf_size {
 	PF_SIZE_PORT_SEGS = PF_PORT_SEGS,
 	PF_SIZE_CG_LEVELS = PF_CG_LEVELS,
 	PF_SIZE_REMOTE_ENTRIES = PF_REMOTE_ENTRIES,
+	PF_SIZE_VERDICT_RATE = PF_VERDICT_RATE,
+	PF_SIZE_VERDICT_RATE_UID = PF_VERDICT_RATE_UID,
+};
+
+/* The verdict records' rate limit: one window per CPU. */
+struct pf_rate {
+	__u64 window_ns;
+	__u64 count;
 };
 
 /* A set of rules: rule i is bit i % 64 of w[i / 64]. */

@@ -81,6 +81,12 @@ pub struct KernelStats {
     pub no_storage: u64,
     /// Datagram flow table full: packets not counted.
     pub dgram_full: u64,
+    /// Verdict records left out by the kernel's rate limit (the decisions
+    /// were made all the same).
+    pub verdicts_suppressed: u64,
+    /// Connections and datagrams refused because their address family is
+    /// not one the rules know.
+    pub fail_closed: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -313,6 +319,8 @@ impl Kernel {
             events_lost: out[pf_stat::PF_STAT_RB_LOST.0 as usize],
             no_storage: out[pf_stat::PF_STAT_NO_STORAGE.0 as usize],
             dgram_full: out[pf_stat::PF_STAT_DGRAM_FULL.0 as usize],
+            verdicts_suppressed: out[pf_stat::PF_STAT_VERDICT_SUPPRESSED.0 as usize],
+            fail_closed: out[pf_stat::PF_STAT_FAIL_CLOSED.0 as usize],
         }
     }
 

@@ -268,6 +268,8 @@ fn stats_record(
         "events_lost": k.events_lost,
         "storage_failures": k.no_storage,
         "datagram_table_full": k.dgram_full,
+        "verdicts_suppressed": k.verdicts_suppressed,
+        "fail_closed": k.fail_closed,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

@@ -1,0 +1,233 @@
+//! Root tests that attack procflow's rules as unprivileged local users
+//! (`runuser -u nobody`, `-u daemon`): an address family the rules would not look at
+//! must not walk around a block, and a flood of blocked connects must
+//! neither stop procflow nor its counting and enforcing for anyone else.
+//! Ground truth: nftables counters in the peer namespace and the
+//! generator's own byte counts.
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use serde_json::Value;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A rules file in a temporary directory, removed on drop.
+struct Rules(tempfile::TempDir);
+
+impl Rules {
+    fn new(text: &str) -> Rules {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("rules.toml"), text).unwrap();
+        Rules(d)
+    }
+    fn path(&self) -> String {
+        self.0
+            .path()
+            .join("rules.toml")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Writes a script where `nobody` can read it.
+fn script(text: &str) -> (tempfile::TempDir, String) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("attack.py");
+    std::fs::write(&p, text).unwrap();
+    sh(&["chmod", "0755", &d.path().to_string_lossy()]);
+    sh(&["chmod", "0644", &p.to_string_lossy()]);
+    (d, p.to_string_lossy().into_owned())
+}
+
+/// sendto() with sin_family = AF_UNSPEC (the kernel sends to sin_addr),
+/// then AF_INET; prints the errno of each (0 = sent).
+const UNSPEC: &str = r#"
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out = []
+for family in (0, socket.AF_INET):
+    sa = struct.pack("=HH4s8x", family, socket.htons(port), socket.inet_aton(host))
+    buf = ctypes.create_string_buffer(b"x" * 100)
+    n = libc.sendto(s.fileno(), buf, 100, 0, ctypes.c_char_p(sa), len(sa))
+    out.append(0 if n == 100 else ctypes.get_errno())
+print(" ".join(map(str, out)), flush=True)
+"#;
+
+#[test]
+fn sendto_with_af_unspec_does_not_walk_around_a_udp_block() {
+    let p = Pair::new("unspec", 46);
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n[[rule]]\nname = \"no-udp-to-b\"\naction = \"block\"\nproto = \"udp\"\nremote = \"{}\"\n",
+        p.b4
+    ));
+    let got = nft_counter(
+        &p.b,
+        "input",
+        "unspec",
+        &format!("ip saddr {} udp dport 7777", p.a4),
+    );
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    let (_d, path) = script(UNSPEC);
+    let out =
+        p.a.command("runuser")
+            .args([
+                "-u",
+                "daemon",
+                "--",
+                PYTHON,
+                &path,
+                &p.b4.to_string(),
+                "7777",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "the attack script failed");
+    let errnos = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // EPERM (1) for both: AF_UNSPEC is decided as AF_INET.
+    assert_eq!(errnos, "1 1", "sendto errnos (AF_UNSPEC, AF_INET)");
+    let (packets, _) = got.read();
+    assert_eq!(packets, 0, "a blocked datagram reached the peer");
+    let recs = pf.stop();
+    let blocks: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["verdict"] == "block" && r["rule"] == "no-udp-to-b")
+        .collect();
+    assert!(
+        !blocks.is_empty(),
+        "no verdict record for the blocked sends"
+    );
+    assert!(
+        blocks.iter().all(|v| v["process"]["uid"] == 1),
+        "{blocks:?}"
+    );
+}
+
+/// As many blocked connects as possible for SECS seconds; prints how many.
+const FLOOD: &str = r#"
+import socket, sys, time
+host, secs = sys.argv[1], float(sys.argv[2])
+n, end = 0, time.monotonic() + secs
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+while time.monotonic() < end:
+    for _ in range(1000):
+        try:
+            s.connect((host, 9))
+        except PermissionError:
+            n += 1
+print(n, flush=True)
+"#;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_blocked_connects_stops_neither_procflow_nor_another_users_transfer() {
+    let p = Pair::new("flood", 47);
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n[[rule]]\nname = \"nobody-not-to-b\"\naction = \"block\"\nuser = \"nobody\"\nremote = \"{}\"\n",
+        p.b4
+    ));
+    let up = nft_counter(
+        &p.b,
+        "input",
+        "xfer",
+        &format!("ip saddr {} meta l4proto tcp", p.a4),
+    );
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    let rss_before = rss_kib(pf.pid());
+    let (_d, path) = script(FLOOD);
+    let flood =
+        p.a.command("runuser")
+            .args(["-u", "nobody", "--", PYTHON, &path, &p.b4.to_string(), "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    // Root's transfer, during the flood.
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--count",
+            "1",
+            "--download",
+            "200000",
+        ],
+    );
+    let cl = client(
+        &p.a,
+        &[
+            "tcp-slow",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--upload",
+            "2000000",
+            "--secs",
+            "3",
+        ],
+    );
+    let served = finish(server);
+    assert_eq!(served["received"], 2_000_000);
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let attempts: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let done = |recs: &[Value]| {
+        final_flows(recs).iter().any(|f| {
+            f["state"] == "closed"
+                && f["process"]["pid"] == cl["pid"]
+                && f["remote_port"].as_u64() == Some(u64::from(port))
+        })
+    };
+    assert!(
+        wait_for(10, || done(&read_log(&pf.log))),
+        "the transfer's flow closed within 10 s"
+    );
+    let rss_after = rss_kib(pf.pid());
+    let (pk, by) = up.read();
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let f = one_flow(&flows, &p.a, "transfer", |f| {
+        f["process"]["pid"] == cl["pid"] && f["remote_port"].as_u64() == Some(u64::from(port))
+    });
+    assert_eq!(u(f, "tx_payload"), 2_000_000, "{f}");
+    assert_eq!(u(f, "rx_payload"), 200_000, "{f}");
+    assert_eq!((u(f, "tx_packets"), u(f, "tx_bytes")), (pk, by), "{f}");
+    let st = stats(&recs);
+    let recorded = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["rule"] == "nobody-not-to-b")
+        .count() as u64;
+    let suppressed = st["verdicts_suppressed"].as_u64().unwrap();
+    eprintln!(
+        "flood: {attempts} blocked connects, {recorded} verdict records, {suppressed} suppressed, RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(attempts > 50_000, "the flood made only {attempts} attempts");
+    assert!(suppressed > 0, "{st}");
+    // Every attempt was decided; each one is recorded or counted as
+    // suppressed (suppressed also counts other processes' records).
+    assert!(recorded + suppressed >= attempts, "{st}");
+    // nobody's records stay within its budget (1024 a second, over the
+    // flood's 5 s and the windows it straddles).
+    assert!(
+        recorded <= 7 * 1024,
+        "{recorded} verdict records for one uid"
+    );
+    assert_eq!(st["events_lost"], 0, "{st}");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
