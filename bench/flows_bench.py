@@ -61,7 +61,10 @@ def teardown():
 class Procflow:
     def __init__(self):
         self.log = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False).name
-        self.p = subprocess.Popen([PROCFLOW, "-v", "run", "--log", self.log],
+        # Its own flow history, never the default database.
+        self.dbdir = tempfile.TemporaryDirectory()
+        self.p = subprocess.Popen([PROCFLOW, "-v", "run", "--log", self.log,
+                                   "--db", os.path.join(self.dbdir.name, "procflow.db")],
                                   stderr=subprocess.PIPE, text=True)
         for line in self.p.stderr:
             if "watching" in line:

@@ -45,7 +45,9 @@ def rules_text(n):
 
 class Procflow:
     def __init__(self, rules_path):
-        args = [PROCFLOW, "-v", "run"]
+        # Its own flow history, never the default database.
+        self.dbdir = tempfile.TemporaryDirectory()
+        args = [PROCFLOW, "-v", "run", "--db", os.path.join(self.dbdir.name, "procflow.db")]
         if rules_path:
             args += ["--rules", rules_path]
         self.p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)

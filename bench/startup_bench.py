@@ -42,7 +42,9 @@ def main():
         for _ in range(ROUNDS):
             log = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False).name
             t0 = time.monotonic()
-            p = subprocess.Popen([PROCFLOW, "-v", "run", "--log", log], stderr=subprocess.PIPE, text=True)
+            dbdir = tempfile.TemporaryDirectory()  # its own history, never the default database
+            p = subprocess.Popen([PROCFLOW, "-v", "run", "--log", log, "--db",
+                                  os.path.join(dbdir.name, "procflow.db")], stderr=subprocess.PIPE, text=True)
             for line in p.stderr:
                 if "watching" in line:
                     break
