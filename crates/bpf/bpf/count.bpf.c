@@ -328,7 +328,16 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 		segs = 1;
 
 	struct pkt p = {};
-	if (parse(skb, &p))
+	int unparsed = parse(skb, &p);
+	/* ---- rules enforcement: a packet whose headers cannot be walked to
+	 * its transport header (more IPv6 extension headers than the walk
+	 * follows, or headers cut short) could never be decided: refuse it
+	 * inbound while rules are loaded, and count it ---- */
+	if (pf_rules_on && !egress && (unparsed || (p.version == 6 && ipv6_ext(p.l4)))) {
+		stat_inc(PF_STAT_UNWALKABLE);
+		return 0;
+	}
+	if (unparsed)
 		return 1;
 	__u64 wire = len;
 	if (segs > 1) {

@@ -197,6 +197,7 @@ enum pf_stat {
 	PF_STAT_DGRAM_FULL,    /* datagram flow table full */
 	PF_STAT_VERDICT_SUPPRESSED, /* verdict records over the rate limit */
 	PF_STAT_FAIL_CLOSED,   /* blocked: an address family the rules do not know */
+	PF_STAT_UNWALKABLE,    /* dropped inbound: headers not walkable to transport */
 	PF_STAT_MAX,
 };
 

@@ -87,6 +87,9 @@ pub struct KernelStats {
     /// Connections and datagrams refused because their address family is
     /// not one the rules know.
     pub fail_closed: u64,
+    /// Inbound packets dropped while rules are loaded because their headers
+    /// could not be walked to the transport header.
+    pub unwalkable_dropped: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -321,6 +324,7 @@ impl Kernel {
             dgram_full: out[pf_stat::PF_STAT_DGRAM_FULL.0 as usize],
             verdicts_suppressed: out[pf_stat::PF_STAT_VERDICT_SUPPRESSED.0 as usize],
             fail_closed: out[pf_stat::PF_STAT_FAIL_CLOSED.0 as usize],
+            unwalkable_dropped: out[pf_stat::PF_STAT_UNWALKABLE.0 as usize],
         }
     }
 

@@ -270,6 +270,7 @@ fn stats_record(
         "datagram_table_full": k.dgram_full,
         "verdicts_suppressed": k.verdicts_suppressed,
         "fail_closed": k.fail_closed,
+        "unwalkable_dropped": k.unwalkable_dropped,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

@@ -231,3 +231,105 @@ fn a_flood_of_blocked_connects_stops_neither_procflow_nor_another_users_transfer
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
 }
+
+/// Sends one UDP datagram of 20 bytes from SRC to DST:PORT through a raw
+/// IPv6 socket, with N destination-options headers before the UDP header.
+const EXT_SEND: &str = r#"
+import socket, struct, sys
+src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sb, db = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+payload = b"z" * 20
+ulen = 8 + len(payload)
+def csum(data):
+    t = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while t >> 16:
+        t = (t & 0xffff) + (t >> 16)
+    return (~t) & 0xffff or 0xffff
+c = csum(sb + db + struct.pack("!I3xB", ulen, 17) + struct.pack("!HHHH", 40000, port, ulen, 0) + payload)
+udp = struct.pack("!HHHH", 40000, port, ulen, c) + payload
+exts = b"".join(bytes([60 if i < n - 1 else 17, 0, 1, 4, 0, 0, 0, 0]) for i in range(n))
+ip6 = struct.pack("!IHBB", 6 << 28, len(exts) + len(udp), 60 if n else 17, 64) + sb + db
+socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip6 + exts + udp, (dst, 0))
+"#;
+
+/// Binds ADDR:PORT, prints "ready", counts datagrams until 1.5 s pass
+/// without one, prints the count.
+const EXT_RECV: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(1.5)
+print("ready", flush=True)
+n = 0
+try:
+    while True:
+        s.recv(100)
+        n += 1
+except socket.timeout:
+    pass
+print(n, flush=True)
+"#;
+
+/// How many of the datagrams with `headers` extension headers, sent from
+/// b to a's `port`, a's socket received.
+fn ext_datagrams_received(p: &Pair, port: u16, headers: &[u32]) -> u64 {
+    use std::io::BufRead;
+    let (_d, recv) = script(EXT_RECV);
+    let (_e, send) = script(EXT_SEND);
+    let mut r =
+        p.a.command(PYTHON)
+            .args([recv.as_str(), &p.a6.to_string(), &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut out = std::io::BufReader::new(r.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    for n in headers {
+        let st =
+            p.b.command(PYTHON)
+                .args([
+                    send.as_str(),
+                    &p.b6.to_string(),
+                    &p.a6.to_string(),
+                    &port.to_string(),
+                    &n.to_string(),
+                ])
+                .status()
+                .unwrap();
+        assert!(
+            st.success(),
+            "sending a datagram with {n} extension headers failed"
+        );
+    }
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    r.wait().unwrap();
+    line.trim().parse().unwrap()
+}
+
+#[test]
+fn a_remote_sender_cannot_hide_a_datagram_behind_nine_extension_headers() {
+    let p = Pair::new("ext9", 48);
+    let port = 7788;
+    // Ground truth first: without procflow the crafted datagrams arrive.
+    assert_eq!(
+        ext_datagrams_received(&p, port, &[2, 9, 12]),
+        3,
+        "the crafted datagrams do not arrive even without procflow"
+    );
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n[[rule]]\nname = \"no-udp-in\"\naction = \"block\"\ndirection = \"in\"\nproto = \"udp\"\nlocal_port = {port}\n"
+    ));
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    assert_eq!(
+        ext_datagrams_received(&p, port, &[2, 9, 12]),
+        0,
+        "a blocked inbound datagram reached its socket"
+    );
+    let recs = pf.stop();
+    let st = stats(&recs);
+    // The 9- and 12-header datagrams cannot be walked: dropped and counted.
+    assert!(st["unwalkable_dropped"].as_u64().unwrap() >= 2, "{st}");
+}
