@@ -387,7 +387,11 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
 	if (!st || !st->enabled)
 		return false;
-	__u32 gen = st->gen & 1;
+	/* The generation counts every rule set installed (so a decision cached
+	 * with it is never mistaken for a newer one's); its low bit is the
+	 * table slot. */
+	__u32 full = st->gen;
+	__u32 gen = full & 1;
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return false;
@@ -409,7 +413,9 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 			break;
 		}
 	}
-	return pol_decide_g(q, exe, cg, gen, d) == 1;
+	int r = pol_decide_g(q, exe, cg, gen, d);
+	d->gen = full;
+	return r == 1;
 }
 
 /* Writes a verdict record. */

@@ -326,12 +326,17 @@ fn fill(map: &dyn MapCore, what: &str, entries: &[(Vec<u8>, Vec<u8>)]) -> Result
 }
 
 /// The rule sets in the kernel: which generation is in force and the rules
-/// of each generation (verdict records name rules by generation and index).
+/// of the last two (verdict records name rules by generation and index).
+/// Generations count every rule set installed; the low bit is the kernel
+/// table slot, so a cached decision of an older generation never matches a
+/// newer one.
 #[derive(Debug, Default)]
 pub struct Policy {
     /// Generation in force, when rules are loaded.
     active: Option<u32>,
-    by_gen: [Option<Rules>; 2],
+    /// The last generation installed (0: none yet).
+    last: u32,
+    by_gen: [Option<(u32, Rules)>; 2],
 }
 
 impl Policy {
@@ -341,12 +346,16 @@ impl Policy {
 
     /// The rule set in force.
     pub fn rules(&self) -> Option<&Rules> {
-        self.by_gen[self.active? as usize].as_ref()
+        self.rules_of(self.active?)
     }
 
-    /// The rule set of a generation (for verdict records).
+    /// The rule set of a generation (for verdict records), if it is one of
+    /// the last two.
     pub fn rules_of(&self, generation: u32) -> Option<&Rules> {
-        self.by_gen[(generation & 1) as usize].as_ref()
+        match &self.by_gen[(generation & 1) as usize] {
+            Some((g, r)) if *g == generation => Some(r),
+            _ => None,
+        }
     }
 
     /// Writes `rules` into the generation not in use and makes it the one
@@ -354,9 +363,13 @@ impl Policy {
     pub fn install(&mut self, kernel: &Kernel, rules: Rules) -> Result<(), BpfError> {
         let compiled = CompiledRules::compile(&rules);
         let t = build(&compiled, &kernel.cgroup_root)?;
-        let next = self.active.map_or(0, |g| 1 - g);
+        // 0 means none; after 2^32 - 1 rule sets, 2 keeps the slots alternating.
+        let next = match self.last.wrapping_add(1) {
+            0 => 2,
+            n => n,
+        };
         let maps = &kernel.skel().maps;
-        let g = next as usize;
+        let g = (next & 1) as usize;
         let pick = |a: &'static libbpf_rs::Map<'static>, b: &'static libbpf_rs::Map<'static>| {
             if g == 0 {
                 a
@@ -402,14 +415,15 @@ impl Policy {
         let mut state = next.to_ne_bytes().to_vec();
         state.extend_from_slice(&1u32.to_ne_bytes());
         put(&maps.pol_state, "state", 0, &state)?;
-        self.by_gen[g] = Some(rules);
+        self.by_gen[g] = Some((next, rules));
         self.active = Some(next);
+        self.last = next;
         Ok(())
     }
 
     /// Stops enforcing: every connection is allowed again.
     pub fn disable(&mut self, kernel: &Kernel) -> Result<(), BpfError> {
-        let mut state = self.active.unwrap_or(0).to_ne_bytes().to_vec();
+        let mut state = self.active.unwrap_or(self.last).to_ne_bytes().to_vec();
         state.extend_from_slice(&0u32.to_ne_bytes());
         kernel
             .skel()

@@ -333,3 +333,102 @@ fn a_remote_sender_cannot_hide_a_datagram_behind_nine_extension_headers() {
     // The 9- and 12-header datagrams cannot be walked: dropped and counted.
     assert!(st["unwalkable_dropped"].as_u64().unwrap() >= 2, "{st}");
 }
+
+/// One UDP socket in b: sends a datagram to DST:PORT each time a line
+/// arrives on standard input, answering "sent".
+const ONE_SOCKET: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in sys.stdin:
+    s.sendto(b"g" * 10, (sys.argv[1], int(sys.argv[2])))
+    print("sent", flush=True)
+"#;
+
+/// Waits for the rules acknowledgement of generation `g`.
+fn wait_rules_ack(pf: &Procflow, g: u64) {
+    let ok = wait_for(10, || {
+        read_log(&pf.log)
+            .iter()
+            .any(|r| r["type"] == "rules" && r["generation"] == g && r["outcome"] == "accepted")
+    });
+    assert!(
+        ok,
+        "no accepted rules record for generation {g} within 10 s"
+    );
+}
+
+#[test]
+fn an_inbound_udp_decision_two_reloads_old_is_never_taken_for_a_fresh_one() {
+    use std::io::{BufRead, Write};
+    let p = Pair::new("gens", 49);
+    let port = 7799u16;
+    let block = format!(
+        "default = \"allow\"\n[[rule]]\nname = \"no-udp-in\"\naction = \"block\"\ndirection = \"in\"\nproto = \"udp\"\nlocal_port = {port}\n"
+    );
+    let allow = "default = \"allow\"\n";
+    let rules = Rules::new(&block);
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    wait_rules_ack(&pf, 1);
+    let (_d, rx) = script(
+        "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind((sys.argv[1], int(sys.argv[2])))\ns.settimeout(float(sys.argv[3]))\nprint('ready', flush=True)\nn = 0\ntry:\n    while True:\n        s.recv(100)\n        n += 1\n        print('got', flush=True)\nexcept socket.timeout:\n    pass\n",
+    );
+    let mut receiver =
+        p.a.command(PYTHON)
+            .args([rx.as_str(), &p.a4.to_string(), &port.to_string(), "30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let rout = std::io::BufReader::new(receiver.stdout.take().unwrap());
+    let (tx_line, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in rout.lines().map_while(Result::ok) {
+            let _ = tx_line.send(l);
+        }
+    });
+    let wait = std::time::Duration::from_secs(5);
+    assert_eq!(arrived.recv_timeout(wait).unwrap(), "ready");
+    let (_e, tx) = script(ONE_SOCKET);
+    let mut sender =
+        p.b.command(PYTHON)
+            .args([tx.as_str(), &p.a4.to_string(), &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut sin = sender.stdin.take().unwrap();
+    let mut sout = std::io::BufReader::new(sender.stdout.take().unwrap());
+    let mut send = || {
+        writeln!(sin).unwrap();
+        let mut l = String::new();
+        sout.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), "sent");
+    };
+    // Generation 1 blocks the flow (the decision is cached for it).
+    send();
+    assert!(
+        arrived
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .is_err(),
+        "a datagram the rules block arrived"
+    );
+    // Two reloads that allow it; the flow sends nothing in between.
+    for g in [2, 3] {
+        std::fs::write(rules.path(), allow).unwrap();
+        sh(&["kill", "-HUP", &pf.pid().to_string()]);
+        wait_rules_ack(&pf, g);
+    }
+    // Generation 3 allows: the datagram must arrive (generation 1's cached
+    // block, two reloads old, is not fresh).
+    send();
+    let got = arrived.recv_timeout(wait);
+    let _ = receiver.kill();
+    let _ = sender.kill();
+    let _ = receiver.wait();
+    let _ = sender.wait();
+    drop(pf);
+    assert_eq!(
+        got.ok().as_deref(),
+        Some("got"),
+        "the datagram sent under generation 3 (allow) did not arrive"
+    );
+}
