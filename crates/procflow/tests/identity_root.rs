@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::Value;
@@ -129,14 +129,15 @@ fn python_server(
     ns: &Netns,
     script: &PathBuf,
     args: &[&str],
-) -> (Child, BufReader<std::process::ChildStdout>, u16) {
-    let mut child = ns
-        .command(PYTHON)
-        .arg(script)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting python3");
+) -> (Reaped, BufReader<std::process::ChildStdout>, u16) {
+    let mut child = Reaped::new(
+        ns.command(PYTHON)
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting python3"),
+    );
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -149,7 +150,7 @@ fn python_server(
     (child, out, port)
 }
 
-fn python_finish(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Value {
+fn python_finish(mut child: Reaped, mut out: BufReader<std::process::ChildStdout>) -> Value {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut out, &mut text).unwrap();
     assert!(
@@ -455,7 +456,7 @@ fn exec_changes_every_identity_field_at_once() {
         ],
     );
     let (_d, path) = script("execs.py", EXECS);
-    let mut child =
+    let mut child = Reaped::new(
         p.a.command(PYTHON)
             .arg(&path)
             .args([
@@ -467,7 +468,8 @@ fn exec_changes_every_identity_field_at_once() {
             ])
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -137,12 +137,7 @@ impl Pair {
                 "nodad",
             ]);
             ns.exec(&["ip", "link", "set", dev, "up"]);
-            let _ = ns
-                .command("ethtool")
-                .args([
-                    "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
-                ])
-                .output();
+            offloads_off(ns, dev, &["tso", "gso", "gro", "tx", "rx"]);
         }
         let pair = Pair {
             a4: format!("10.199.{n}.1").parse().unwrap(),
@@ -168,6 +163,128 @@ impl Pair {
     }
 }
 
+/// The table `inet pftest` and its base chain on `hook` in `ns` (`nft add`
+/// is idempotent). Fails the test when nft is missing or refuses.
+fn nft_chain(ns: &Netns, hook: &str) {
+    assert!(
+        Command::new("nft").arg("--version").output().is_ok(),
+        "nft is not installed: the wire-level ground truth of this test comes from \
+         nftables counters (scripts/install-deps.sh installs nftables)"
+    );
+    ns.exec(&["nft", "add", "table", "inet", "pftest"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "pftest",
+        hook,
+        &format!("{{ type filter hook {hook} priority 0; policy accept; }}"),
+    ]);
+}
+
+/// Turns the named offloads (ethtool -K short names: tso, gso, gro, tx, rx)
+/// off on `dev` in `ns` and checks that they are off: the wire counts the
+/// tests compare with nftables are only exact when every packet nftables
+/// sees is one segment. Fails the test, with ethtool's answer, otherwise.
+pub fn offloads_off(ns: &Netns, dev: &str, features: &[&str]) {
+    let mut args = vec!["-K", dev];
+    for f in features {
+        args.extend([*f, "off"]);
+    }
+    let out = ns
+        .command("ethtool")
+        .args(&args)
+        .output()
+        .unwrap_or_else(|e| panic!("ethtool is needed to turn offloads off on {dev}: {e}"));
+    assert!(
+        out.status.success(),
+        "ethtool {args:?} in {} failed, so nftables would count GSO/GRO packets, not \
+         segments, and the wire counts could not be compared exactly: {}{}",
+        ns.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = ns.exec(&["ethtool", "-k", dev]);
+    for f in features {
+        let long = match *f {
+            "tso" => "tcp-segmentation-offload",
+            "gso" => "generic-segmentation-offload",
+            "gro" => "generic-receive-offload",
+            "tx" => "tx-checksumming",
+            "rx" => "rx-checksumming",
+            other => panic!("offloads_off: unknown feature {other}"),
+        };
+        let line = shown
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{long}:")))
+            .unwrap_or_else(|| panic!("ethtool -k {dev} does not show {long}: {shown}"));
+        assert!(
+            line.contains(": off"),
+            "{f} ({long}) is still on for {dev} in {} after ethtool -K: {line}",
+            ns.name
+        );
+    }
+}
+
+/// Per-port nftables counters: a dynamic set that counts, for every value
+/// of `key` (e.g. "tcp sport"), the packets on `hook` of `ns` that match
+/// `expr`: wire-level ground truth for each of many connections.
+#[derive(Debug)]
+pub struct NftPortCounters {
+    ns: String,
+    name: String,
+}
+
+pub fn nft_port_counters(
+    ns: &Netns,
+    hook: &str,
+    name: &str,
+    expr: &str,
+    key: &str,
+) -> NftPortCounters {
+    nft_chain(ns, hook);
+    ns.exec(&[
+        "nft",
+        "add",
+        "set",
+        "inet",
+        "pftest",
+        name,
+        "{ type inet_service; flags dynamic; counter; size 65535; }",
+    ]);
+    let rule = format!("add rule inet pftest {hook} {expr} add @{name} {{ {key} }}");
+    ns.exec(&["nft", &rule]);
+    NftPortCounters {
+        ns: ns.name.clone(),
+        name: name.to_string(),
+    }
+}
+
+impl NftPortCounters {
+    /// port -> (packets, bytes)
+    pub fn read(&self) -> HashMap<u16, (u64, u64)> {
+        let out = sh(&[
+            "ip", "netns", "exec", &self.ns, "nft", "-j", "list", "set", "inet", "pftest",
+            &self.name,
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut m = HashMap::new();
+        for item in v["nftables"].as_array().unwrap() {
+            let Some(set) = item.get("set") else { continue };
+            for e in set["elem"].as_array().into_iter().flatten() {
+                let e = &e["elem"];
+                let c = &e["counter"];
+                m.insert(
+                    e["val"].as_u64().unwrap() as u16,
+                    (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap()),
+                );
+            }
+        }
+        m
+    }
+}
+
 /// An nftables packet/byte counter on one hook of a namespace.
 #[derive(Debug)]
 pub struct NftCounter {
@@ -178,19 +295,7 @@ pub struct NftCounter {
 /// Adds a counter on `hook` ("input" or "output") of `ns` for packets that
 /// match `expr` (nft syntax, e.g. "ip saddr 10.199.1.1 tcp dport 5000").
 pub fn nft_counter(ns: &Netns, hook: &str, name: &str, expr: &str) -> NftCounter {
-    let _ = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "nft", "add", "table", "inet", "pftest",
-        ])
-        .output();
-    let _ = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "nft", "add", "chain", "inet", "pftest", hook,
-        ])
-        .arg(format!(
-            "{{ type filter hook {hook} priority 0; policy accept; }}"
-        ))
-        .output();
+    nft_chain(ns, hook);
     ns.exec(&["nft", "add", "counter", "inet", "pftest", name]);
     let rule = format!("add rule inet pftest {hook} {expr} counter name {name}");
     ns.exec(&["nft", &rule]);
@@ -217,6 +322,16 @@ impl NftCounter {
     }
 }
 
+/// Now on CLOCK_REALTIME, in nanoseconds since the epoch: the clock
+/// `procflow-testgen` stamps connections with, so the tests can order them
+/// against procflow's start.
+pub fn clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 /// A running `procflow run`, stopped (SIGINT) by `stop`.
 #[derive(Debug)]
 pub struct Procflow {
@@ -224,6 +339,12 @@ pub struct Procflow {
     pub log: PathBuf,
     /// This instance's own flow history.
     pub db: PathBuf,
+    /// CLOCK_REALTIME (ns) just before procflow was started: nothing of
+    /// this instance was attached yet.
+    pub spawned_ns: u64,
+    /// CLOCK_REALTIME (ns) when its "watching" line was read: its programs
+    /// were attached and the start-up scan had finished.
+    pub watching_ns: u64,
 }
 
 static LOG_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -242,18 +363,27 @@ impl Procflow {
         if !extra.contains(&"--db") {
             cmd.arg("--db").arg(&db);
         }
-        let mut child = cmd
+        let spawned_ns = clock_ns();
+        let child = cmd
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting procflow");
-        let stderr = child.stderr.take().unwrap();
+        // Killed if it never becomes ready (or this test fails later).
+        let mut pf = Procflow {
+            child: Some(child),
+            log,
+            db,
+            spawned_ns,
+            watching_ns: 0,
+        };
+        let stderr = pf.child.as_mut().unwrap().stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent && line.contains("watching") {
-                    let _ = tx.send(Ok(()));
+                    let _ = tx.send(Ok(clock_ns()));
                     sent = true;
                 }
                 if line.starts_with("procflow: ") {
@@ -263,15 +393,75 @@ impl Procflow {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => {}
+            Ok(Ok(t)) => pf.watching_ns = t,
             Ok(Err(e)) => panic!("procflow failed to start: {e}"),
             Err(_) => panic!("procflow did not become ready within 30 s"),
         }
-        Procflow {
-            child: Some(child),
-            log,
-            db,
+        pf
+    }
+
+    /// The records in its log so far (whole lines only: the log may be
+    /// being written).
+    pub fn records(&self) -> Vec<Value> {
+        if self.log.exists() {
+            read_log(&self.log)
+        } else {
+            Vec::new()
         }
+    }
+
+    /// Waits (at most `secs`) until `done` holds for the records in the log,
+    /// and returns them; fails the test with `what` and the records of the
+    /// test's interest (`show`) otherwise.
+    pub fn wait_records(
+        &self,
+        secs: u64,
+        what: &str,
+        mut done: impl FnMut(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut recs = Vec::new();
+        let ok = wait_for(secs, || {
+            recs = self.records();
+            done(&recs)
+        });
+        assert!(
+            ok,
+            "waited {secs} s for {what} in procflow's log; it has {} records, the last: {:#?}",
+            recs.len(),
+            &recs[recs.len().saturating_sub(5)..]
+        );
+        recs
+    }
+
+    /// Waits until the log has `n` flow records (last record of each flow)
+    /// in `ns` that match `pred` and are closed.
+    pub fn wait_closed(
+        &self,
+        ns: &Netns,
+        n: usize,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.wait_records(
+            20,
+            &format!("{n} closed {what} flows in {}", ns.name),
+            |recs| {
+                let flows = final_flows(recs);
+                flows_in(&flows, ns, |f| f["state"] == "closed" && pred(f)).len() >= n
+            },
+        )
+    }
+
+    /// Waits for the `n`th (from 1) `"type":"rules"` record: procflow's
+    /// acknowledgement of the first load (1) and of each SIGHUP after it.
+    pub fn wait_rules_ack(&self, n: usize) -> Value {
+        let recs = self.wait_records(20, &format!("rules acknowledgement #{n}"), |recs| {
+            recs.iter().filter(|r| r["type"] == "rules").count() >= n
+        });
+        recs.into_iter()
+            .filter(|r| r["type"] == "rules")
+            .nth(n - 1)
+            .unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -390,14 +580,73 @@ pub fn one_flow<'a>(
     found[0]
 }
 
-/// A testgen server in `ns`; returns the child and the port it listens on.
-pub fn serve(ns: &Netns, args: &[&str]) -> (Child, u16) {
-    let mut child = ns
-        .command(TESTGEN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting procflow-testgen");
+/// A child process that is killed (and reaped) when dropped, so that a test
+/// that fails leaves none of its servers or clients running.
+#[derive(Debug)]
+pub struct Reaped(pub Option<Child>);
+
+impl Reaped {
+    pub fn new(child: Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    /// The child, no longer killed on drop.
+    pub fn take(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A testgen server started by `serve`: killed if dropped before `finish`.
+#[derive(Debug)]
+pub struct Server {
+    child: Reaped,
+    out: mpsc::Receiver<String>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// A testgen server in `ns`; returns it and the port it listens on.
+pub fn serve(ns: &Netns, args: &[&str]) -> (Server, u16) {
+    let mut child = Reaped::new(
+        ns.command(TESTGEN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting procflow-testgen"),
+    );
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -414,31 +663,30 @@ pub fn serve(ns: &Netns, args: &[&str]) -> (Child, u16) {
         let _ = std::io::Read::read_to_string(&mut out, &mut rest);
         let _ = tx.send(rest);
     });
-    SERVER_OUT.with(|m| m.borrow_mut().insert(child.id(), rx));
-    (child, port)
-}
-
-thread_local! {
-    static SERVER_OUT: std::cell::RefCell<HashMap<u32, mpsc::Receiver<String>>> = std::cell::RefCell::new(HashMap::new());
+    (Server { child, out: rx }, port)
 }
 
 /// Waits for a server started by `serve` and returns its JSON summary.
-pub fn finish(mut child: Child) -> Value {
-    let pid = child.id();
+pub fn finish(server: Server) -> Value {
+    let Server { child, out } = server;
+    let mut child = child.take();
     let status = child.wait().unwrap();
     assert!(status.success(), "testgen server failed: {status}");
-    let text = SERVER_OUT.with(|m| {
-        m.borrow_mut()
-            .remove(&pid)
-            .unwrap()
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap()
-    });
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    let text = out
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server's output");
+    serde_json::from_str(text.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("testgen server said {text:?}: {e}"))
 }
 
 /// Runs a testgen client in `ns` to completion; returns its last JSON line.
 pub fn client(ns: &Netns, args: &[&str]) -> Value {
+    client_lines(ns, args).pop().unwrap()
+}
+
+/// Runs a testgen client in `ns` to completion; returns every JSON line it
+/// printed (with `--each`, one per connection, then the summary).
+pub fn client_lines(ns: &Netns, args: &[&str]) -> Vec<Value> {
     let out = ns.command(TESTGEN).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -446,7 +694,9 @@ pub fn client(ns: &Netns, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("testgen said {l:?}: {e}")))
+        .collect()
 }
 
 /// Waits until `f` holds or `secs` pass.
