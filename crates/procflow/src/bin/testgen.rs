@@ -79,7 +79,11 @@ enum Cmd {
         bytes: u64,
     },
     /// COUNT concurrent connections; connection i uploads a size derived
-    /// from i (1..=MAX_UPLOAD) at a small random-ish delay; one line each.
+    /// from i (1..=MAX_UPLOAD) at a small random-ish delay; one line each,
+    /// with CLOCK_REALTIME nanoseconds of when it was connected
+    /// (`opened_ns`, after connect returned), when it started to shut down
+    /// (`shutdown_ns`, before its FIN; the socket was open until then) and
+    /// when it was closed (`closed_ns`, after close returned).
     TcpMany {
         #[arg(long)]
         connect: SocketAddr,
@@ -200,6 +204,14 @@ fn parse_ptr_arg(s: &str) -> Result<(std::net::IpAddr, String), String> {
 fn ready(port: u16) {
     println!("ready {port}");
     std::io::stdout().flush().ok();
+}
+
+/// CLOCK_REALTIME in nanoseconds since the epoch (what the tests compare
+/// with the time procflow said it was watching).
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -553,14 +565,19 @@ fn main() -> Res<()> {
                         std::thread::sleep(Duration::from_millis((i * 7919) % spread_ms.max(1)));
                         let up = 1 + (i * 104_729) % max_upload;
                         let mut s = TcpStream::connect(connect).ok()?;
+                        let opened = realtime_ns();
                         let port = s.local_addr().ok()?.port();
                         // Half now, half a little later, so transfers straddle procflow's start.
                         write_n(&mut s, up / 2).ok()?;
                         std::thread::sleep(Duration::from_millis(20 + (i * 31) % 200));
                         write_n(&mut s, up - up / 2).ok()?;
+                        let shutdown = realtime_ns();
                         s.shutdown(Shutdown::Write).ok()?;
                         let got = read_to_eof(&mut s).ok()?;
-                        Some(json!({"local_port": port, "sent": up, "received": got}))
+                        drop(s);
+                        let closed = realtime_ns();
+                        Some(json!({"local_port": port, "sent": up, "received": got,
+                            "opened_ns": opened, "shutdown_ns": shutdown, "closed_ns": closed}))
                     })
                 })
                 .collect();
