@@ -5,27 +5,28 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use serde_json::Value;
 
 /// A testgen process that prints one line, then waits for a line on stdin.
 struct Phased {
-    child: Child,
+    child: Reaped,
     out: BufReader<std::process::ChildStdout>,
     first: String,
 }
 
 impl Phased {
     fn start(ns: &Netns, args: &[&str]) -> Phased {
-        let mut child = ns
-            .command(TESTGEN)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Reaped::new(
+            ns.command(TESTGEN)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
         out.read_line(&mut first).unwrap();
@@ -87,7 +88,8 @@ fn before_and_after(tag: &str, n: u8, v6: bool) {
     let pf = Procflow::start(&[]);
     let cj = cl.go();
     let sj = finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    pf.wait_closed(&p.a, 1, "client", |f| u(f, "remote_port") == port as u64);
+    pf.wait_closed(&p.b, 1, "server", |f| u(f, "local_port") == port as u64);
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let c = one_flow(&flows, &p.a, "client", |f| {
@@ -145,7 +147,9 @@ fn udp_socket_used_before_and_after_start_counts_after_exactly() {
         &["udp-send", "--to", &target, "--size", "700", "--count", "5"],
     );
     let sv = finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.b, 1, "receiver", |f| {
+        f["proto"] == "udp" && u(f, "local_port") == port as u64
+    });
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let got = flows_in(&flows, &p.b, |f| {
@@ -162,6 +166,46 @@ fn udp_socket_used_before_and_after_start_counts_after_exactly() {
     }
 }
 
+/// The flows of one connection of `tcp-many`, found by the client's port:
+/// the client's in `p.a`, the server's accepted one in `p.b`.
+fn both_ends<'a>(
+    flows: &'a [Value],
+    p: &Pair,
+    port: u16,
+    client_port: u64,
+) -> (Vec<&'a Value>, Vec<&'a Value>) {
+    let c = flows_in(flows, &p.a, |f| {
+        f["proto"] == "tcp"
+            && u(f, "local_port") == client_port
+            && u(f, "remote_port") == port as u64
+    });
+    let s = flows_in(flows, &p.b, |f| {
+        f["proto"] == "tcp"
+            && u(f, "local_port") == port as u64
+            && u(f, "remote_port") == client_port
+    });
+    (c, s)
+}
+
+/// Lifetime payload of a flow: `before_start` (if any) plus what procflow
+/// counted after its start.
+fn lifetime(f: &Value) -> (u64, u64) {
+    let (btx, brx) = if f["before_start"].is_object() {
+        bs(f)
+    } else {
+        (0, 0)
+    };
+    (u(f, "tx_payload") + btx, u(f, "rx_payload") + brx)
+}
+
+/// 200 connections spread over 5 s, procflow started in the middle. From
+/// the generator's timestamps of each connection (connected, shutting
+/// down, closed) and the times procflow was started and said "watching":
+/// every connection not yet shut down when procflow was watching must be
+/// reported at both ends, closed, with exact lifetime payload; one closed
+/// before procflow was started may be missing; one closed in between (while
+/// procflow attached and scanned) may be missing, but if it is reported its
+/// bytes are exact too. No flow is reported that the generator did not make.
 #[test]
 fn two_hundred_connections_racing_the_start_are_exact() {
     for round in 0..3u8 {
@@ -179,7 +223,7 @@ fn two_hundred_connections_racing_the_start_are_exact() {
                 "--parallel",
             ],
         );
-        let mut cl =
+        let mut cl = Reaped::new(
             p.a.command(TESTGEN)
                 .args([
                     "tcp-many",
@@ -194,51 +238,132 @@ fn two_hundred_connections_racing_the_start_are_exact() {
                 ])
                 .stdout(Stdio::piped())
                 .spawn()
-                .unwrap();
+                .unwrap(),
+        );
+        // Start procflow inside the spread, at a different point each round.
         std::thread::sleep(std::time::Duration::from_millis(300 + 200 * round as u64));
         let pf = Procflow::start(&[]);
         let mut text = String::new();
         std::io::Read::read_to_string(cl.stdout.as_mut().unwrap(), &mut text).unwrap();
-        assert!(cl.wait().unwrap().success());
-        finish(server);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let recs = pf.stop();
-        let flows = final_flows(&recs);
-        let truth: Vec<Value> = text
+        assert!(cl.wait().unwrap().success(), "tcp-many failed: {text}");
+        let sv = finish(server);
+        let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let mut seen = 0;
-        for t in truth.iter().filter(|t| t.get("local_port").is_some()) {
-            let lp = u(t, "local_port");
-            let found = flows_in(&flows, &p.a, |f| {
-                f["proto"] == "tcp"
-                    && u(f, "local_port") == lp
-                    && u(f, "remote_port") == port as u64
-            });
-            assert!(found.len() <= 1, "{found:#?}");
-            let Some(f) = found.first() else { continue };
-            seen += 1;
-            let (btx, brx) = if f["before_start"].is_object() {
-                bs(f)
-            } else {
-                (0, 0)
-            };
-            assert_eq!(
-                u(f, "tx_payload") + btx,
-                u(t, "sent"),
-                "round {round}: {f} vs {t}"
-            );
-            assert_eq!(
-                u(f, "rx_payload") + brx,
-                u(t, "received"),
-                "round {round}: {f} vs {t}"
-            );
-            assert_eq!(f["state"], "closed", "{f}");
-        }
+        let summary = lines.last().unwrap();
+        assert_eq!(u(summary, "connections"), 200, "{summary}");
+        let client_pid = u(summary, "pid");
+        let truth: Vec<&Value> = lines
+            .iter()
+            .filter(|t| t.get("local_port").is_some())
+            .collect();
+        assert_eq!(truth.len(), 200);
+        let (spawned, watching) = (pf.spawned_ns, pf.watching_ns);
+        // Open when procflow was watching (or opened later): must be there.
+        let must: Vec<&Value> = truth
+            .iter()
+            .copied()
+            .filter(|t| u(t, "shutdown_ns") > watching)
+            .collect();
+        let early = truth.iter().filter(|t| u(t, "closed_ns") < spawned).count();
+        // Connected before procflow was started, still open when it watched:
+        // found by the start-up scan, or at their first packet after it.
+        let straddling = must.iter().filter(|t| u(t, "opened_ns") < spawned).count();
+        let between = truth.len() - must.len() - early;
         assert!(
-            seen >= 20,
-            "round {round}: only {seen} of 200 connections seen"
+            must.len() >= 100,
+            "round {round}: only {} of 200 connections were open after procflow started \
+             watching; the test no longer races the start",
+            must.len()
+        );
+        let missing = |recs: &[Value]| -> Vec<u64> {
+            let flows = final_flows(recs);
+            must.iter()
+                .map(|t| u(t, "local_port"))
+                .filter(|&lp| {
+                    let (c, s) = both_ends(&flows, &p, port, lp);
+                    !(c.iter().any(|f| f["state"] == "closed")
+                        && s.iter().any(|f| f["state"] == "closed"))
+                })
+                .collect()
+        };
+        let ok = wait_for(20, || missing(&pf.records()).is_empty());
+        let recs = pf.stop();
+        assert!(
+            ok,
+            "round {round}: connections open while procflow was watching have no closed \
+             record at both ends after 20 s (client ports): {:?}",
+            missing(&recs)
+        );
+        let flows = final_flows(&recs);
+        let (mut seen_early, mut seen_between) = (0, 0);
+        for t in &truth {
+            let lp = u(t, "local_port");
+            let (c, s) = both_ends(&flows, &p, port, lp);
+            assert!(c.len() <= 1 && s.len() <= 1, "round {round}: {c:#?} {s:#?}");
+            let is_must = u(t, "shutdown_ns") > watching;
+            let when = if is_must {
+                "open while procflow watched"
+            } else if u(t, "closed_ns") < spawned {
+                "closed before procflow started"
+            } else {
+                "closed while procflow attached"
+            };
+            if is_must {
+                assert_eq!(
+                    (c.len(), s.len()),
+                    (1, 1),
+                    "round {round}: connection {t} ({when}) is missing"
+                );
+            } else if !c.is_empty() || !s.is_empty() {
+                if u(t, "closed_ns") < spawned {
+                    seen_early += 1;
+                } else {
+                    seen_between += 1;
+                }
+            }
+            let want = (u(t, "sent"), u(t, "received"));
+            for f in c {
+                assert_eq!(f["state"], "closed", "round {round} ({when}): {f}");
+                assert_eq!(
+                    lifetime(f),
+                    want,
+                    "round {round} client ({when}): {f} vs {t}"
+                );
+                assert_eq!(u(&f["process"], "pid"), client_pid, "{f}");
+            }
+            for f in s {
+                assert_eq!(f["state"], "closed", "round {round} ({when}): {f}");
+                assert_eq!(
+                    lifetime(f),
+                    (want.1, want.0),
+                    "round {round} server ({when}): {f} vs {t}"
+                );
+                assert_eq!(f["process"]["pid"], sv["pid"], "{f}");
+            }
+        }
+        // Nothing that the generator did not make.
+        let clients = flows_in(&flows, &p.a, |f| {
+            f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+        });
+        for f in &clients {
+            assert!(
+                truth
+                    .iter()
+                    .any(|t| u(t, "local_port") == u(f, "local_port")),
+                "round {round}: a flow the generator never made: {f}"
+            );
+        }
+        eprintln!(
+            "round {round}: {} open while watching (all reported; {straddling} of them \
+             connected before the start), {between} closed while attaching ({seen_between} \
+             reported), {early} closed before the start ({seen_early} reported)",
+            must.len()
+        );
+        assert!(
+            straddling > 0,
+            "round {round}: no connection straddled procflow's start"
         );
         assert_eq!(stats(&recs)["events_lost"], 0);
     }
@@ -271,7 +396,7 @@ fn restart_during_a_transfer_keeps_lifetime_totals_exact() {
     assert!(out.status.success());
     let sv = finish(server);
     assert_eq!(u(&sv, "received"), total);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    second.wait_closed(&p.a, 1, "client", |f| u(f, "remote_port") == port as u64);
     let recs2 = second.stop();
     let f1 = final_flows(&recs1);
     let f2 = final_flows(&recs2);
@@ -323,7 +448,7 @@ fn listener_from_before_start_owns_connections_accepted_after() {
         ],
     );
     let sv = finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.b, 1, "accepted", |f| u(f, "local_port") == port as u64);
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let s = one_flow(&flows, &p.b, "accepted", |f| {
@@ -353,7 +478,9 @@ fn socket_made_by_parent_and_used_by_forked_child_belongs_to_the_child() {
     let pf = Procflow::start(&[]);
     let out = h.go();
     finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "handed-off", |f| {
+        u(f, "remote_port") == port as u64
+    });
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let f = one_flow(&flows, &p.a, "handed-off", |f| {
