@@ -66,8 +66,8 @@ fn tcp_exact(tag: &str, n: u8, v6: bool) {
     let sv = finish(server);
     assert_eq!((u(&cl, "sent"), u(&cl, "received")), (up, down));
     assert_eq!(u(&sv, "received"), up);
-    // Let the closes reach procflow.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    pf.wait_closed(&p.a, 1, "client", |f| port_of(f, "remote_port") == port);
+    pf.wait_closed(&p.b, 1, "server", |f| port_of(f, "local_port") == port);
     let (in_pk, in_by) = c_in.read();
     let (out_pk, out_by) = c_out.read();
     let recs = pf.stop();
@@ -174,7 +174,10 @@ fn udp_unconnected_two_remotes_connected_and_receiver_are_exact() {
     );
     let n1 = nft_counter(&p.b, "input", "u1", &format!("udp dport {port1}"));
     let n2 = nft_counter(&p.b, "input", "u2", &format!("udp dport {port2}"));
+    let n3 = nft_counter(&p.b, "input", "u3", &format!("udp dport {port3}"));
     let n1r = nft_counter(&p.a, "input", "u1r", &format!("udp sport {port1}"));
+    let n2r = nft_counter(&p.a, "input", "u2r", &format!("udp sport {port2}"));
+    let n3r = nft_counter(&p.a, "input", "u3r", &format!("udp sport {port3}"));
     let cl = client(
         &p.a,
         &[
@@ -208,13 +211,23 @@ fn udp_unconnected_two_remotes_connected_and_receiver_are_exact() {
         (u(&s1, "received"), u(&s2, "received"), u(&s3, "received")),
         (3000, 3000, 5000)
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let ((p1, b1), (p2, b2), (p1r, b1r)) = (n1.read(), n2.read(), n1r.read());
+    let ports = [port1, port2, port3];
+    pf.wait_closed(&p.a, 3, "udp sender", |f| {
+        f["proto"] == "udp" && ports.contains(&port_of(f, "remote_port"))
+    });
+    pf.wait_closed(&p.b, 3, "udp receiver", |f| {
+        f["proto"] == "udp" && ports.contains(&port_of(f, "local_port"))
+    });
+    // nftables in b counts what reached each receiver, in a the replies.
+    let to_b = [n1.read(), n2.read(), n3.read()];
+    let to_a = [n1r.read(), n2r.read(), n3r.read()];
+    assert_eq!(to_b.map(|c| c.0), [10, 10, 5], "datagrams on the wire");
+    assert_eq!(to_a.map(|c| c.0), [10, 10, 0], "replies on the wire");
     let recs = pf.stop();
     let flows = final_flows(&recs);
 
     let lport = u(&cl, "local_port");
-    for (port, pk, by) in [(port1, p1, b1), (port2, p2, b2)] {
+    for (i, port) in [port1, port2].into_iter().enumerate() {
         let f = one_flow(&flows, &p.a, "udp sender", |f| {
             f["proto"] == "udp" && u(f, "local_port") == lport && port_of(f, "remote_port") == port
         });
@@ -226,31 +239,56 @@ fn udp_unconnected_two_remotes_connected_and_receiver_are_exact() {
             (3000, 1000),
             "{f}"
         );
-        assert_eq!((u(f, "tx_packets"), u(f, "tx_bytes")), (pk, by), "{f}");
-        assert_eq!((u(f, "tx_packets"), u(f, "rx_packets")), (10, 10), "{f}");
+        assert_eq!(
+            (u(f, "tx_packets"), u(f, "tx_bytes")),
+            to_b[i],
+            "sender tx vs nftables at the receiver: {f}"
+        );
+        assert_eq!(
+            (u(f, "rx_packets"), u(f, "rx_bytes")),
+            to_a[i],
+            "sender rx vs nftables at the sender: {f}"
+        );
     }
-    let f1 = one_flow(&flows, &p.a, "udp sender", |f| {
-        port_of(f, "remote_port") == port1 && u(f, "local_port") == lport
-    });
-    assert_eq!((u(f1, "rx_packets"), u(f1, "rx_bytes")), (p1r, b1r));
 
     let c = one_flow(&flows, &p.a, "connected udp", |f| {
         f["proto"] == "udp" && port_of(f, "remote_port") == port3
     });
+    assert_eq!(c["state"], "closed", "{c}");
     assert_eq!(c["process"]["pid"].as_u64(), cc["pid"].as_u64());
-    assert_eq!((u(c, "tx_payload"), u(c, "tx_packets")), (5000, 5));
+    assert_eq!((u(c, "tx_payload"), u(c, "rx_payload")), (5000, 0), "{c}");
+    assert_eq!((u(c, "tx_packets"), u(c, "tx_bytes")), to_b[2], "{c}");
+    assert_eq!((u(c, "rx_packets"), u(c, "rx_bytes")), (0, 0), "{c}");
 
-    for (port, srv, rx) in [(port1, &s1, 3000), (port2, &s2, 3000), (port3, &s3, 5000)] {
+    for (i, (port, srv, rx, tx)) in [
+        (port1, &s1, 3000, 1000),
+        (port2, &s2, 3000, 1000),
+        (port3, &s3, 5000, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let f = one_flow(&flows, &p.b, "udp receiver", |f| {
             f["proto"] == "udp" && port_of(f, "local_port") == port
         });
         assert_eq!(f["direction"], "in", "{f}");
+        assert_eq!(f["state"], "closed", "{f}");
         assert_eq!(
             f["process"]["pid"].as_u64(),
             srv["pid"].as_u64(),
             "receiver owns it: {f}"
         );
-        assert_eq!(u(f, "rx_payload"), rx, "{f}");
+        assert_eq!((u(f, "rx_payload"), u(f, "tx_payload")), (rx, tx), "{f}");
+        assert_eq!(
+            (u(f, "rx_packets"), u(f, "rx_bytes")),
+            to_b[i],
+            "receiver rx vs nftables: {f}"
+        );
+        assert_eq!(
+            (u(f, "tx_packets"), u(f, "tx_bytes")),
+            to_a[i],
+            "receiver tx (replies) vs nftables at the sender: {f}"
+        );
     }
 }
 
@@ -283,8 +321,15 @@ fn icmp_echo_over_a_ping_socket_is_exact() {
             "7",
         ],
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "ping", |f| {
+        f["proto"] == "icmp" && f["process"]["pid"].as_u64() == cl["pid"].as_u64()
+    });
     let ((rq_p, rq_b), (rp_p, rp_b)) = (req.read(), rep.read());
+    assert_eq!(
+        (rq_p, rp_p),
+        (7, 7),
+        "echo requests and replies on the wire"
+    );
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let f = one_flow(&flows, &p.a, "ping", |f| {
@@ -304,6 +349,10 @@ fn icmp_echo_over_a_ping_socket_is_exact() {
     assert_eq!(u(&cl, "sent"), 7 * 1008);
 }
 
+/// Twenty processes, one connection each, each exiting as soon as it is
+/// done: one flow per process (pids one to one), every flow with its
+/// executable, exact payload both ways, and wire bytes and packets equal to
+/// nftables' per-connection counts, at both ends.
 #[test]
 fn twenty_short_lived_processes_each_get_exe_and_exact_bytes() {
     let p = Pair::new("short", 5);
@@ -316,31 +365,117 @@ fn twenty_short_lived_processes_each_get_exe_and_exact_bytes() {
             &format!("{}:0", p.b4),
             "--count",
             "20",
+            "--download",
+            "4099",
         ],
     );
+    // Per client port: what arrived in b (the upload), in a (the download).
+    let up = nft_port_counters(
+        &p.b,
+        "input",
+        "up",
+        &format!("ip saddr {} tcp dport {port}", p.a4),
+        "tcp sport",
+    );
+    let down = nft_port_counters(
+        &p.a,
+        "input",
+        "down",
+        &format!("ip saddr {} tcp sport {port}", p.b4),
+        "tcp dport",
+    );
     let target = format!("{}:{port}", p.b4);
-    let mut pids = Vec::new();
+    // pid -> client port, from the generator.
+    let mut clients = std::collections::BTreeMap::new();
     for _ in 0..20 {
-        let cl = client(
+        let lines = client_lines(
             &p.a,
-            &["tcp-send", "--connect", &target, "--upload", "524288"],
+            &[
+                "tcp-send",
+                "--connect",
+                &target,
+                "--upload",
+                "524288",
+                "--each",
+            ],
         );
-        pids.push(cl["pid"].as_u64().unwrap());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            (u(&lines[0], "sent"), u(&lines[0], "received")),
+            (524_288, 4099)
+        );
+        clients.insert(u(&lines[1], "pid"), u(&lines[0], "local_port") as u16);
     }
-    finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(clients.len(), 20, "twenty distinct pids: {clients:?}");
+    let sv = finish(server);
+    assert_eq!(u(&sv, "received"), 20 * 524_288);
+    pf.wait_closed(&p.a, 20, "client", |f| port_of(f, "remote_port") == port);
+    pf.wait_closed(&p.b, 20, "server", |f| port_of(f, "local_port") == port);
+    let (up, down) = (up.read(), down.read());
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let ours = flows_in(&flows, &p.a, |f| {
         f["proto"] == "tcp" && port_of(f, "remote_port") == port
     });
-    assert_eq!(ours.len(), 20, "{ours:#?}");
+    let got: Vec<u64> = {
+        let mut v: Vec<u64> = ours.iter().map(|f| u(&f["process"], "pid")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        got,
+        clients.keys().copied().collect::<Vec<_>>(),
+        "one flow per process: {ours:#?}"
+    );
     for f in ours {
-        assert!(pids.contains(&f["process"]["pid"].as_u64().unwrap()), "{f}");
+        let pid = u(&f["process"], "pid");
+        let lport = clients[&pid];
+        assert_eq!(port_of(f, "local_port"), lport, "pid {pid}'s port: {f}");
         assert_eq!(f["process"]["exe"], TESTGEN, "{f}");
-        assert_eq!(f["state"], "closed");
-        assert_eq!(u(f, "tx_payload"), 524_288, "{f}");
+        assert_eq!(f["state"], "closed", "{f}");
+        assert_eq!(
+            (u(f, "tx_payload"), u(f, "rx_payload")),
+            (524_288, 4099),
+            "{f}"
+        );
+        let upc = *up
+            .get(&lport)
+            .unwrap_or_else(|| panic!("nftables saw no upload from port {lport}: {up:?}"));
+        let downc = *down
+            .get(&lport)
+            .unwrap_or_else(|| panic!("nftables saw no download to port {lport}: {down:?}"));
+        assert_eq!(
+            (u(f, "tx_packets"), u(f, "tx_bytes")),
+            upc,
+            "tx vs nftables: {f}"
+        );
+        assert_eq!(
+            (u(f, "rx_packets"), u(f, "rx_bytes")),
+            downc,
+            "rx vs nftables: {f}"
+        );
+        let s = one_flow(&flows, &p.b, "server", |s| {
+            port_of(s, "local_port") == port && port_of(s, "remote_port") == lport
+        });
+        assert_eq!(s["process"]["pid"], sv["pid"], "{s}");
+        assert_eq!(s["state"], "closed", "{s}");
+        assert_eq!(
+            (u(s, "tx_payload"), u(s, "rx_payload")),
+            (4099, 524_288),
+            "{s}"
+        );
+        assert_eq!(
+            (u(s, "rx_packets"), u(s, "rx_bytes")),
+            upc,
+            "server rx: {s}"
+        );
+        assert_eq!(
+            (u(s, "tx_packets"), u(s, "tx_bytes")),
+            downc,
+            "server tx: {s}"
+        );
     }
+    assert_eq!(up.len(), 20, "nftables saw twenty connections: {up:?}");
 }
 
 /// What one loopback transfer moved: port, client and server summaries, and
@@ -357,10 +492,10 @@ struct LoRun {
 fn loopback_both_ends_attributed_and_exact() {
     require_root();
     let ns = Netns::new("pf-lo");
-    let _ = ns
-        .command("ethtool")
-        .args(["-K", "lo", "tso", "off", "gso", "off"])
-        .output();
+    // This kernel lets lo's TSO and GSO be turned off; GRO is not used on
+    // loopback. With them on, nftables would count one packet per
+    // 64 KiB super-packet.
+    offloads_off(&ns, "lo", &["tso", "gso"]);
     let pf = Procflow::start(&[]);
     let mut runs = Vec::new();
     for (listen, fam, host, ver) in [
@@ -394,7 +529,8 @@ fn loopback_both_ends_attributed_and_exact() {
             ],
         );
         let server = finish(server);
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        pf.wait_closed(&ns, 1, "lo client", |f| port_of(f, "remote_port") == port);
+        pf.wait_closed(&ns, 1, "lo server", |f| port_of(f, "local_port") == port);
         runs.push(LoRun {
             port,
             client,
@@ -449,6 +585,18 @@ fn sendfile_upload_and_splice_download_are_exact() {
             "--splice",
         ],
     );
+    let up = nft_counter(
+        &p.b,
+        "input",
+        "up",
+        &format!("ip saddr {} tcp dport {port}", p.a4),
+    );
+    let down = nft_counter(
+        &p.a,
+        "input",
+        "down",
+        &format!("ip saddr {} tcp sport {port}", p.b4),
+    );
     let cl = client(
         &p.a,
         &[
@@ -460,9 +608,16 @@ fn sendfile_upload_and_splice_download_are_exact() {
             "--sendfile",
         ],
     );
+    assert_eq!(u(&cl, "received"), 123_457);
     let sv = finish(server);
     assert_eq!(u(&sv, "received"), 2_000_003);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "sendfile client", |f| {
+        port_of(f, "remote_port") == port
+    });
+    pf.wait_closed(&p.b, 1, "splice server", |f| {
+        port_of(f, "local_port") == port
+    });
+    let (up, down) = (up.read(), down.read());
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let c = one_flow(&flows, &p.a, "sendfile client", |f| {
@@ -483,16 +638,36 @@ fn sendfile_upload_and_splice_download_are_exact() {
     );
     assert_eq!(c["process"]["pid"].as_u64(), cl["pid"].as_u64());
     assert_eq!(s["process"]["pid"].as_u64(), sv["pid"].as_u64());
+    assert_eq!(
+        (c["state"].as_str(), s["state"].as_str()),
+        (Some("closed"), Some("closed"))
+    );
+    assert_eq!((u(c, "tx_packets"), u(c, "tx_bytes")), up, "client tx: {c}");
+    assert_eq!((u(s, "rx_packets"), u(s, "rx_bytes")), up, "server rx: {s}");
+    assert_eq!(
+        (u(s, "tx_packets"), u(s, "tx_bytes")),
+        down,
+        "server tx: {s}"
+    );
+    assert_eq!(
+        (u(c, "rx_packets"), u(c, "rx_bytes")),
+        down,
+        "client rx: {c}"
+    );
 }
 
+/// Two namespaces with a server on 127.0.0.1:7777 each and a client to it:
+/// four flows, each in its own namespace with its own owner, exact payload
+/// and wire counts (nftables on each namespace's loopback) at both ends.
 #[test]
 fn same_address_and_port_in_two_namespaces_are_two_flows_with_two_owners() {
     require_root();
     let x = Netns::new("pf-samex");
     let y = Netns::new("pf-samey");
     let pf = Procflow::start(&[]);
-    let mut servers = Vec::new();
-    for ns in [&x, &y] {
+    let mut runs = Vec::new();
+    for (ns, up, down) in [(&x, 1000u64, 10u64), (&y, 3333, 222)] {
+        offloads_off(ns, "lo", &["tso", "gso"]);
         let (srv, port) = serve(
             ns,
             &[
@@ -500,34 +675,72 @@ fn same_address_and_port_in_two_namespaces_are_two_flows_with_two_owners() {
                 "--listen",
                 "127.0.0.1:7777",
                 "--download",
-                "10",
+                &down.to_string(),
             ],
         );
         assert_eq!(port, 7777);
-        client(
+        let cup = nft_counter(ns, "input", "up", "ip daddr 127.0.0.1 tcp dport 7777");
+        let cdown = nft_counter(ns, "input", "down", "ip saddr 127.0.0.1 tcp sport 7777");
+        let cl = client(
             ns,
             &[
                 "tcp-send",
                 "--connect",
                 "127.0.0.1:7777",
                 "--upload",
-                "1000",
+                &up.to_string(),
             ],
         );
-        servers.push(finish(srv));
+        let sv = finish(srv);
+        pf.wait_closed(ns, 1, "client", |f| port_of(f, "remote_port") == 7777);
+        pf.wait_closed(ns, 1, "server", |f| port_of(f, "local_port") == 7777);
+        runs.push((ns, up, down, cl, sv, cup.read(), cdown.read()));
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let recs = pf.stop();
     let flows = final_flows(&recs);
-    for (ns, sv) in [(&x, &servers[0]), (&y, &servers[1])] {
+    for (ns, up, down, cl, sv, wup, wdown) in &runs {
         let s = one_flow(&flows, ns, "server", |f| {
             f["proto"] == "tcp" && port_of(f, "local_port") == 7777
         });
+        let c = one_flow(&flows, ns, "client", |f| {
+            f["proto"] == "tcp" && port_of(f, "remote_port") == 7777
+        });
         assert_eq!(s["local_ip"], "127.0.0.1");
+        assert_eq!(c["remote_ip"], "127.0.0.1");
         assert_eq!(s["process"]["pid"].as_u64(), sv["pid"].as_u64(), "{s}");
-        assert_eq!(u(s, "rx_payload"), 1000);
+        assert_eq!(c["process"]["pid"].as_u64(), cl["pid"].as_u64(), "{c}");
+        assert_eq!(
+            (u(s, "rx_payload"), u(s, "tx_payload")),
+            (*up, *down),
+            "{s}"
+        );
+        assert_eq!(
+            (u(c, "tx_payload"), u(c, "rx_payload")),
+            (*up, *down),
+            "{c}"
+        );
+        assert_eq!(
+            (u(c, "tx_packets"), u(c, "tx_bytes")),
+            *wup,
+            "client tx: {c}"
+        );
+        assert_eq!(
+            (u(s, "rx_packets"), u(s, "rx_bytes")),
+            *wup,
+            "server rx: {s}"
+        );
+        assert_eq!(
+            (u(s, "tx_packets"), u(s, "tx_bytes")),
+            *wdown,
+            "server tx: {s}"
+        );
+        assert_eq!(
+            (u(c, "rx_packets"), u(c, "rx_bytes")),
+            *wdown,
+            "client rx: {c}"
+        );
     }
-    assert_ne!(servers[0]["pid"], servers[1]["pid"]);
+    assert_ne!(runs[0].4["pid"], runs[1].4["pid"]);
 }
 
 /// Ids of the BPF programs and links whose descriptors process `pid` holds.
@@ -642,7 +855,10 @@ fn ten_thousand_short_connections_all_closed_none_lost_contexts_freed() {
     );
     assert_eq!(u(&cl, "connections"), 10_000);
     finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    pf.wait_closed(&p.a, 10_000, "client", |f| {
+        port_of(f, "remote_port") == port
+    });
+    pf.wait_closed(&p.b, 10_000, "server", |f| port_of(f, "local_port") == port);
     let recs = pf.stop();
     let st = stats(&recs);
     assert_eq!(st["events_lost"], 0, "{st}");
@@ -712,7 +928,7 @@ fn interval_writes_cumulative_records_of_open_flows() {
             .unwrap();
     assert!(cl.status.success());
     finish(server);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "client", |f| port_of(f, "remote_port") == port);
     let recs = pf.stop();
     let ino = p.a.inode();
     let mine: Vec<&Value> = recs
@@ -776,7 +992,8 @@ fn ipv6_extension_headers_are_walked_to_the_transport_header() {
     );
     let cl: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(u(&finish(r), "received"), 3500);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "sender", |f| u(f, "local_port") == u(&cl, "port"));
+    pf.wait_closed(&p.b, 1, "receiver", |f| port_of(f, "local_port") == port);
     let (pk, by) = n.read();
     let flows = final_flows(&pf.stop());
     let f = one_flow(&flows, &p.a, "sender", |f| {
