@@ -92,7 +92,7 @@ fn report_by_exe_and_remote_equals_ground_truth() {
                     .unwrap();
             assert!(out.status.success());
             finish(server);
-            std::thread::sleep(std::time::Duration::from_millis(150));
+            pf.wait_closed(&p.a, 1, "client", |f| u(f, "remote_port") == port as u64);
             truth.push((
                 exe.to_string(),
                 remote.to_string(),
@@ -162,7 +162,12 @@ fn remote_name_from_a_dns_answer_is_on_the_flow_and_in_report_by_host() {
     assert_eq!(cl["address"], p.b4.to_string());
     finish(server);
     let _ = finish(dns);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    pf.wait_closed(&p.a, 1, "tcp", |f| {
+        f["proto"] == "tcp" && u(f, "remote_port") == port as u64
+    });
+    pf.wait_closed(&p.a, 1, "dns", |f| {
+        f["proto"] == "udp" && u(f, "remote_port") == 53
+    });
     let (recs, db) = pf.stop_keep_db();
     let flows = final_flows(&recs);
     let f = one_flow(&flows, &p.a, "named", |f| {
@@ -244,8 +249,10 @@ fn resolve_names_remotes_by_reverse_lookup_only_when_asked() {
     // Without --resolve: no lookup, no socket of procflow's own.
     let pf = Procflow::start(&[]);
     let pid = pf.pid();
-    upload(&p, p.b4, 1000);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let port = upload(&p, p.b4, 1000);
+    pf.wait_closed(&p.a, 1, "upload", |f| {
+        u(f, "remote_port") == u64::from(port)
+    });
     let recs = pf.stop();
     let stats = recs.iter().find(|r| r["type"] == "stats").unwrap();
     assert!(stats["resolve"].is_null(), "{stats}");
@@ -264,7 +271,11 @@ fn resolve_names_remotes_by_reverse_lookup_only_when_asked() {
         std::thread::sleep(std::time::Duration::from_millis(500));
         ports.push((remote, upload(&p, remote, 2000)));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    for (_, port) in &ports {
+        pf.wait_closed(&p.a, 1, "second upload", |f| {
+            u(f, "remote_port") == u64::from(*port)
+        });
+    }
     let (recs, db) = pf.stop_keep_db();
     drop(ptr.stdin.take());
     let mut line = String::new();
@@ -413,7 +424,8 @@ fn a_full_disk_never_stops_monitoring_and_writing_resumes_with_space() {
         ],
     );
     finish(server2);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pf.wait_closed(&p.a, 3, "client", |f| u(f, "remote_port") == port2 as u64);
+    pf.wait_closed(&p.b, 3, "server", |f| u(f, "local_port") == port2 as u64);
     let recs = pf.stop();
     // Monitoring went on: every connection has its closed record in the log.
     let flows = final_flows(&recs);
