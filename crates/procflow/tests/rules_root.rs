@@ -3,7 +3,7 @@
 //! the kernel under `procflow run --rules`.
 //!
 //! The process that connects is this test binary itself, re-run as a probe
-//! (`PF_PROBE=... <test binary> --exact probe_entry`): a fresh process that
+//! (`PF_PROBE=... <test binary> --ignored --exact probe_entry`): a fresh process that
 //! does one thing and exits within milliseconds, so every probe is also a
 //! short-lived process decided at its first connect. Every rule names the
 //! test's own addresses, so tests (and other procflow instances) running at
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Netns, Pair, Procflow};
+use common::{Netns, Pair, Procflow, Reaped};
 use procflow_core::rules::{
     cgroup_ancestors, parse_rules, CompiledRules, Direction, NoUsers, Query,
 };
@@ -28,12 +28,14 @@ const REFUSED: &str = "err 111";
 
 // ---- the probe ----
 
-/// Not a test: the body of a probe process (see the module comment).
+/// Not a test: the body of a probe process (see the module comment), run
+/// only by the tests themselves (`--ignored --exact probe_entry` with
+/// `PF_PROBE` set).
 #[test]
+#[ignore = "the body of the probe processes the rules tests start, with PF_PROBE set"]
 fn probe_entry() {
-    let Ok(spec) = std::env::var("PF_PROBE") else {
-        return;
-    };
+    let spec = std::env::var("PF_PROBE")
+        .expect("probe_entry is not a test: the rules tests run it with PF_PROBE set");
     let words: Vec<&str> = spec.split_whitespace().collect();
     let addr = |ip: &str, port: &str| SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
     let result = match words[0] {
@@ -178,7 +180,14 @@ impl<'a> As<'a> {
         }
         argv.push(self.exe.display().to_string());
         argv.extend(
-            ["--exact", "probe_entry", "--nocapture", "--test-threads=1"].map(String::from),
+            [
+                "--ignored",
+                "--exact",
+                "probe_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ]
+            .map(String::from),
         );
         let mut c = Command::new("sh");
         // Join the cgroup first: `ip netns exec` remounts /sys.
@@ -247,16 +256,6 @@ impl<'a> As<'a> {
             );
         }
         (child, out)
-    }
-}
-
-/// Kills a long-running probe when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -414,10 +413,15 @@ remote = "{b4}"
     assert_eq!(orig.result(&format!("tcp {b4} 7002")), REFUSED);
     // An allowed connection that completes: its flow carries the rule.
     let (server, _) = As::new(&p.b).spawn("listen 4 7003", "listening");
-    let _server = Killed(server);
+    let _server = Reaped::new(server);
     let (allowed_pid, r) = orig.run(&format!("tcp {b4} 7003"));
     assert_eq!(r, "ok");
-    std::thread::sleep(Duration::from_millis(300));
+    pf.wait_closed(&p.a, 1, "allowed", |f| {
+        f["remote_port"] == 7003 && f["process"]["pid"].as_u64() == Some(allowed_pid.into())
+    });
+    pf.wait_records(10, "the two blocked attempts' verdicts", |recs| {
+        !verdicts_of(recs, blocked_pid).is_empty() && !verdicts_of(recs, copy_pid).is_empty()
+    });
     let recs = pf.stop();
 
     // Verdict records: one per blocked attempt, exact.
@@ -632,7 +636,7 @@ remote = "{}"
     let (s1, _) = server.spawn("listen 4 7500", "listening");
     let (s2, _) = server.spawn("listen 4 7501", "listening");
     let (s3, _) = bad_server.spawn("listen 4 7502", "listening");
-    let (_s1, _s2, _s3) = (Killed(s1), Killed(s2), Killed(s3));
+    let (_s1, _s2, _s3) = (Reaped::new(s1), Reaped::new(s2), Reaped::new(s3));
     let a = As::new(&p.a);
     assert_eq!(a.result(&format!("tcp {b4} 7500")), "ok");
     assert_eq!(
@@ -770,7 +774,20 @@ remote = "{b4}"
             "2",
         ],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // The decisions are made (their verdicts are logged) when the first
+    // datagram arrives; by then a datagram let through would have reached
+    // its receiver, which exits at its first.
+    pf.wait_records(10, "verdicts for 7711 and 7712", |recs| {
+        [7711, 7712].iter().all(|&port| {
+            verdicts(recs)
+                .iter()
+                .any(|v| v["proto"] == "udp" && v["local_port"] == port)
+        })
+    });
+    pf.wait_closed(&p.b, 1, "7710 receiver", |f| {
+        f["proto"] == "udp" && f["local_port"] == 7710
+    });
+    std::thread::sleep(Duration::from_millis(100));
     for (what, child) in [("7711", &mut blocked), ("a:7712", &mut at_a)] {
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -813,6 +830,10 @@ remote = "{b4}"
     assert!(none.is_empty(), "{none:#?}");
 }
 
+/// SIGHUP reloads: each reload is acknowledged by a `rules` record
+/// (accepted: the next generation; refused: the generation in force, and
+/// the problem as file:line:column), and a refused file leaves the rules in
+/// force untouched.
 #[test]
 fn sighup_reloads_and_a_bad_file_keeps_the_rules_in_force() {
     let p = Pair::new("rhup", 64);
@@ -825,25 +846,49 @@ fn sighup_reloads_and_a_bad_file_keeps_the_rules_in_force() {
     };
     let rules = RulesFile::new("rhup", &block(7600));
     let pf = start(&rules, &[]);
+    let first = pf.wait_rules_ack(1);
+    assert_eq!(
+        (&first["outcome"], &first["generation"], &first["rules"]),
+        (&"accepted".into(), &1.into(), &1.into()),
+        "{first}"
+    );
+    assert_eq!(first["path"], rules.arg(), "{first}");
+    assert!(first["error"].is_null(), "{first}");
     let a = As::new(&p.a);
     let t = |port: u16| a.result(&format!("tcp {b4} {port}"));
     assert_eq!((t(7600), t(7601)), (EPERM.into(), REFUSED.into()));
     rules.write(&block(7601));
     common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
-    assert!(
-        common::wait_for(5, || t(7600) == REFUSED),
-        "the reload did not take effect"
+    let second = pf.wait_rules_ack(2);
+    assert_eq!(
+        (&second["outcome"], &second["generation"], &second["rules"]),
+        (&"accepted".into(), &2.into(), &1.into()),
+        "{second}"
     );
-    assert_eq!(t(7601), EPERM);
+    // Acknowledged means in force.
+    assert_eq!((t(7600), t(7601)), (REFUSED.into(), EPERM.into()));
     // A bad file: refused, the rules in force stay.
     rules.write(&format!(
         "{}\n[[rule]]\nname = \"x\"\naction = \"block\"\nremote_prot = 1\n",
         block(7600)
     ));
     common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
-    std::thread::sleep(Duration::from_millis(1000));
+    let third = pf.wait_rules_ack(3);
+    assert_eq!(
+        (&third["outcome"], &third["generation"], &third["rules"]),
+        (&"refused".into(), &2.into(), &1.into()),
+        "the refusal repeats the generation in force: {third}"
+    );
+    let err = third["error"].as_str().unwrap_or_else(|| panic!("{third}"));
+    // Line 10, column 1 of the file: the misspelt key.
+    assert!(
+        err.starts_with(&format!("{}:10:1: ", rules.arg())) && err.contains("remote_prot"),
+        "{err}"
+    );
     assert_eq!((t(7600), t(7601)), (REFUSED.into(), EPERM.into()));
     let recs = pf.stop();
+    let acks: Vec<&Value> = recs.iter().filter(|r| r["type"] == "rules").collect();
+    assert_eq!(acks.len(), 3, "one acknowledgement per load: {acks:#?}");
     let names: Vec<_> = verdicts(&recs)
         .iter()
         .filter(|v| v["netns"].as_u64() == Some(p.a.inode()))
@@ -866,11 +911,11 @@ fn enforce_existing_closes_a_connection_the_new_rules_block() {
     let server = As::new(&p.b);
     let (s1, _) = server.spawn("listen 4 7700", "listening");
     let (s2, _) = server.spawn("listen 4 7701", "listening");
-    let (_s1, _s2) = (Killed(s1), Killed(s2));
+    let (_s1, _s2) = (Reaped::new(s1), Reaped::new(s2));
     let a = As::new(&p.a);
     let (victim, vout) = a.spawn(&format!("hold {b4} 7700"), "connected");
     let (keeper, kout) = a.spawn(&format!("hold {b4} 7701"), "connected");
-    let (_v, _k) = (Killed(victim), Killed(keeper));
+    let (_v, _k) = (Reaped::new(victim), Reaped::new(keeper));
     let next_line = |mut out: BufReader<std::process::ChildStdout>| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -886,6 +931,8 @@ fn enforce_existing_closes_a_connection_the_new_rules_block() {
          remote = \"{b4}\"\nremote_port = 7700\n"
     ));
     common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    let ack = pf.wait_rules_ack(2);
+    assert_eq!(ack["outcome"], "accepted", "{ack}");
     let line = victim_end
         .recv_timeout(Duration::from_secs(5))
         .expect("the connection the new rules block was not closed");
