@@ -15,12 +15,11 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Netns, Pair, Procflow, Reaped};
-use procflow_core::rules::{
-    cgroup_ancestors, parse_rules, CompiledRules, Direction, NoUsers, Query,
-};
+use common::{wait_for, Netns, Pair, Procflow, Reaped};
+use procflow_core::rules::{cgroup_ancestors, parse_rules, Direction, NoUsers, Query};
 use serde_json::Value;
 
 const EPERM: &str = "err 1";
@@ -45,9 +44,192 @@ fn probe_entry() {
         "ping" => ping(words[1].parse().unwrap()),
         "listen" => listen(words[1].parse().unwrap(), words[2].parse().unwrap()),
         "hold" => hold(addr(words[1], words[2])),
+        "multi" => spec["multi".len()..]
+            .split(';')
+            .map(|op| outbound_op(op.trim()))
+            .collect::<Vec<_>>()
+            .join(";"),
+        "listen2" => listen2(words[1].parse().unwrap()),
+        "udprecv2" => udp_recv2(words[1].parse().unwrap()),
+        "connmany" => conn_many(&spec["connmany".len()..]),
+        "udpmany" => udp_many(&spec["udpmany".len()..]),
         w => panic!("unknown probe {w}"),
     };
     println!("PFPROBE {result}");
+}
+
+/// One outbound attempt, `KIND IP PORT LPORT` (KIND tcp, udpc, udps; LPORT
+/// 0: not bound, the kernel picks the port after the decision) or
+/// `ping IP`: its result as `tcp_connect` and `udp` give it.
+fn outbound_op(op: &str) -> String {
+    use socket2::{Domain, Socket, Type};
+    let w: Vec<&str> = op.split_whitespace().collect();
+    if w[0] == "ping" {
+        return ping_reply(w[1].parse().unwrap());
+    }
+    let to = SocketAddr::new(w[1].parse().unwrap(), w[2].parse().unwrap());
+    let lport: u16 = w[3].parse().unwrap();
+    let ty = if w[0] == "tcp" {
+        Type::STREAM
+    } else {
+        Type::DGRAM
+    };
+    let s = Socket::new(Domain::for_address(to), ty, None).unwrap();
+    if lport != 0 {
+        let any: IpAddr = if to.is_ipv4() {
+            "0.0.0.0".parse().unwrap()
+        } else {
+            "::".parse().unwrap()
+        };
+        s.set_reuse_address(true).unwrap();
+        if let Err(e) = s.bind(&SocketAddr::new(any, lport).into()) {
+            return format!("bind {}", errno(&e));
+        }
+    }
+    let r = match w[0] {
+        "tcp" => s.connect_timeout(&to.into(), Duration::from_millis(1500)),
+        "udpc" => s
+            .connect(&to.into())
+            .and_then(|()| s.send(b"x").map(|_| ())),
+        "udps" => s.send_to(b"x", &to.into()).map(|_| ()),
+        k => panic!("unknown outbound op {k}"),
+    };
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".into(),
+        Err(e) => errno(&e),
+    }
+}
+
+/// A socket of `ty` bound to `local` (IPv6 sockets IPv6 only, so that an
+/// IPv4 and an IPv6 socket can share a port).
+fn bound(ty: socket2::Type, local: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(local), ty, None)?;
+    s.set_reuse_address(true)?;
+    if local.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&local.into())?;
+    Ok(s)
+}
+
+fn any_addrs(port: u16) -> [SocketAddr; 2] {
+    [
+        SocketAddr::new("0.0.0.0".parse().unwrap(), port),
+        SocketAddr::new("::".parse().unwrap(), port),
+    ]
+}
+
+/// Listens on PORT, IPv4 and IPv6, prints "PFPROBE listening", accepts and
+/// drops connections until killed.
+fn listen2(port: u16) -> String {
+    let ls: Vec<std::net::TcpListener> = any_addrs(port)
+        .into_iter()
+        .map(|a| {
+            let s = bound(socket2::Type::STREAM, a).unwrap();
+            s.listen(128).unwrap();
+            s.into()
+        })
+        .collect();
+    println!("PFPROBE listening");
+    let hs: Vec<_> = ls
+        .into_iter()
+        .map(|l| std::thread::spawn(move || for _ in l.incoming() {}))
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    "done".into()
+}
+
+/// Receives on PORT, IPv4 and IPv6, after printing "PFPROBE listening";
+/// prints "PFPROBE got SRC_IP SRC_PORT PORT" for each datagram, until killed.
+fn udp_recv2(port: u16) -> String {
+    let ss: Vec<std::net::UdpSocket> = any_addrs(port)
+        .into_iter()
+        .map(|a| bound(socket2::Type::DGRAM, a).unwrap().into())
+        .collect();
+    println!("PFPROBE listening");
+    let hs: Vec<_> = ss
+        .into_iter()
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = s.recv_from(&mut buf) {
+                    println!("PFPROBE got {} {} {port}", from.ip(), from.port());
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    "done".into()
+}
+
+/// `SRC SPORT DST DPORT;...`: the attempts of `connmany` and `udpmany`.
+fn attempts(list: &str) -> Vec<(SocketAddr, SocketAddr)> {
+    list.split(';')
+        .map(|a| {
+            let w: Vec<&str> = a.split_whitespace().collect();
+            let at = |i: usize| SocketAddr::new(w[i].parse().unwrap(), w[i + 1].parse().unwrap());
+            (at(0), at(2))
+        })
+        .collect()
+}
+
+/// TCP connects, all at once, each from its own bound source address and
+/// port (0: any) with a 1 s timeout; each result is "ok", "timeout" or
+/// "err N", then the source port. Connections are reset at once (linger 0),
+/// so no TIME_WAIT keeps a source port.
+fn conn_many(list: &str) -> String {
+    let hs: Vec<_> = attempts(list)
+        .into_iter()
+        .map(|(src, dst)| {
+            std::thread::spawn(move || {
+                let s = match bound(socket2::Type::STREAM, src) {
+                    Ok(s) => s,
+                    Err(e) => return format!("bind {} 0", errno(&e)),
+                };
+                let port = s.local_addr().unwrap().as_socket().unwrap().port();
+                let r = match s.connect_timeout(&dst.into(), Duration::from_millis(1000)) {
+                    Ok(()) => {
+                        s.set_linger(Some(Duration::ZERO)).unwrap();
+                        "ok".to_string()
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout".into(),
+                    Err(e) => errno(&e),
+                };
+                format!("{r} {port}")
+            })
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| h.join().unwrap())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// One datagram per attempt, each from its own socket bound to the source
+/// address and port (0: any); each result is "ok" or "err N", then the
+/// source port.
+fn udp_many(list: &str) -> String {
+    attempts(list)
+        .into_iter()
+        .map(|(src, dst)| {
+            let s = match bound(socket2::Type::DGRAM, src) {
+                Ok(s) => s,
+                Err(e) => return format!("bind {} 0", errno(&e)),
+            };
+            let port = s.local_addr().unwrap().as_socket().unwrap().port();
+            let r = match s.send_to(b"x", &dst.into()) {
+                Ok(_) => "ok".to_string(),
+                Err(e) => errno(&e),
+            };
+            format!("{r} {port}")
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn errno(e: &std::io::Error) -> String {
@@ -100,6 +282,30 @@ fn ping(to: IpAddr) -> String {
     match s.send_to(&pkt, &SocketAddr::new(to, 0).into()) {
         Ok(_) => "ok".into(),
         Err(e) => errno(&e),
+    }
+}
+
+/// One echo request over a ping socket, then its reply: "ok" when the
+/// reply came within a second, "no reply", or the error of `sendto`. (A
+/// dropped ICMPv6 request is not reported to the sender: IPv6 ping
+/// sockets do not return the egress drop from `sendto`, IPv4 ones do.)
+fn ping_reply(to: IpAddr) -> String {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (domain, proto, kind) = match to {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8),
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(proto)).expect("ping socket");
+    s.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let pkt = [kind, 0, 0, 0, 0, 0, 0, 1, b'p', b'f'];
+    if let Err(e) = s.send_to(&pkt, &SocketAddr::new(to, 0).into()) {
+        return errno(&e);
+    }
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    match s.recv(&mut buf) {
+        Ok(_) => "ok".into(),
+        Err(_) => "no reply".into(),
     }
 }
 
@@ -978,7 +1184,7 @@ fn my_cgroup() -> String {
         .expect("no cgroup v2 line in /proc/self/cgroup")
 }
 
-// ---- the kernel agrees with the compiled matcher ----
+// ---- the kernel agrees with the reference evaluator ----
 
 struct Rng(u64);
 
@@ -997,12 +1203,105 @@ impl Rng {
     }
 }
 
+/// Who a probe process is: what the rules' process conditions see.
+#[derive(Clone, Debug)]
+struct Who {
+    exe: PathBuf,
+    uid: u32,
+    in_cg: bool,
+}
+
+impl Who {
+    fn random(rng: &mut Rng, me: &Path, copy: &Path) -> Who {
+        Who {
+            exe: if rng.chance(50) {
+                me.to_path_buf()
+            } else {
+                copy.to_path_buf()
+            },
+            uid: *rng.pick(&[0u32, 65534]),
+            in_cg: rng.chance(30),
+        }
+    }
+
+    fn runs_as<'a>(&self, ns: &'a Netns, cg: &Cgroup) -> As<'a> {
+        As {
+            exe: self.exe.clone(),
+            ns,
+            uid: (self.uid != 0).then_some(self.uid),
+            cgroup: self.in_cg.then(|| cg.0.clone()),
+        }
+    }
+}
+
+/// What the reference evaluator (rules walked in order, conditions checked
+/// directly; not the compiled tables that fill the kernel's maps) decides
+/// for `who` making this connection or datagram.
+#[expect(clippy::too_many_arguments, reason = "one argument per query field")]
+fn reference(
+    rules: &procflow_core::rules::Rules,
+    who: &Who,
+    cg: &Cgroup,
+    mine: &str,
+    direction: Direction,
+    proto: u8,
+    remote: IpAddr,
+    remote_port: u16,
+    local_port: u16,
+) -> procflow_core::rules::Decision {
+    let exe = who.exe.display().to_string();
+    let comm = comm_of(&who.exe);
+    let anc = cgroup_ancestors(if who.in_cg { &cg.1 } else { mine });
+    let q = Query {
+        exe: &exe,
+        comm: &comm,
+        uid: who.uid,
+        cgroup_ancestors: &anc,
+        direction,
+        proto,
+        remote,
+        remote_port,
+        local_port,
+    };
+    procflow_core::rules::reference::decide(rules, &q)
+}
+
+fn blocks(d: &procflow_core::rules::Decision) -> bool {
+    d.action == procflow_core::rules::Action::Block
+}
+
+/// What a long-running probe has said so far.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Reads a long-running probe's "PFPROBE ..." lines in the background.
+fn collect_lines(mut out: BufReader<std::process::ChildStdout>) -> Lines {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some((_, r)) = line.trim().split_once("PFPROBE ") {
+                l.lock().unwrap().push(r.to_string());
+            }
+            line.clear();
+        }
+    });
+    lines
+}
+
+/// Random rule sets, each loaded into the kernel, and random connections
+/// and datagrams decided by it: outbound TCP, connected and unconnected UDP
+/// and ICMP (IPv4 and IPv6) from random processes (executable, user,
+/// cgroup), bound to chosen local ports or not; inbound TCP to listeners
+/// and inbound UDP to receivers of random processes, from chosen source
+/// addresses and ports. What happened (EPERM, a timeout, a datagram that
+/// never arrived) must be what the reference evaluator decides. The seed
+/// is printed; `PF_SEED=N` repeats a run.
 #[test]
-fn kernel_decisions_equal_compiled_decide_on_random_rule_sets() {
+fn kernel_decisions_equal_the_reference_evaluator_on_random_rule_sets() {
     let p = Pair::new("rprop", 66);
     for extra in ["10.199.66.3/24", "10.199.66.4/24"] {
-        let dev = "pfb66";
-        p.b.exec(&["ip", "addr", "add", extra, "dev", dev]);
+        p.b.exec(&["ip", "addr", "add", extra, "dev", "pfb66"]);
     }
     p.b.exec(&[
         "ip",
@@ -1024,26 +1323,32 @@ fn kernel_decisions_equal_compiled_decide_on_random_rule_sets() {
                 .as_nanos() as u64
                 | 1
         },
-        |s| s.parse().unwrap(),
+        |s| s.parse().expect("PF_SEED must be a number"),
     );
-    eprintln!("seed {seed}");
+    eprintln!("kernel vs reference: seed {seed} (PF_SEED={seed} repeats this run)");
     let mut rng = Rng(seed);
-    let remotes = [
-        "10.199.66.2",
-        "10.199.66.3",
-        "10.199.66.4",
-        "fd00:199:66::2",
-        "fd00:199:66::3",
-    ];
+    let (a4, a6): (IpAddr, IpAddr) = (p.a4, p.a6);
+    let b_v4: Vec<IpAddr> = ["10.199.66.2", "10.199.66.3", "10.199.66.4"]
+        .map(|s| s.parse().unwrap())
+        .to_vec();
+    let b_v6: Vec<IpAddr> = ["fd00:199:66::2", "fd00:199:66::3"]
+        .map(|s| s.parse().unwrap())
+        .to_vec();
     let prefixes = [
         "10.199.66.0/24",
+        "10.199.66.1",
         "10.199.66.2",
         "10.199.66.3",
         "10.199.66.0/31",
+        "10.199.66.0/30",
         "fd00:199:66::/64",
+        "fd00:199:66::1",
         "fd00:199:66::3",
     ];
+    // Ports b's side uses (targets of outbound attempts, listeners and
+    // receivers in a), and source ports bound by the probes.
     let ports = [7800u16, 7801, 7805, 7810, 7811];
+    let sources = [7820u16, 7821, 7825, 7830];
     let exes = [
         me.display().to_string(),
         copy.0.display().to_string(),
@@ -1052,8 +1357,15 @@ fn kernel_decisions_equal_compiled_decide_on_random_rule_sets() {
         format!("{}/*", me.parent().unwrap().display()),
     ];
     let mine = my_cgroup();
+    let connector = Who {
+        exe: me.clone(),
+        uid: 0,
+        in_cg: false,
+    };
     let mut checked = 0;
-    for round in 0..6 {
+    let mut kinds: std::collections::BTreeMap<&str, (u32, u32)> = Default::default();
+    let rounds = 7;
+    for round in 0..rounds {
         // A random rule set, every rule scoped to this test's addresses.
         let mut text = String::new();
         if rng.chance(30) {
@@ -1078,23 +1390,32 @@ fn kernel_decisions_equal_compiled_decide_on_random_rule_sets() {
             if rng.chance(20) {
                 text.push_str(&format!("comm = \"{}\"\n", comm_of(&me)));
             }
-            if rng.chance(30) {
+            if rng.chance(35) {
                 text.push_str(&format!(
                     "proto = \"{}\"\n",
-                    rng.pick(&["tcp", "udp", "any"])
+                    rng.pick(&["tcp", "udp", "icmp", "any"])
                 ));
             }
-            if rng.chance(50) {
-                let lo = *rng.pick(&ports);
-                let hi = lo + (rng.next() % 8) as u16;
-                text.push_str(&format!("remote_port = \"{lo}-{hi}\"\n"));
+            let range = |rng: &mut Rng| {
+                let lo = if rng.chance(50) {
+                    *rng.pick(&ports)
+                } else {
+                    *rng.pick(&sources)
+                };
+                format!("\"{lo}-{}\"", lo + (rng.next() % 8) as u16)
+            };
+            if rng.chance(40) {
+                text.push_str(&format!("remote_port = {}\n", range(&mut rng)));
             }
-            if rng.chance(15) {
-                text.push_str("direction = \"out\"\n");
+            if rng.chance(30) {
+                text.push_str(&format!("local_port = {}\n", range(&mut rng)));
+            }
+            if rng.chance(30) {
+                text.push_str(&format!("direction = \"{}\"\n", rng.pick(&["out", "in"])));
             }
         }
-        // Every rule names this test's addresses; a last rule allows
-        // everything else, so that a default of block touches nothing else.
+        // A last rule allows everything outside this test's addresses, so
+        // that a default of block touches nothing else.
         let mut outside = complement("10.199.66.0".parse().unwrap(), 24);
         outside.extend(complement("fd00:199:66::".parse().unwrap(), 64));
         let outside: Vec<String> = outside.iter().map(|p| format!("\"{p}\"")).collect();
@@ -1104,55 +1425,314 @@ fn kernel_decisions_equal_compiled_decide_on_random_rule_sets() {
         );
         let rules = parse_rules("prop.toml", &text, &NoUsers)
             .unwrap_or_else(|e| panic!("round {round}: generated a bad file:\n{text}\n{e}"));
-        let compiled = CompiledRules::compile(&rules);
         let file = RulesFile::new(&format!("rprop{round}"), &text);
         let pf = start(&file, &[]);
-        for _ in 0..6 {
-            let in_cg = rng.chance(30);
-            let uid = *rng.pick(&[0u32, 65534]);
-            let exe = if rng.chance(50) {
-                me.clone()
+        let ack = pf.wait_rules_ack(1);
+        assert_eq!(ack["outcome"], "accepted", "{ack}");
+        let fail = |what: String| -> ! {
+            panic!("seed {seed} round {round}: {what}\nrules:\n{text}");
+        };
+        let mut tally = |kind: &'static str, blocked: bool| {
+            let e = kinds.entry(kind).or_default();
+            if blocked {
+                e.0 += 1
             } else {
-                copy.0.clone()
+                e.1 += 1
+            }
+        };
+
+        // Outbound, from a to b: processes of random identities, eight
+        // attempts each.
+        for _ in 0..6 {
+            let who = Who::random(&mut rng, &me, &copy.0);
+            let mut ops = Vec::new();
+            let mut want = Vec::new();
+            for _ in 0..8 {
+                let fam = if rng.chance(60) { &b_v4 } else { &b_v6 };
+                let remote = *rng.pick(fam);
+                let kind = *rng.pick(&["tcp", "tcp", "udpc", "udps", "ping"]);
+                let (op, proto, rport, lport) = if kind == "ping" {
+                    let proto = if remote.is_ipv4() { 1 } else { 58 };
+                    (format!("ping {remote}"), proto, 0, 0)
+                } else {
+                    let rport = *rng.pick(&ports) + (rng.next() % 3) as u16;
+                    let lport = if rng.chance(50) {
+                        *rng.pick(&sources) + (rng.next() % 3) as u16
+                    } else {
+                        0
+                    };
+                    let proto = if kind == "tcp" { 6 } else { 17 };
+                    (
+                        format!("{kind} {remote} {rport} {lport}"),
+                        proto,
+                        rport,
+                        lport,
+                    )
+                };
+                let d = reference(
+                    &rules,
+                    &who,
+                    &cg,
+                    &mine,
+                    Direction::Out,
+                    proto,
+                    remote,
+                    rport,
+                    lport,
+                );
+                ops.push(op);
+                want.push((kind, d));
+            }
+            let spec = format!("multi {}", ops.join(";"));
+            let got = who.runs_as(&p.a, &cg).result(&spec);
+            let got: Vec<&str> = got.split(';').collect();
+            assert_eq!(got.len(), ops.len(), "{spec}: {got:?}");
+            for ((op, (kind, d)), got) in ops.iter().zip(&want).zip(&got) {
+                let expect = if blocks(d) {
+                    EPERM
+                } else if *kind == "tcp" {
+                    REFUSED
+                } else {
+                    "ok"
+                };
+                // A blocked ICMPv6 request is dropped without an error.
+                let blocked_ping = *kind == "ping" && blocks(d) && *got == "no reply";
+                if *got != expect && !blocked_ping {
+                    fail(format!(
+                        "outbound `{op}` by {who:?}: the kernel gave {got}, the reference \
+                         evaluator decides {d:?} (expected {expect})"
+                    ));
+                }
+                tally(kind, blocks(d));
+                checked += 1;
+            }
+        }
+
+        // Inbound TCP, from b to listeners of random identities in a. The
+        // connector's own connect is decided too (outbound, in b).
+        let mut lports: Vec<u16> = ports.to_vec();
+        let listeners: Vec<(u16, Who, Reaped)> = (0..3)
+            .map(|_| {
+                let i = (rng.next() % lports.len() as u64) as usize;
+                let port = lports.remove(i);
+                let who = Who::random(&mut rng, &me, &copy.0);
+                let (child, _) = who
+                    .runs_as(&p.a, &cg)
+                    .spawn(&format!("listen2 {port}"), "listening");
+                (port, who, Reaped::new(child))
+            })
+            .collect();
+        let mut tries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while tries.len() < 12 {
+            let (port, who, _) = rng.pick(&listeners);
+            let v6 = rng.chance(40);
+            let (src, dst) = if v6 {
+                (*rng.pick(&b_v6), a6)
+            } else {
+                (*rng.pick(&b_v4), a4)
             };
-            let remote: IpAddr = rng.pick(&remotes).parse().unwrap();
-            let port = *rng.pick(&ports) + (rng.next() % 3) as u16;
-            let udp = rng.chance(30);
-            let how = As {
-                exe: exe.clone(),
-                ns: &p.a,
-                uid: (uid != 0).then_some(uid),
-                cgroup: in_cg.then(|| cg.0.clone()),
+            let sport = if rng.chance(50) {
+                *rng.pick(&sources) + (rng.next() % 3) as u16
+            } else {
+                0
             };
-            let spec = format!("{} {remote} {port}", if udp { "udpc" } else { "tcp" });
-            let got = how.result(&spec);
-            let exe_s = exe.display().to_string();
-            let comm = comm_of(&exe);
-            let anc = cgroup_ancestors(if in_cg { &cg.1 } else { &mine });
-            let q = Query {
-                exe: &exe_s,
-                comm: &comm,
-                uid,
-                cgroup_ancestors: &anc,
-                direction: Direction::Out,
-                proto: if udp { 17 } else { 6 },
-                remote,
-                remote_port: port,
-                local_port: 0,
-            };
-            let want = compiled.decide(&q);
-            let blocked = got == EPERM;
-            assert_eq!(
-                blocked,
-                want.action == procflow_core::rules::Action::Block,
-                "seed {seed} round {round}: {spec} as uid {uid} exe {exe_s} cgroup {in_cg}: \
-                 kernel said {got}, compiled decide says {want:?}\nrules:\n{text}"
+            if sport != 0 && !seen.insert((src, sport, dst, *port)) {
+                continue;
+            }
+            tries.push((src, sport, dst, *port, who.clone()));
+        }
+        let spec = format!(
+            "connmany {}",
+            tries
+                .iter()
+                .map(|(s, sp, d, dp, _)| format!("{s} {sp} {d} {dp}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        );
+        let got = connector.runs_as(&p.b, &cg).result(&spec);
+        let got: Vec<&str> = got.split(';').collect();
+        assert_eq!(got.len(), tries.len(), "{spec}: {got:?}");
+        for ((src, _, dst, dport, who), got) in tries.iter().zip(&got) {
+            let (res, sport) = got.rsplit_once(' ').unwrap();
+            let sport: u16 = sport.parse().unwrap();
+            let out = reference(
+                &rules,
+                &connector,
+                &cg,
+                &mine,
+                Direction::Out,
+                6,
+                *dst,
+                *dport,
+                sport,
             );
+            let inb = reference(
+                &rules,
+                who,
+                &cg,
+                &mine,
+                Direction::In,
+                6,
+                *src,
+                sport,
+                *dport,
+            );
+            let expect = if blocks(&out) {
+                EPERM
+            } else if blocks(&inb) {
+                "timeout"
+            } else {
+                "ok"
+            };
+            if res != expect {
+                fail(format!(
+                    "inbound TCP {src}:{sport} -> {dst}:{dport}, listener {who:?}: the kernel \
+                     gave {res}; the reference evaluator decides {out:?} for the connector's \
+                     connect and {inb:?} for the listener (expected {expect})"
+                ));
+            }
+            if !blocks(&out) {
+                tally("tcp in", blocks(&inb));
+                checked += 1;
+            }
+            tally("tcp out (connector)", blocks(&out));
             checked += 1;
         }
+        drop(listeners);
+
+        // Inbound UDP, from b to receivers of random identities in a.
+        let mut rports: Vec<u16> = ports.to_vec();
+        let receivers: Vec<(u16, Who, Reaped, Lines)> = (0..3)
+            .map(|_| {
+                let i = (rng.next() % rports.len() as u64) as usize;
+                let port = rports.remove(i);
+                let who = Who::random(&mut rng, &me, &copy.0);
+                let (child, out) = who
+                    .runs_as(&p.a, &cg)
+                    .spawn(&format!("udprecv2 {port}"), "listening");
+                (port, who, Reaped::new(child), collect_lines(out))
+            })
+            .collect();
+        let mut tries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while tries.len() < 12 {
+            let (port, who, _, _) = rng.pick(&receivers);
+            let v6 = rng.chance(40);
+            let (src, dst) = if v6 {
+                (*rng.pick(&b_v6), a6)
+            } else {
+                (*rng.pick(&b_v4), a4)
+            };
+            let sport = if rng.chance(50) {
+                *rng.pick(&sources) + (rng.next() % 3) as u16
+            } else {
+                0
+            };
+            if sport != 0 && !seen.insert((src, sport, dst, *port)) {
+                continue;
+            }
+            tries.push((src, sport, dst, *port, who.clone()));
+        }
+        let spec = format!(
+            "udpmany {}",
+            tries
+                .iter()
+                .map(|(s, sp, d, dp, _)| format!("{s} {sp} {d} {dp}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        );
+        let got = connector.runs_as(&p.b, &cg).result(&spec);
+        let got: Vec<&str> = got.split(';').collect();
+        assert_eq!(got.len(), tries.len(), "{spec}: {got:?}");
+        let mut expected = Vec::new();
+        for ((src, _, dst, dport, who), got) in tries.iter().zip(&got) {
+            let (res, sport) = got.rsplit_once(' ').unwrap();
+            let sport: u16 = sport.parse().unwrap();
+            let out = reference(
+                &rules,
+                &connector,
+                &cg,
+                &mine,
+                Direction::Out,
+                17,
+                *dst,
+                *dport,
+                sport,
+            );
+            let want = if blocks(&out) { EPERM } else { "ok" };
+            if res != want {
+                fail(format!(
+                    "UDP {src}:{sport} -> {dst}:{dport} from b: the kernel gave {res} at \
+                     sendmsg, the reference evaluator decides {out:?}"
+                ));
+            }
+            tally("udp out (sender)", blocks(&out));
+            checked += 1;
+            if !blocks(&out) {
+                let inb = reference(
+                    &rules,
+                    who,
+                    &cg,
+                    &mine,
+                    Direction::In,
+                    17,
+                    *src,
+                    sport,
+                    *dport,
+                );
+                expected.push((*src, sport, *dport, who.clone(), inb));
+            }
+        }
+        let arrived = |src: IpAddr, sport: u16, dport: u16| {
+            receivers.iter().any(|(_, _, _, lines)| {
+                lines.lock().unwrap().iter().any(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.len() == 4
+                        && w[0] == "got"
+                        && w[1].parse::<IpAddr>().ok() == Some(src)
+                        && w[2] == sport.to_string()
+                        && w[3] == dport.to_string()
+                })
+            })
+        };
+        // Wait for every datagram that should arrive; then a moment more
+        // for any that should not.
+        wait_for(5, || {
+            expected
+                .iter()
+                .all(|(s, sp, dp, _, d)| blocks(d) || arrived(*s, *sp, *dp))
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        for (src, sport, dport, who, d) in &expected {
+            if arrived(*src, *sport, *dport) == blocks(d) {
+                fail(format!(
+                    "inbound UDP {src}:{sport} -> :{dport}, receiver {who:?}: the datagram {} \
+                     the receiver; the reference evaluator decides {d:?}",
+                    if blocks(d) {
+                        "reached"
+                    } else {
+                        "never reached"
+                    }
+                ));
+            }
+            tally("udp in", blocks(d));
+            checked += 1;
+        }
+        drop(receivers);
         pf.stop();
     }
-    assert_eq!(checked, 36);
+    eprintln!(
+        "kernel vs reference: seed {seed}: {checked} decisions (blocked, allowed): {kinds:?}"
+    );
+    assert!(checked >= 500, "only {checked} decisions checked");
+    for kind in ["tcp", "udpc", "udps", "ping", "tcp in", "udp in"] {
+        let (b, a) = kinds.get(kind).copied().unwrap_or_default();
+        assert!(
+            b + a > 0,
+            "seed {seed}: no {kind} decision was checked: {kinds:?}"
+        );
+    }
 }
 
 #[test]
