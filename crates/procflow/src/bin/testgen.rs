@@ -94,6 +94,11 @@ enum Cmd {
         /// Spread the connection starts over this many milliseconds.
         #[arg(long, default_value_t = 1000)]
         spread_ms: u64,
+        /// Every fourth connection pauses this many milliseconds more
+        /// between the halves of its upload (so that some stay open across
+        /// a monitor's start).
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
     },
     /// COUNT times: connect, send UPLOAD bytes, shut down writing, read to EOF.
     TcpSend {
@@ -558,6 +563,7 @@ fn main() -> Res<()> {
             count,
             max_upload,
             spread_ms,
+            hold_ms,
         } => {
             let handles: Vec<_> = (0..count)
                 .map(|i| {
@@ -569,7 +575,8 @@ fn main() -> Res<()> {
                         let port = s.local_addr().ok()?.port();
                         // Half now, half a little later, so transfers straddle procflow's start.
                         write_n(&mut s, up / 2).ok()?;
-                        std::thread::sleep(Duration::from_millis(20 + (i * 31) % 200));
+                        let hold = if i % 4 == 0 { hold_ms } else { 0 };
+                        std::thread::sleep(Duration::from_millis(20 + (i * 31) % 200 + hold));
                         write_n(&mut s, up - up / 2).ok()?;
                         let shutdown = realtime_ns();
                         s.shutdown(Shutdown::Write).ok()?;
