@@ -235,6 +235,9 @@ fn two_hundred_connections_racing_the_start_are_exact() {
                     "300000",
                     "--spread-ms",
                     "5000",
+                    // A quarter stay open for 3 s more: across the start.
+                    "--hold-ms",
+                    "3000",
                 ])
                 .stdout(Stdio::piped())
                 .spawn()
@@ -355,6 +358,10 @@ fn two_hundred_connections_racing_the_start_are_exact() {
                 "round {round}: a flow the generator never made: {f}"
             );
         }
+        eprintln!(
+            "round {round}: procflow watched {} ms after it was started",
+            (watching - spawned) / 1_000_000
+        );
         eprintln!(
             "round {round}: {} open while watching (all reported; {straddling} of them \
              connected before the start), {between} closed while attaching ({seen_between} \
