@@ -15,6 +15,7 @@ use std::sync::Arc;
 use resvg::usvg::fontdb;
 
 use crate::error::StoreError;
+use crate::report::escape;
 use crate::report::output::{by_name, human_bytes, human_span, key_cells};
 use crate::report::query::{top_groups, Cell, Query, Row};
 use crate::timespec::{bucket_start, human_time};
@@ -166,8 +167,13 @@ fn render_png(svg: &str, fonts: Arc<fontdb::Database>) -> Result<Vec<u8>, String
 }
 
 /// Writes `bytes` to `path` through a temporary file next to it, renamed
-/// into place once complete.
+/// into place once complete. The temporary file has a random name and is
+/// created with `O_CREAT | O_EXCL | O_NOFOLLOW` (mode 0600, like the history
+/// it is drawn from), so nothing planted at a name procflow would use (a
+/// symbolic link in a shared directory) can make it write anywhere else; the
+/// rename replaces `path` itself, never what a link there points to.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io_err = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -178,15 +184,36 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             "not a file name",
         ))
     })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
+    let (tmp, mut file) = {
+        let mut tries = 0;
+        loop {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".{:016x}.tmp", random_u64()));
+            let tmp = path.with_file_name(tmp_name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+            {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: tmp,
+                        source: e,
+                    })
+                }
+            }
+        }
+    };
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -194,11 +221,17 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     result.map_err(io_err)
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// 64 bits no other user can predict: std's hasher keys come from the
+/// operating system's random source (and differ for every `RandomState`).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn shorten(s: &str, max: usize) -> String {
@@ -321,7 +354,7 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
     let _ = writeln!(
         s,
         r#"<text x="{LEFT}" y="32" font-size="20" font-weight="bold">Network traffic by {}</text>"#,
-        esc(&by.join(", "))
+        escape::xml(&by.join(", "))
     );
     let others = if has_other { ", the rest as other" } else { "" };
     let _ = writeln!(
@@ -424,7 +457,7 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
             s,
             r#"<text x="{xx:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
             BOTTOM + 20.0,
-            esc(&label)
+            escape::xml(&label)
         );
         t += tstep;
     }
@@ -441,7 +474,7 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
         s,
         r#"<text x="{lx}" y="{:.1}" font-size="13" font-weight="bold">{} (total)</text>"#,
         TOP - 4.0,
-        esc(&by.join(", "))
+        escape::xml(&by.join(", "))
     );
     for (row, l) in (0..layers).rev().enumerate() {
         let (label, color) = if l < groups.len() {
@@ -459,7 +492,7 @@ pub fn render(q: &Query, rows: &[Row], top: usize) -> String {
             r#"<text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
             lx + 22.0,
             ly + 11.0,
-            esc(&shorten(&label, 34))
+            escape::xml(&shorten(&label, 34))
         );
         let _ = writeln!(
             s,

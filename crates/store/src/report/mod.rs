@@ -6,6 +6,7 @@
 //! buckets in which they were transferred.
 
 pub mod chart;
+mod escape;
 pub mod filters;
 mod grouping;
 pub mod output;

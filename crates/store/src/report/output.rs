@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
 use crate::error::StoreError;
+use crate::report::escape;
 use crate::report::filters::DEFAULT_RULE;
 use crate::report::query::{Cell, GroupBy, Query, Row};
 use crate::services;
@@ -190,8 +191,12 @@ fn csv_field(s: &str) -> String {
     out
 }
 
-/// A CSV field, quoted only when it needs to be, appended to `out`.
+/// A CSV text field, appended to `out`: one that a spreadsheet would take
+/// for a formula gets a `'` in front ([`escape::csv_text`]), and the field
+/// is quoted only when it needs to be.
 pub(crate) fn push_csv_field(out: &mut String, s: &str) {
+    let s = escape::csv_text(s);
+    let s = s.as_ref();
     if s.contains([',', '"', '\n', '\r']) || s.trim() != s {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
@@ -312,8 +317,14 @@ struct Cells {
 }
 
 impl Cells {
-    /// Ends the cell written to `text` since the previous one.
+    /// Ends the cell written to `text` since the previous one, its control
+    /// characters shown escaped ([`escape::terminal`]).
     fn end(&mut self) {
+        let start = self.ends.last().copied().unwrap_or(0);
+        if escape::needs_terminal_escape(&self.text[start..]) {
+            let raw = self.text.split_off(start);
+            escape::push_terminal(&mut self.text, &raw);
+        }
         self.ends.push(self.text.len());
     }
 
@@ -443,11 +454,12 @@ pub(crate) fn write_json_doc(out: &mut dyn Write, doc: &impl Serialize) -> Resul
     writeln!(out).map_err(out_err)
 }
 
-/// CSV: the header, then one line per row of cells (`None`: empty).
+/// CSV: the header, then one line per row of cells: null is empty, a
+/// number is written as it is, text through [`push_csv_field`].
 pub(crate) fn write_csv_rows(
     out: &mut dyn Write,
     header: &[&str],
-    rows: &[Vec<Option<String>>],
+    rows: &[Vec<Value>],
 ) -> Result<(), StoreError> {
     writeln!(out, "{}", header.join(",")).map_err(out_err)?;
     let mut line = String::new();
@@ -457,8 +469,13 @@ pub(crate) fn write_csv_rows(
             if i > 0 {
                 line.push(',');
             }
-            if let Some(c) = c {
-                push_csv_field(&mut line, c);
+            match c {
+                Value::Null => {}
+                Value::String(t) => push_csv_field(&mut line, t),
+                Value::Number(n) => {
+                    let _ = write!(line, "{n}");
+                }
+                v => push_csv_field(&mut line, &v.to_string()),
             }
         }
         line.push('\n');
@@ -468,7 +485,8 @@ pub(crate) fn write_csv_rows(
 }
 
 /// A caption, then `rows` (the header first) aligned in columns: the first
-/// `left` columns left-aligned, the others (numbers) right-aligned.
+/// `left` columns left-aligned, the others (numbers) right-aligned. Control
+/// characters in a cell are shown escaped ([`escape::terminal`]).
 pub(crate) fn write_aligned(
     out: &mut dyn Write,
     caption: &str,
@@ -476,16 +494,20 @@ pub(crate) fn write_aligned(
     left: usize,
 ) -> Result<(), StoreError> {
     writeln!(out, "{caption}").map_err(out_err)?;
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape::terminal(c)).collect())
+        .collect();
     let width = |s: &str| s.chars().count();
     let mut widths: Vec<usize> = Vec::new();
-    for row in rows {
+    for row in &rows {
         widths.resize(widths.len().max(row.len()), 0);
         for (i, c) in row.iter().enumerate() {
             widths[i] = widths[i].max(width(c));
         }
     }
     let mut line = String::new();
-    for row in rows {
+    for row in &rows {
         line.clear();
         for (i, c) in row.iter().enumerate() {
             if i > 0 {

@@ -7,6 +7,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::error::StoreError;
+use crate::report::escape;
 use crate::report::output::{write_aligned, write_csv_rows, write_json_doc, Fields};
 use crate::report::query::Query;
 use crate::report::Format;
@@ -101,19 +102,7 @@ pub fn report(
             write_json_doc(out, &doc)
         }
         Format::Csv => {
-            let rows: Vec<Vec<Option<String>>> = all
-                .iter()
-                .map(|c| {
-                    values(c)
-                        .into_iter()
-                        .map(|v| match v {
-                            Value::Null => None,
-                            Value::String(s) => Some(s),
-                            v => Some(v.to_string()),
-                        })
-                        .collect()
-                })
-                .collect();
+            let rows: Vec<Vec<Value>> = all.iter().map(|c| values(c).to_vec()).collect();
             write_csv_rows(out, &COLUMNS, &rows)
         }
         Format::Table => {
@@ -138,7 +127,8 @@ pub fn report(
                     errors.push((rows.len() - 1, e.clone()));
                 }
             }
-            // An error goes under its line, indented, one line per problem.
+            // An error goes under its line, indented, one line per problem
+            // (cells are escaped, so each row is one line of `text`).
             let mut text = Vec::new();
             write_aligned(&mut text, &caption, &rows, 3)?;
             let text = String::from_utf8_lossy(&text).into_owned();
@@ -148,6 +138,7 @@ pub fn report(
                 // Line 0 is the caption, line 1 the header.
                 while let Some((_, e)) = errors.next_if(|(row, _)| *row + 1 == i) {
                     for l in e.lines() {
+                        let l = escape::terminal(l);
                         writeln!(out, "    {l}").map_err(StoreError::output)?;
                     }
                 }

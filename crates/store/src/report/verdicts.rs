@@ -279,14 +279,6 @@ fn list_values(a: &Attempt) -> [Value; 19] {
     ]
 }
 
-fn csv_value(v: Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        v => Some(v.to_string()),
-    }
-}
-
 fn write_list(
     out: &mut dyn Write,
     q: &Query,
@@ -309,10 +301,7 @@ fn write_list(
             write_json_doc(out, &doc)
         }
         Format::Csv => {
-            let rows: Vec<Vec<Option<String>>> = all
-                .iter()
-                .map(|a| list_values(a).into_iter().map(csv_value).collect())
-                .collect();
+            let rows: Vec<Vec<Value>> = all.iter().map(|a| list_values(a).to_vec()).collect();
             write_csv_rows(out, &LIST_COLUMNS, &rows)
         }
         Format::Table => {
@@ -430,19 +419,19 @@ fn write_counts(
             }
             header.extend(&cols);
             header.extend(["attempts", "first", "last"]);
-            let rows: Vec<Vec<Option<String>>> = c
+            let rows: Vec<Vec<Value>> = c
                 .rows
                 .iter()
                 .map(|r| {
                     let mut v = Vec::new();
                     if let Some(b) = r.bucket {
-                        v.push(Some(b.to_string()));
-                        v.push(Some(rfc3339_s(b)));
+                        v.push(json!(b));
+                        v.push(json!(rfc3339_s(b)));
                     }
-                    v.extend(key_values(r).into_iter().map(csv_value));
-                    v.push(Some(r.attempts.to_string()));
-                    v.push(Some(time_us(r.first_us)));
-                    v.push(Some(time_us(r.last_us)));
+                    v.extend(key_values(r));
+                    v.push(json!(r.attempts));
+                    v.push(json!(time_us(r.first_us)));
+                    v.push(json!(time_us(r.last_us)));
                     v
                 })
                 .collect();
