@@ -112,10 +112,8 @@ impl Sinks {
         let store = if args.no_db {
             None
         } else {
-            if let Some(dir) = args.db.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
+            // Store::open creates missing directories (mode 0700: the history
+            // holds every user's command lines) and the file (0600).
             let mut s = Store::open(&args.db)
                 .with_context(|| format!("opening the flow history {}", args.db.display()))?;
             s.start_run(now_ns())

@@ -11,6 +11,15 @@ pub enum StoreError {
     #[error("{path}: not a procflow database ({reason}); the file was left untouched")]
     NotProcflow { path: PathBuf, reason: String },
 
+    /// A procflow database in which one of procflow's tables is not an
+    /// ordinary table (a view, a virtual table) or has a trigger: reading it
+    /// could run without end or run SQL that procflow did not write.
+    #[error(
+        "{path}: {reason}; procflow's tables are ordinary tables without triggers, \
+         so the file is refused (it was left untouched)"
+    )]
+    ForeignObject { path: PathBuf, reason: String },
+
     /// The database was written by a newer procflow; it was left untouched.
     #[error(
         "{path}: schema version {found} is newer than this procflow supports ({supported}); \

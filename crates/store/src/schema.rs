@@ -159,6 +159,21 @@ CREATE TABLE rules_changes (
 CREATE INDEX rules_changes_time ON rules_changes(time_us);
 ";
 
+/// The tables procflow creates. Each must be an ordinary table without
+/// triggers: a view, a virtual table or a trigger in their place could make
+/// a report run without end or run SQL that procflow did not write.
+const TABLES: [&str; 9] = [
+    "runs",
+    "executables",
+    "processes",
+    "flows",
+    "series",
+    "samples",
+    "hourly",
+    "verdicts",
+    "rules_changes",
+];
+
 /// `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
 
@@ -200,7 +215,9 @@ fn file_kind(path: &Path) -> Result<FileKind, StoreError> {
 
 /// Creates the directory of a new database and the file itself, readable by
 /// its owner only: flow records tell who talked to whom and with which
-/// command line. SQLite gives its -wal and -shm files the same mode.
+/// command line. Missing directories are created 0700 and an existing one
+/// is left as it is (never loosened). SQLite gives its -wal and -shm files
+/// the database file's mode.
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |p: &Path| {
@@ -210,7 +227,7 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o750)
+            .mode(0o700)
             .create(dir)
             .map_err(io(dir))?;
     }
@@ -255,11 +272,53 @@ fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Refuses a database in which one of procflow's [`TABLES`] is not an
+/// ordinary table (a view, a virtual table) or has a trigger, naming the
+/// object. procflow never creates either.
+fn check_objects(path: &Path, conn: &Connection) -> Result<(), StoreError> {
+    let names = TABLES.map(|t| format!("'{t}'")).join(",");
+    let sql = format!(
+        "SELECT type, name, tbl_name FROM sqlite_schema
+         WHERE (name IN ({names}) OR tbl_name IN ({names}))
+           AND (type NOT IN ('table', 'index')
+                OR (type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'))
+         ORDER BY name LIMIT 1"
+    );
+    let found = conn
+        .query_row(&sql, [], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(|e| open_error(path, e))?;
+    let Some((kind, name, table)) = found else {
+        return Ok(());
+    };
+    let reason = match kind.as_str() {
+        "trigger" => format!("table `{table}` has a trigger, `{name}`"),
+        "table" => format!("`{name}` is a virtual table, not an ordinary table"),
+        kind => format!("`{name}` is a {kind}, not a table"),
+    };
+    Err(StoreError::ForeignObject {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
 /// Checks the header of an SQLite file: `Ok(Some(version))` for a procflow
-/// database, `Ok(None)` for an empty one, an error for anything else.
+/// database (whose tables are all tables, see [`check_objects`]),
+/// `Ok(None)` for an empty one, an error for anything else.
 fn check_header(path: &Path, conn: &Connection) -> Result<Option<i64>, StoreError> {
     let h = read_header(conn).map_err(|e| open_error(path, e))?;
     if h.application_id == APPLICATION_ID {
+        check_objects(path, conn)?;
         if h.version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
                 path: path.to_path_buf(),
@@ -286,6 +345,14 @@ fn check_header(path: &Path, conn: &Connection) -> Result<Option<i64>, StoreErro
     })
 }
 
+/// `PRAGMA trusted_schema = OFF`: SQL functions with side effects, and
+/// virtual tables, cannot be used from the file's schema (views, triggers,
+/// defaults, generated columns, index expressions), whoever wrote the file.
+fn distrust_schema(path: &Path, conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "trusted_schema", false)
+        .map_err(|e| open_error(path, e))
+}
+
 /// Opens (creating if needed) a procflow database for writing, migrating it
 /// to [`SCHEMA_VERSION`]. A file that is not a procflow database, or has a
 /// newer schema, is refused before anything is written to it.
@@ -297,6 +364,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    distrust_schema(path, &conn)?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| open_error(path, e))?;
     check_header(path, &conn)?;
@@ -360,6 +428,7 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    distrust_schema(path, &conn)?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| open_error(path, e))?;
     // Reports read much of the file: map it rather than copy it page by page.
@@ -377,5 +446,22 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
             supported: SCHEMA_VERSION,
         }),
         Some(_) => Ok(conn),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_and_the_writer_do_not_trust_the_files_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("procflow.db");
+        let trusted = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA trusted_schema", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(trusted(&open_writer(&path).unwrap()), 0);
+        assert_eq!(trusted(&open_reader(&path).unwrap()), 0);
     }
 }
