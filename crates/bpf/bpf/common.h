@@ -225,6 +225,9 @@ static __always_inline void tcp_announce(struct sock *sk, struct pf_sock_ctx *ct
 	addr_of_sock(sk, &ctx->addr);
 	ctx->addr.origin = origin;
 	ctx->addr.direction = direction;
+	/* The application opened an MPTCP socket: this is its subflow. */
+	if (BPF_CORE_READ((struct tcp_sock *)sk, is_mptcp))
+		__sync_fetch_and_or(&ctx->flags, PF_F_MPTCP);
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

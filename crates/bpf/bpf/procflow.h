@@ -50,6 +50,7 @@ enum pf_flag {
 	PF_F_BORN = 0x08,       /* created at the socket's birth: no earlier traffic */
 	PF_F_CLOSED = 0x10,     /* the final record was sent */
 	PF_F_BEFORE = 0x20,     /* before_start is meaningful (start-up scan) */
+	PF_F_MPTCP = 0x40,      /* a TCP subflow of an MPTCP socket */
 };
 
 struct pf_owner {

@@ -25,6 +25,7 @@ pub const PF_EV_FORK: u32 = pf_kind::PF_EV_FORK.0;
 
 pub const PF_F_OWNER: u32 = pf_flag::PF_F_OWNER.0;
 pub const PF_F_BEFORE: u32 = pf_flag::PF_F_BEFORE.0;
+pub const PF_F_MPTCP: u32 = pf_flag::PF_F_MPTCP.0;
 
 pub const FLOW_EVENT_SIZE: usize = 192;
 const _: () = assert!(std::mem::size_of::<pf_flow_event>() == FLOW_EVENT_SIZE);
@@ -232,7 +233,10 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
     FlowView {
         key,
         info: FlowInfo {
-            proto: Proto::from_number(a.proto),
+            proto: match Proto::from_number(a.proto) {
+                Proto::Tcp if e.flags & PF_F_MPTCP != 0 => Proto::Mptcp,
+                p => p,
+            },
             family,
             direction: direction(a.direction),
             origin: origin(a.origin),

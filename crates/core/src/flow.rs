@@ -50,6 +50,8 @@ impl fmt::Display for FlowKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
+    /// A TCP subflow of a socket the application opened as MPTCP.
+    Mptcp,
     Udp,
     Icmp,
     Icmpv6,
@@ -67,9 +69,10 @@ impl Proto {
         }
     }
 
+    /// The IP protocol on the wire (MPTCP's subflows are TCP).
     pub fn number(self) -> u8 {
         match self {
-            Proto::Tcp => 6,
+            Proto::Tcp | Proto::Mptcp => 6,
             Proto::Udp => 17,
             Proto::Icmp => 1,
             Proto::Icmpv6 => 58,
@@ -82,6 +85,7 @@ impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Proto::Tcp => f.write_str("tcp"),
+            Proto::Mptcp => f.write_str("mptcp"),
             Proto::Udp => f.write_str("udp"),
             Proto::Icmp => f.write_str("icmp"),
             Proto::Icmpv6 => f.write_str("icmpv6"),

@@ -261,7 +261,8 @@ fn blocked_connections(
     let mut out: BTreeMap<u64, Vec<TcpId>> = BTreeMap::new();
     for v in views {
         let (rip, rport) = v.info.remote;
-        if v.info.proto != Proto::Tcp || rport == 0 || rip.is_unspecified() {
+        if !matches!(v.info.proto, Proto::Tcp | Proto::Mptcp) || rport == 0 || rip.is_unspecified()
+        {
             continue; // listeners and sockets not connected
         }
         let Some(owner) = &v.owner else { continue };
