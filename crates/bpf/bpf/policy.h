@@ -184,7 +184,7 @@ PF_PMAP struct {
 PF_PMAP struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u32);
+	__type(key, struct pf_rate_key);
 	__type(value, struct pf_rate);
 } pol_rate_uid SEC(".maps");
 
@@ -438,10 +438,15 @@ static __always_inline bool pol_window_ok(struct pf_rate *r, __u64 now, __u64 li
 	return true;
 }
 
-static __always_inline bool pol_rate_ok(__u8 hook)
+static __always_inline bool pol_rate_ok(__u8 hook, __u8 block)
 {
 	__u64 now = now_ns();
-	__u32 who = hook == PF_HOOK_INGRESS ? 0xfffffffe : (__u32)bpf_get_current_uid_gid();
+	/* Blocks and allows have budgets of their own: a uid's busy allowed
+	 * traffic never crowds out the record of its blocked attempt. */
+	struct pf_rate_key who = {
+		.uid = hook == PF_HOOK_INGRESS ? 0xfffffffe : (__u32)bpf_get_current_uid_gid(),
+		.block = block,
+	};
 	struct pf_rate *u = bpf_map_lookup_elem(&pol_rate_uid, &who);
 	if (!u) {
 		struct pf_rate fresh = {.window_ns = now};
@@ -462,7 +467,7 @@ static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_id
 				     struct pol_decision *d, __u64 cookie, struct pf_owner *o,
 				     __u32 netns, __u8 hook)
 {
-	if (!pol_rate_ok(hook))
+	if (!pol_rate_ok(hook, d->block))
 		return;
 	struct pf_verdict_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

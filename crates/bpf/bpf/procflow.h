@@ -235,10 +235,16 @@ enum pf_size {
 	PF_SIZE_VERDICT_RATE_UID = PF_VERDICT_RATE_UID,
 };
 
-/* The verdict records' rate limit: one window per CPU. */
+/* The verdict records' rate limit: one window per CPU, and one per uid and
+ * kind of decision (block or allow). */
 struct pf_rate {
 	__u64 window_ns;
 	__u64 count;
+};
+
+struct pf_rate_key {
+	__u32 uid;    /* 0xfffffffe: inbound decisions (remote senders) */
+	__u32 block;  /* 1 blocks, 0 allows */
 };
 
 /* A set of rules: rule i is bit i % 64 of w[i / 64]. */
