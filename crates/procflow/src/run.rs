@@ -132,11 +132,11 @@ impl Collector {
         let gone =
             self.table
                 .udp_flows_gone(&dump.live_udp, &dump.namespaces, dump.started_unix_ns);
+        let end = self.kernel.clock.unix_ns(self.kernel.clock.boot_now());
         for key in gone {
             if let Some(c) = self.kernel.datagram_counters(&key, true) {
                 self.table.update_counters(&key, c);
             }
-            let end = self.kernel.clock.unix_ns(self.kernel.clock.boot_now());
             if let Some(r) = self.table.close(&key, end, &mut self.sys) {
                 self.swept.flows += 1;
                 self.sinks.flows(&[r]);

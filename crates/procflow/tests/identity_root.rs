@@ -6,8 +6,8 @@
 //! pids and byte counts, and the path of the interpreter that runs them.
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -125,39 +125,17 @@ os.execv(testgen, [testgen, "stdin-send", "--bytes", after])
 "#;
 
 /// A Python server started in `ns`; returns it and its port.
-fn python_server(
-    ns: &Netns,
-    script: &PathBuf,
-    args: &[&str],
-) -> (Reaped, BufReader<std::process::ChildStdout>, u16) {
-    let mut child = Reaped::new(
-        ns.command(PYTHON)
-            .arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting python3"),
-    );
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("server said {line:?}"))
-        .parse()
-        .unwrap();
-    (child, out, port)
+fn python_server(ns: &Netns, script: &Path, args: &[&str]) -> (Server, u16) {
+    let script = script.to_string_lossy();
+    let all: Vec<&str> = std::iter::once(script.as_ref())
+        .chain(args.iter().copied())
+        .collect();
+    serve_program(ns, PYTHON, &all)
 }
 
-fn python_finish(mut child: Reaped, mut out: BufReader<std::process::ChildStdout>) -> Value {
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "python script failed: {text}"
-    );
-    let v: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+/// Its summary, once every child it forked has succeeded.
+fn python_finish(server: Server) -> Value {
+    let v = finish(server);
     assert_eq!(v["ok"], true, "a child failed: {v}");
     v
 }
@@ -229,9 +207,9 @@ fn pre_forking_servers_children_carry_the_servers_exe_and_cmdline() {
     let host = p.b4.to_string();
     let args = [host.as_str(), "20", "7000"];
     // One server from before procflow started, one from after.
-    let (before, before_out, port_before) = python_server(&p.b, &path, &args);
+    let (before, port_before) = python_server(&p.b, &path, &args);
     let pf = Procflow::start(&[]);
-    let (after, after_out, port_after) = python_server(&p.b, &path, &args);
+    let (after, port_after) = python_server(&p.b, &path, &args);
     for port in [port_before, port_after] {
         let c = client(
             &p.a,
@@ -247,24 +225,14 @@ fn pre_forking_servers_children_carry_the_servers_exe_and_cmdline() {
         );
         assert_eq!(c["received"], 20 * 7000, "{c}");
     }
-    let server_before = python_finish(before, before_out);
-    let server_after = python_finish(after, after_out);
+    let server_before = python_finish(before);
+    let server_after = python_finish(after);
     let ports = [port_before, port_after];
-    let closed = |recs: &[Value]| {
-        final_flows(recs)
+    pf.wait_closed(&p.b, 40, "accepted", |f| {
+        ports
             .iter()
-            .filter(|f| {
-                f["state"] == "closed"
-                    && ports
-                        .iter()
-                        .any(|&pt| f["local_port"].as_u64() == Some(u64::from(pt)))
-            })
-            .count()
-    };
-    assert!(
-        wait_for(10, || closed(&read_log(&pf.log)) >= 40),
-        "the 40 accepted flows were not all closed within 10 s"
-    );
+            .any(|&pt| f["local_port"].as_u64() == Some(u64::from(pt)))
+    });
     let (recs, db) = pf.stop_keep_db();
     let flows = final_flows(&recs);
     let name = path.to_string_lossy().into_owned();
@@ -339,18 +307,9 @@ fn workers_forked_without_exec_carry_the_parents_exe() {
     assert_eq!(workers["ok"], true);
     let served = finish(server);
     assert_eq!(served["received"], 20 * 65536);
-    let done = |recs: &[Value]| {
-        final_flows(recs)
-            .iter()
-            .filter(|f| {
-                f["state"] == "closed" && f["remote_port"].as_u64() == Some(u64::from(port))
-            })
-            .count()
-    };
-    assert!(
-        wait_for(10, || done(&read_log(&pf.log)) >= 20),
-        "20 closed worker flows within 10 s"
-    );
+    pf.wait_closed(&p.a, 20, "worker", |f| {
+        f["remote_port"].as_u64() == Some(u64::from(port))
+    });
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let ours = flows_in(&flows, &p.a, |f| {
@@ -397,16 +356,9 @@ fn a_reused_pid_never_inherits_the_dead_programs_identity() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pid = v["pid"].as_u64().unwrap();
     eprintln!("pid {pid} reused after {} attempts", v["attempts"]);
-    let both = |recs: &[Value]| {
-        final_flows(recs)
-            .iter()
-            .filter(|f| f["state"] == "closed" && f["process"]["pid"].as_u64() == Some(pid))
-            .count()
-    };
-    assert!(
-        wait_for(10, || both(&read_log(&pf.log)) >= 2),
-        "both flows of pid {pid} closed"
-    );
+    pf.wait_closed(&p.a, 2, &format!("pid {pid}'s"), |f| {
+        f["process"]["pid"].as_u64() == Some(pid)
+    });
     let recs = pf.stop();
     let mut server = server;
     let _ = server.kill();
@@ -478,15 +430,9 @@ fn exec_changes_every_identity_field_at_once() {
     assert!(child.wait().unwrap().success());
     let served = finish(server);
     assert_eq!(served["received"], 4000);
-    let closed = |recs: &[Value]| {
-        final_flows(recs)
-            .iter()
-            .any(|f| f["state"] == "closed" && f["remote_port"].as_u64() == Some(u64::from(port)))
-    };
-    assert!(
-        wait_for(10, || closed(&read_log(&pf.log))),
-        "the flow closed"
-    );
+    pf.wait_closed(&p.a, 1, "exec", |f| {
+        f["remote_port"].as_u64() == Some(u64::from(port))
+    });
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let f = one_flow(&flows, &p.a, "exec", |f| {
@@ -507,5 +453,4 @@ fn exec_changes_every_identity_field_at_once() {
         "{f}"
     );
     assert_eq!(u(f, "tx_payload"), 4000, "{f}");
-    let _ = std::io::stdout().flush();
 }

@@ -37,17 +37,9 @@ fn a_dual_stack_socket_to_an_ipv4_peer_is_recorded_as_ipv4() {
         ],
     );
     finish(server);
-    let done = |recs: &[serde_json::Value]| {
-        final_flows(recs).iter().any(|f| {
-            f["state"] == "closed"
-                && f["process"]["pid"] == cl["pid"]
-                && f["remote_port"].as_u64() == Some(u64::from(port))
-        })
-    };
-    assert!(
-        wait_for(10, || done(&read_log(&pf.log))),
-        "the client's flow closed"
-    );
+    pf.wait_closed(&p.a, 1, "client", |f| {
+        f["process"]["pid"] == cl["pid"] && f["remote_port"].as_u64() == Some(u64::from(port))
+    });
     let (pk, by) = up.read();
     let recs = pf.stop();
     let flows = final_flows(&recs);
@@ -95,27 +87,17 @@ else:
 
 #[test]
 fn an_mptcp_connection_says_mptcp_and_counts_exactly() {
-    use std::io::{BufRead, BufReader, Read};
     let p = Pair::new("mptcp", 50);
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("mptcp.py");
     std::fs::write(&script, MPTCP).unwrap();
     let pf = Procflow::start(&[]);
-    let mut server =
-        p.b.command("/usr/bin/python3")
-            .arg(&script)
-            .args(["serve", &p.b4.to_string(), "0"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let script = script.to_string_lossy();
+    let b4 = p.b4.to_string();
+    let (server, port) = serve_program(&p.b, "/usr/bin/python3", &[&script, "serve", &b4, "0"]);
     let cl =
         p.a.command("/usr/bin/python3")
-            .arg(&script)
-            .args(["connect", &p.b4.to_string(), &port.to_string()])
+            .args([&*script, "connect", &b4, &port.to_string()])
             .output()
             .unwrap();
     assert!(
@@ -124,26 +106,13 @@ fn an_mptcp_connection_says_mptcp_and_counts_exactly() {
         String::from_utf8_lossy(&cl.stderr)
     );
     let cl: serde_json::Value = serde_json::from_slice(&cl.stdout).unwrap();
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    assert!(server.wait().unwrap().success());
-    let srv: serde_json::Value = serde_json::from_str(rest.trim()).unwrap();
+    let srv = finish(server);
     assert_eq!(
         (srv["received"].as_u64(), cl["received"].as_u64()),
         (Some(100_000), Some(5000))
     );
-    let closed = |recs: &[serde_json::Value]| {
-        final_flows(recs)
-            .iter()
-            .filter(|f| {
-                f["state"] == "closed" && (f["remote_port"] == port || f["local_port"] == port)
-            })
-            .count()
-    };
-    assert!(
-        wait_for(10, || closed(&read_log(&pf.log)) >= 2),
-        "both ends closed"
-    );
+    pf.wait_closed(&p.a, 1, "mptcp client", |f| f["remote_port"] == port);
+    pf.wait_closed(&p.b, 1, "mptcp server", |f| f["local_port"] == port);
     let recs = pf.stop();
     let flows = final_flows(&recs);
     let c = one_flow(&flows, &p.a, "mptcp client", |f| f["remote_port"] == port);

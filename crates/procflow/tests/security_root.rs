@@ -184,17 +184,9 @@ fn a_flood_of_blocked_connects_stops_neither_procflow_nor_another_users_transfer
     let out = flood.wait_with_output().unwrap();
     assert!(out.status.success());
     let attempts: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let done = |recs: &[Value]| {
-        final_flows(recs).iter().any(|f| {
-            f["state"] == "closed"
-                && f["process"]["pid"] == cl["pid"]
-                && f["remote_port"].as_u64() == Some(u64::from(port))
-        })
-    };
-    assert!(
-        wait_for(10, || done(&read_log(&pf.log))),
-        "the transfer's flow closed within 10 s"
-    );
+    pf.wait_closed(&p.a, 1, "transfer", |f| {
+        f["process"]["pid"] == cl["pid"] && f["remote_port"].as_u64() == Some(u64::from(port))
+    });
     let rss_after = rss_kib(pf.pid());
     let (pk, by) = up.read();
     let recs = pf.stop();
@@ -344,16 +336,14 @@ for _ in sys.stdin:
     print("sent", flush=True)
 "#;
 
-/// Waits for the rules acknowledgement of generation `g`.
+/// Waits for procflow's acknowledgement of rule set generation `g` (the
+/// `g`th rules record) and checks that it was accepted.
 fn wait_rules_ack(pf: &Procflow, g: u64) {
-    let ok = wait_for(10, || {
-        read_log(&pf.log)
-            .iter()
-            .any(|r| r["type"] == "rules" && r["generation"] == g && r["outcome"] == "accepted")
-    });
-    assert!(
-        ok,
-        "no accepted rules record for generation {g} within 10 s"
+    let ack = pf.wait_rules_ack(g as usize);
+    assert_eq!(
+        (&ack["generation"], &ack["outcome"]),
+        (&Value::from(g), &Value::from("accepted")),
+        "{ack}"
     );
 }
 

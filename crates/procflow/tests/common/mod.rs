@@ -640,12 +640,18 @@ impl std::ops::DerefMut for Server {
 
 /// A testgen server in `ns`; returns it and the port it listens on.
 pub fn serve(ns: &Netns, args: &[&str]) -> (Server, u16) {
+    serve_program(ns, TESTGEN, args)
+}
+
+/// A server `program` in `ns` that prints "ready PORT" first and a JSON
+/// summary last (testgen's servers, the tests' Python servers).
+pub fn serve_program(ns: &Netns, program: &str, args: &[&str]) -> (Server, u16) {
     let mut child = Reaped::new(
-        ns.command(TESTGEN)
+        ns.command(program)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("starting procflow-testgen"),
+            .unwrap_or_else(|e| panic!("starting {program}: {e}")),
     );
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -671,12 +677,12 @@ pub fn finish(server: Server) -> Value {
     let Server { child, out } = server;
     let mut child = child.take();
     let status = child.wait().unwrap();
-    assert!(status.success(), "testgen server failed: {status}");
+    assert!(status.success(), "the server failed: {status}");
     let text = out
         .recv_timeout(Duration::from_secs(10))
         .expect("the server's output");
     serde_json::from_str(text.lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("testgen server said {text:?}: {e}"))
+        .unwrap_or_else(|e| panic!("the server said {text:?}: {e}"))
 }
 
 /// Runs a testgen client in `ns` to completion; returns its last JSON line.
