@@ -17,6 +17,7 @@ struct pkt {
 	__u16 l4len;    /* transport header length (TCP doff*4, UDP 8) */
 	__u8 tcpflags;
 	__u8 jumbo;     /* bytes of a BIG TCP jumbo header no segment carries */
+	__u8 rthdr;     /* an IPv6 routing header was walked */
 };
 
 /* The transport header at `off`, through bpf_skb_load_bytes. */
@@ -83,6 +84,8 @@ __noinline int parse_v6_ext(struct __sk_buff *skb, struct pkt *p, __u32 len)
 		if (i == 0 && nh == IPPROTO_HOPOPTS && h[0] == IPPROTO_TCP && h[1] == 0 &&
 		    h[2] == IPV6_TLV_JUMBO && len > GRO_LEGACY_MAX_SIZE)
 			p->jumbo = 8;
+		if (nh == IPPROTO_ROUTING)
+			p->rthdr = 1;
 		if (nh == IPPROTO_FRAGMENT)
 			off += 8;
 		else if (nh == IPPROTO_AH)
@@ -185,6 +188,63 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return parse_v6_ext(skb, p, skb->len);
 	}
 	return 0;
+}
+
+#define IPOPT_END 0
+#define IPOPT_NOOP 1
+#define IPOPT_LSRR 131
+#define IPOPT_SSRR 137
+
+struct ip4_opts {
+	__u8 b[40];
+	__u32 len;
+	__u32 pos;
+	__u32 srr;
+};
+
+static int ip4_opt_step(__u32 i, struct ip4_opts *o)
+{
+	__u32 pos = o->pos;
+	if (pos >= o->len || pos >= 39)
+		return 1;
+	__u8 t = o->b[pos];
+	if (t == IPOPT_END)
+		return 1;
+	if (t == IPOPT_NOOP) {
+		o->pos = pos + 1;
+		return 0;
+	}
+	__u8 l = o->b[pos + 1];
+	if (t == IPOPT_LSRR || t == IPOPT_SSRR || l < 2) {
+		o->srr = 1; /* a source route, or malformed options */
+		return 1;
+	}
+	o->pos = pos + l;
+	return 0;
+}
+
+/* Whether an IPv4 header of `l3len` bytes carries a loose or strict source
+ * route (IP_OPTIONS lets any process set one): such a packet goes to the
+ * route's first hop, not to the address its connect or send was decided
+ * on. Malformed options count as one. */
+__noinline int ip4_source_route(struct __sk_buff *skb, __u32 l3len)
+{
+	struct ip4_opts o = {};
+	__u32 n = l3len > 20 ? l3len - 20 : 0;
+	if (n == 0)
+		return 0;
+	if (n > 40)
+		return 1;
+	/* ihl counts 32-bit words: options come in whole words. */
+	for (int i = 0; i < 10; i++) {
+		if (i * 4 >= n)
+			break;
+		if (bpf_skb_load_bytes(skb, 20 + i * 4, o.b + i * 4, 4))
+			return 1;
+	}
+	o.len = n;
+	bpf_loop(40, ip4_opt_step, &o, 0);
+	return o.srr;
 }
 
 static __always_inline void add(__u64 *v, __u64 n)
@@ -333,12 +393,21 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	 * its transport header (more IPv6 extension headers than the walk
 	 * follows, or headers cut short) could never be decided: refuse it
 	 * inbound while rules are loaded, and count it ---- */
-	if (pf_rules_on && !egress && (unparsed || (p.version == 6 && ipv6_ext(p.l4)))) {
+	if (pf_rules_on && (unparsed || (p.version == 6 && ipv6_ext(p.l4)))) {
 		stat_inc(PF_STAT_UNWALKABLE);
 		return 0;
 	}
 	if (unparsed)
 		return 1;
+	/* ---- rules enforcement: a packet a process sends with a source route
+	 * (IPv4 LSRR/SSRR options, an IPv6 routing header) goes to another
+	 * address than the one its connect or send was decided on: dropped
+	 * while rules are loaded, and counted ---- */
+	if (pf_rules_on && egress &&
+	    (p.rthdr || (p.version == 4 && p.l3len > 20 && ip4_source_route(skb, p.l3len)))) {
+		stat_inc(PF_STAT_REROUTED);
+		return 0;
+	}
 	__u64 wire = len;
 	if (segs > 1) {
 		/* Each segment: the IP and transport headers, as on the wire

@@ -553,6 +553,19 @@ static __always_inline int pf_policy_addr(struct bpf_sock_addr *sa, bool sendmsg
 	struct bpf_sock *sk = sa->sk;
 	if (!sk)
 		return 1;
+	/* The unspecified address as a destination means this machine: the
+	 * kernel sends to ::1 for `::`, and for 0.0.0.0 to the socket's bound
+	 * address or else 127.0.0.1 (ip_route_output_key_hash_rcu). Decided as
+	 * where it goes. */
+	__u32 *rw = (__u32 *)q.remote;
+	if (rw[0] == 0 && rw[1] == 0 && rw[2] == 0 && rw[3] == 0) {
+		if (q.family == 4) {
+			__u32 bound = sk->src_ip4;
+			rw[0] = bound ? bound : bpf_htonl(0x7f000001);
+		} else {
+			rw[3] = bpf_htonl(1);
+		}
+	}
 	__u32 sport = sk->src_port;
 	q.lport = sport;
 	q.proto = proto;

@@ -199,6 +199,7 @@ enum pf_stat {
 	PF_STAT_VERDICT_SUPPRESSED, /* verdict records over the rate limit */
 	PF_STAT_FAIL_CLOSED,   /* blocked: an address family the rules do not know */
 	PF_STAT_UNWALKABLE,    /* dropped inbound: headers not walkable to transport */
+	PF_STAT_REROUTED,      /* dropped egress: a source route sends it elsewhere than decided */
 	PF_STAT_MAX,
 };
 

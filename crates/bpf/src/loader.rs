@@ -90,6 +90,9 @@ pub struct KernelStats {
     /// Inbound packets dropped while rules are loaded because their headers
     /// could not be walked to the transport header.
     pub unwalkable_dropped: u64,
+    /// Egress packets dropped for a source route (IPv4 options, IPv6
+    /// routing header) that sends them elsewhere than decided.
+    pub rerouted_dropped: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -325,6 +328,7 @@ impl Kernel {
             verdicts_suppressed: out[pf_stat::PF_STAT_VERDICT_SUPPRESSED.0 as usize],
             fail_closed: out[pf_stat::PF_STAT_FAIL_CLOSED.0 as usize],
             unwalkable_dropped: out[pf_stat::PF_STAT_UNWALKABLE.0 as usize],
+            rerouted_dropped: out[pf_stat::PF_STAT_REROUTED.0 as usize],
         }
     }
 

@@ -271,6 +271,7 @@ fn stats_record(
         "verdicts_suppressed": k.verdicts_suppressed,
         "fail_closed": k.fail_closed,
         "unwalkable_dropped": k.unwalkable_dropped,
+        "rerouted_dropped": k.rerouted_dropped,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

@@ -224,11 +224,14 @@ fn a_flood_of_blocked_connects_stops_neither_procflow_nor_another_users_transfer
     );
 }
 
-/// Sends one UDP datagram of 20 bytes from SRC to DST:PORT through a raw
-/// IPv6 socket, with N destination-options headers before the UDP header.
+/// Sends one UDP datagram of 20 bytes from SRC to DST:PORT as an Ethernet
+/// frame on DEV to DSTMAC (a packet socket: as it would arrive from the
+/// wire), with N destination-options headers before the UDP header.
 const EXT_SEND: &str = r#"
 import socket, struct, sys
 src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+dev, dstmac = sys.argv[5], bytes.fromhex(sys.argv[6].replace(":", ""))
+srcmac = bytes.fromhex(open(f"/sys/class/net/{dev}/address").read().strip().replace(":", ""))
 sb, db = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
 payload = b"z" * 20
 ulen = 8 + len(payload)
@@ -241,7 +244,9 @@ c = csum(sb + db + struct.pack("!I3xB", ulen, 17) + struct.pack("!HHHH", 40000, 
 udp = struct.pack("!HHHH", 40000, port, ulen, c) + payload
 exts = b"".join(bytes([60 if i < n - 1 else 17, 0, 1, 4, 0, 0, 0, 0]) for i in range(n))
 ip6 = struct.pack("!IHBB", 6 << 28, len(exts) + len(udp), 60 if n else 17, 64) + sb + db
-socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip6 + exts + udp, (dst, 0))
+eth = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+eth.bind((dev, 0))
+eth.send(dstmac + srcmac + struct.pack("!H", 0x86DD) + ip6 + exts + udp)
 "#;
 
 /// Binds ADDR:PORT, prints "ready", counts datagrams until 1.5 s pass
@@ -278,6 +283,16 @@ fn ext_datagrams_received(p: &Pair, port: u16, headers: &[u32]) -> u64 {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
+    // The pair's veth devices: pfa<N> in a, pfb<N> in b (N from 10.199.N.1).
+    let pair_n = match p.a4 {
+        std::net::IpAddr::V4(v) => v.octets()[2],
+        _ => unreachable!(),
+    };
+    let a_mac =
+        p.a.exec(&["cat", &format!("/sys/class/net/pfa{pair_n}/address")])
+            .trim()
+            .to_string();
+    let b_dev = format!("pfb{pair_n}");
     for n in headers {
         let st =
             p.b.command(PYTHON)
@@ -287,6 +302,8 @@ fn ext_datagrams_received(p: &Pair, port: u16, headers: &[u32]) -> u64 {
                     &p.a6.to_string(),
                     &port.to_string(),
                     &n.to_string(),
+                    &b_dev,
+                    &a_mac,
                 ])
                 .status()
                 .unwrap();
@@ -421,4 +438,211 @@ fn an_inbound_udp_decision_two_reloads_old_is_never_taken_for_a_fresh_one() {
         Some("got"),
         "the datagram sent under generation 3 (allow) did not arrive"
     );
+}
+
+/// Connects and sends to the unspecified address (and, bound to A4, to
+/// 0.0.0.0 again); prints the errno of each (0 = connected or sent).
+const UNSPECIFIED: &str = r#"
+import socket, sys
+a4, port = sys.argv[1], int(sys.argv[2])
+def attempt(family, kind, dst, bind=None):
+    s = socket.socket(family, kind)
+    try:
+        if bind:
+            s.bind((bind, 0))
+        if kind == socket.SOCK_STREAM:
+            s.connect((dst, port))
+        else:
+            s.sendto(b"x" * 10, (dst, port))
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        s.close()
+I4, I6, T, U = socket.AF_INET, socket.AF_INET6, socket.SOCK_STREAM, socket.SOCK_DGRAM
+print(attempt(I4, T, "0.0.0.0"), attempt(I4, U, "0.0.0.0"),
+      attempt(I6, T, "::"), attempt(I6, U, "::"),
+      attempt(I6, T, "::ffff:0.0.0.0"), attempt(I4, T, "0.0.0.0", bind=a4), flush=True)
+"#;
+
+#[test]
+fn the_unspecified_address_is_decided_as_the_address_it_reaches() {
+    let p = Pair::new("anyaddr", 68);
+    let port = 7811;
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n\
+         [[rule]]\nname = \"no-loopback\"\naction = \"block\"\nremote = [\"127.0.0.1\", \"::1\"]\nremote_port = {port}\n\
+         [[rule]]\nname = \"no-a\"\naction = \"block\"\nremote = \"{}\"\nremote_port = {port}\n",
+        p.a4
+    ));
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    let (_d, path) = script(UNSPECIFIED);
+    let out =
+        p.a.command("runuser")
+            .args([
+                "-u",
+                "daemon",
+                "--",
+                PYTHON,
+                &path,
+                &p.a4.to_string(),
+                &port.to_string(),
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "the attack script failed");
+    // EPERM (1) for every one: 0.0.0.0 and :: reach this machine (without
+    // the rules, the connects would be refused by the kernel, 111, and the
+    // datagrams sent, 0).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 1 1 1 1 1",
+        "errnos of connect/sendto to 0.0.0.0, ::, ::ffff:0.0.0.0 and bound 0.0.0.0"
+    );
+    let recs = pf.stop();
+    let mut decided: Vec<(String, String)> = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["verdict"] == "block")
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap_or("").to_string(),
+                r["remote_ip"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    decided.sort();
+    decided.dedup();
+    let a4 = p.a4.to_string();
+    let want: Vec<(String, String)> = vec![
+        ("no-a".into(), a4),
+        ("no-loopback".into(), "127.0.0.1".into()),
+        ("no-loopback".into(), "::1".into()),
+    ];
+    assert_eq!(decided, want, "what the blocked attempts were decided as");
+}
+
+/// Sends N datagrams to DST:PORT (allowed) with a loose source route
+/// through HOP (IP_OPTIONS, which needs no privilege), or, for IPv6, with a
+/// segment routing header through HOP (IPV6_RTHDR); prints the errnos.
+const SOURCE_ROUTE: &str = r#"
+import socket, struct, sys
+family, dst, hop, port, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if family == "4":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lsrr = bytes([131, 7, 4]) + socket.inet_aton(hop) + bytes([0])
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr)
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    # SRH: next header (filled by the kernel), length 4 (two segments),
+    # type 4, segments left 1, last entry 1; segments[1] is the first hop.
+    srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + bytes(16) + socket.inet_pton(socket.AF_INET6, hop)
+    s.setsockopt(socket.IPPROTO_IPV6, 57, srh)  # IPV6_RTHDR
+out = []
+for _ in range(n):
+    try:
+        s.sendto(b"r" * 20, (dst, port))
+        out.append(0)
+    except OSError as e:
+        out.append(e.errno)
+print(" ".join(map(str, sorted(set(out)))), flush=True)
+"#;
+
+/// Sends 3 source-routed datagrams from a (as uid 1) to an allowed
+/// address with the blocked peer b as first hop; returns what b's
+/// prerouting hook saw from a and the script's errnos.
+fn source_routed(p: &Pair, family: &str, tag: &str, pf: Option<&Procflow>) -> (u64, String) {
+    let (dst, hop, src) = if family == "4" {
+        (
+            "10.200.68.9".to_string(),
+            p.b4.to_string(),
+            p.a4.to_string(),
+        )
+    } else {
+        (
+            "fd00:200:68::9".to_string(),
+            p.b6.to_string(),
+            p.a6.to_string(),
+        )
+    };
+    let fam = if family == "4" { "ip" } else { "ip6" };
+    let seen = nft_counter(&p.b, "prerouting", tag, &format!("{fam} saddr {src}"));
+    let (_d, path) = script(SOURCE_ROUTE);
+    let args = [PYTHON, &path, family, &dst, &hop, "7812", "3"];
+    // An IPv6 routing header needs no privilege; IPv4 source-route options
+    // need CAP_NET_RAW (given to `daemon` alone).
+    let out = if family == "4" {
+        p.a.command("setpriv")
+            .args(["--reuid=1", "--regid=1", "--clear-groups"])
+            .args(["--inh-caps=+net_raw", "--ambient-caps=+net_raw"])
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap()
+    } else {
+        p.a.command("runuser")
+            .args(["-u", "daemon", "--"])
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap()
+    };
+    assert!(out.status.success(), "the source-route script failed");
+    let _ = pf;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (
+        seen.read().0,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn a_source_route_cannot_carry_a_datagram_to_a_blocked_address() {
+    let p = Pair::new("srcroute", 69);
+    // The allowed destinations are reached through b, the blocked peer.
+    p.a.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.200.68.0/24",
+        "via",
+        &p.b4.to_string(),
+    ]);
+    p.a.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:200:68::/64",
+        "via",
+        &p.b6.to_string(),
+    ]);
+    // Ground truth first: without procflow, the source-routed datagrams are
+    // sent to b (the first hop), not to the address they were sent to.
+    for (family, tag) in [("4", "sr4pre"), ("6", "sr6pre")] {
+        let (seen, errnos) = source_routed(&p, family, tag, None);
+        assert_eq!(
+            errnos, "0",
+            "IPv{family}: the source-routed sends failed without procflow"
+        );
+        assert!(
+            seen >= 3,
+            "IPv{family}: b saw {seen} of the 3 source-routed datagrams without procflow"
+        );
+    }
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n[[rule]]\nname = \"no-b\"\naction = \"block\"\nremote = [\"{}\", \"{}\"]\n",
+        p.b4, p.b6
+    ));
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    for (family, tag) in [("4", "sr4"), ("6", "sr6")] {
+        let (seen, _) = source_routed(&p, family, tag, Some(&pf));
+        assert_eq!(
+            seen, 0,
+            "IPv{family}: a source route carried datagrams to the blocked b"
+        );
+    }
+    let recs = pf.stop();
+    let st = stats(&recs);
+    assert!(st["rerouted_dropped"].as_u64().unwrap() >= 6, "{st}");
 }
