@@ -59,6 +59,15 @@ PF_MAP struct {
 	__type(value, struct pf_dgram_val);
 } dgram_flows SEC(".maps");
 
+/* Datagram table entries by the uid they are charged to (see
+ * PF_DGRAM_UID); sock_release gives a socket's back. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} dgram_uid SEC(".maps");
+
 /* Handshake packets seen on a listener, waiting for the accepted socket. */
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -34,7 +34,7 @@ static __always_inline int parse_l4_slow(struct __sk_buff *skb, struct pkt *p, _
 			p->l4len = (th[12] >> 4) * 4;
 			p->tcpflags = th[13];
 		}
-	} else if (p->l4 == IPPROTO_UDP) {
+	} else if (p->l4 == IPPROTO_UDP || p->l4 == IPPROTO_UDPLITE) {
 		__u8 uh[4];
 		if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)) == 0) {
 			p->sport = (uh[0] << 8) | uh[1];
@@ -178,7 +178,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->dport = (t[2] << 8) | t[3];
 		p->l4len = (t[12] >> 4) * 4;
 		p->tcpflags = t[13];
-	} else if (p->l4 == IPPROTO_UDP) {
+	} else if (p->l4 == IPPROTO_UDP || p->l4 == IPPROTO_UDPLITE) {
 		if ((void *)(t + 4) > end)
 			return parse_slow(skb, p);
 		p->sport = (t[0] << 8) | t[1];
@@ -297,6 +297,31 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 
 	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_flows, &k);
 	if (!v) {
+		/* Quotas: no socket, and no uid, can take the table whole. A
+		 * socket over its quota, or whose uid is over its own, counts
+		 * its datagrams with further remotes in its overflow flow
+		 * (remote all zeros, port 0), so its totals stay exact. */
+		if (!ctx->dgram_n)
+			ctx->dgram_uid = (ctx->flags & PF_F_OWNER) ? ctx->owner.uid : 0xffffffff;
+		__u32 uid = ctx->dgram_uid;
+		__u32 *charged = bpf_map_lookup_elem(&dgram_uid, &uid);
+		if (!charged) {
+			__u32 zero = 0;
+			bpf_map_update_elem(&dgram_uid, &uid, &zero, BPF_NOEXIST);
+			charged = bpf_map_lookup_elem(&dgram_uid, &uid);
+		}
+		if (!charged || *charged >= PF_DGRAM_UID || ctx->dgram_n >= PF_DGRAM_SOCKET) {
+			stat_inc(PF_STAT_DGRAM_QUOTA);
+			__builtin_memset(k.remote, 0, 16);
+			k.rport = 0;
+			v = bpf_map_lookup_elem(&dgram_flows, &k);
+			if (!v && (!charged || *charged >= PF_DGRAM_UID_HARD)) {
+				stat_inc(PF_STAT_DGRAM_FULL);
+				return;
+			}
+		}
+	}
+	if (!v) {
 		struct pf_dgram_val fresh = {};
 		fresh.start_ns = now_ns();
 		__builtin_memcpy(fresh.local, egress ? p->src : p->dst, 16);
@@ -305,6 +330,11 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 		fresh.origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
 		fresh.proto = p->l4;
 		if (bpf_map_update_elem(&dgram_flows, &k, &fresh, BPF_NOEXIST) == 0) {
+			__u32 uid = ctx->dgram_uid;
+			__u32 *charged = bpf_map_lookup_elem(&dgram_uid, &uid);
+			if (charged)
+				__sync_fetch_and_add(charged, 1);
+			__sync_fetch_and_add(&ctx->dgram_n, 1);
 			struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 			if (e) {
 				event_from_ctx(e, PF_EV_OPEN, ctx);
@@ -324,6 +354,13 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 			}
 		}
 		v = bpf_map_lookup_elem(&dgram_flows, &k);
+		if (!v && (k.rport || k.remote[0] || k.remote[3] || k.remote[15])) {
+			/* No room (the table, or its allocator, is exhausted):
+			 * the socket's overflow flow, if it has one, counts it. */
+			__builtin_memset(k.remote, 0, 16);
+			k.rport = 0;
+			v = bpf_map_lookup_elem(&dgram_flows, &k);
+		}
 		if (!v) {
 			stat_inc(PF_STAT_DGRAM_FULL);
 			return;

@@ -136,6 +136,16 @@ int pf_sock_release(struct bpf_sock *bsk)
 	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
 	if (!ctx || !ctx->cookie)
 		return 1;
+	/* Its datagram table entries go (user space deletes them on this
+	 * record, or sweeps them): its uid's quota gets them back now. */
+	__u32 n = ctx->dgram_n;
+	if (n) {
+		__u32 uid = ctx->dgram_uid;
+		__u32 *charged = bpf_map_lookup_elem(&dgram_uid, &uid);
+		if (charged)
+			__sync_fetch_and_sub(charged, *charged < n ? *charged : n);
+		ctx->dgram_n = 0;
+	}
 	emit_ctx(PF_EV_RELEASE, ctx);
 	return 1;
 }

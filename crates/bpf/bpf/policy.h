@@ -145,7 +145,7 @@ PF_PMAP struct {
 	__type(value, struct pf_pol_last);
 } pol_last SEC(".maps");
 
-/* Inbound UDP flows (socket, remote) the rules decided: (generation + 1) << 1
+/* Inbound datagram flows (socket, remote) the rules decided: (generation + 1) << 1
  * | blocked, so later datagrams are dropped or let through without deciding
  * again until the rules change. */
 PF_PMAP struct {
@@ -600,7 +600,7 @@ static __always_inline void udp_in_key(struct pf_dgram_key *k, struct __sk_buff 
 	k->family = version;
 }
 
-/* An inbound UDP datagram: 1 when its flow exists already (a reply to what
+/* An inbound datagram (UDP, UDP-Lite, ICMP, raw): 1 when its flow exists already (a reply to what
  * the socket sent, or a flow allowed before), 0 when the rules in force
  * blocked its flow, -1 when it starts a flow to decide. */
 static __noinline int udp_in_known(struct __sk_buff *skb, const __u8 *src, __u16 sport,
@@ -637,11 +637,14 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 					 __u16 dport, __u8 tcpflags)
 {
 	__u32 sproto = bsk->protocol;
-	/* Inbound: a SYN without ACK on a listener, or a UDP datagram that
-	 * starts a flow (not a reply to what the socket sent). */
-	bool udp = sproto == IPPROTO_UDP && l4 == IPPROTO_UDP;
+	/* Inbound: a SYN without ACK on a listener, or, on any other socket
+	 * (UDP, UDP-Lite, ICMP, raw: every protocol a socket can receive), a
+	 * datagram that starts a flow (not a reply to what the socket sent). */
+	bool dgram = !egress && !stream;
 	bool inbound = !egress && ((stream && state == BPF_TCP_LISTEN &&
-				    (tcpflags & 0x12) == 0x02) || udp);
+				    (tcpflags & 0x12) == 0x02) || dgram);
+	/* Egress of sockets the connect and sendmsg hooks do not decide
+	 * (ICMP, raw, UDP-Lite): every packet. */
 	bool other = egress && sproto != IPPROTO_TCP && sproto != IPPROTO_UDP;
 	if (!inbound && !other)
 		return 1;
@@ -650,7 +653,7 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 	if (!st || !st->enabled)
 		return 1;
 	__u32 gen = st->gen;
-	if (inbound && udp) {
+	if (dgram) {
 		int known = udp_in_known(skb, src, sport, version, gen);
 		if (known >= 0)
 			return known;
@@ -705,7 +708,7 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		return 1;
 	/* Inbound (a SYN, a UDP flow's first datagram): allows are written
 	 * too, so the accepted connection or the flow carries its verdict. */
-	if (inbound && q.proto == IPPROTO_UDP)
+	if (dgram)
 		udp_in_decided(skb, src, sport, version, ((gen + 1) << 1) | (d.block ? 1 : 0));
 	if (!d.block && !inbound && pol_seen(bsk, &q, d.gen))
 		return 1;

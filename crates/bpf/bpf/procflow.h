@@ -96,6 +96,8 @@ struct pf_sock_ctx {
 	__u32 netns;
 	__u32 flags;
 	__u32 owner_changes;
+	__u32 dgram_n;           /* datagram table entries this socket made */
+	__u32 dgram_uid;         /* the uid they are charged to */
 	__u32 _pad;
 };
 
@@ -200,6 +202,7 @@ enum pf_stat {
 	PF_STAT_FAIL_CLOSED,   /* blocked: an address family the rules do not know */
 	PF_STAT_UNWALKABLE,    /* dropped inbound: headers not walkable to transport */
 	PF_STAT_REROUTED,      /* dropped egress: a source route sends it elsewhere than decided */
+	PF_STAT_DGRAM_QUOTA,   /* datagrams counted in their socket's overflow flow (quota) */
 	PF_STAT_MAX,
 };
 
@@ -211,7 +214,7 @@ _Static_assert(sizeof(struct pf_addr) == 40, "pf_addr size");
 _Static_assert(sizeof(struct pf_flow_event) == 192, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 _Static_assert(sizeof(struct pf_dgram_val) == 80, "pf_dgram_val size");
-_Static_assert(sizeof(struct pf_sock_ctx) == 184, "pf_sock_ctx size");
+_Static_assert(sizeof(struct pf_sock_ctx) == 192, "pf_sock_ctx size");
 _Static_assert(sizeof(struct pf_exec_event) == 1584, "pf_exec_event size");
 _Static_assert(sizeof(struct pf_dns_event) == 528, "pf_dns_event size");
 #endif
@@ -225,6 +228,12 @@ _Static_assert(sizeof(struct pf_dns_event) == 528, "pf_dns_event size");
 #define PF_REMOTE_ENTRIES 16384 /* entries of each remote LPM table */
 #define PF_VERDICT_RATE 4096    /* verdict records per second and CPU */
 #define PF_VERDICT_RATE_UID 1024 /* verdict records per second and uid */
+/* Datagram table quotas: entries one socket may make (its datagrams with
+ * further remotes are counted in its overflow flow), and entries one uid's
+ * sockets may make (overflow flows may take it up to PF_DGRAM_UID_HARD). */
+#define PF_DGRAM_SOCKET 4096
+#define PF_DGRAM_UID 32768
+#define PF_DGRAM_UID_HARD 65536
 
 /* The table sizes Rust needs, as an enum so that they reach BTF and the
  * skeleton's types (procflow-bpf takes them from there). */
@@ -234,6 +243,8 @@ enum pf_size {
 	PF_SIZE_REMOTE_ENTRIES = PF_REMOTE_ENTRIES,
 	PF_SIZE_VERDICT_RATE = PF_VERDICT_RATE,
 	PF_SIZE_VERDICT_RATE_UID = PF_VERDICT_RATE_UID,
+	PF_SIZE_DGRAM_SOCKET = PF_DGRAM_SOCKET,
+	PF_SIZE_DGRAM_UID = PF_DGRAM_UID,
 };
 
 /* The verdict records' rate limit: one window per CPU, and one per uid and

@@ -58,6 +58,8 @@ pub struct Dump {
     pub contexts: usize,
     /// Cookies of the UDP sockets alive during the reading.
     pub live_udp: std::collections::HashSet<u64>,
+    /// Cookies of every TCP and UDP socket alive during the reading.
+    pub live: std::collections::HashSet<u64>,
     /// The namespaces read (inode numbers).
     pub namespaces: std::collections::HashSet<u64>,
     /// When the reading started, boot-time and Unix nanoseconds.
@@ -93,6 +95,9 @@ pub struct KernelStats {
     /// Egress packets dropped for a source route (IPv4 options, IPv6
     /// routing header) that sends them elsewhere than decided.
     pub rerouted_dropped: u64,
+    /// Datagrams counted in their socket's overflow flow because the
+    /// socket or its uid was over its datagram table quota.
+    pub datagram_quota: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -329,6 +334,7 @@ impl Kernel {
             fail_closed: out[pf_stat::PF_STAT_FAIL_CLOSED.0 as usize],
             unwalkable_dropped: out[pf_stat::PF_STAT_UNWALKABLE.0 as usize],
             rerouted_dropped: out[pf_stat::PF_STAT_REROUTED.0 as usize],
+            datagram_quota: out[pf_stat::PF_STAT_DGRAM_QUOTA.0 as usize],
         }
     }
 
@@ -377,12 +383,14 @@ impl Kernel {
                     continue;
                 }
                 if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
+                    d.live.insert(e.cookie);
                     d.views.push(decode::flow_view(&e, &clock));
                 }
             }
             for rec in udp.chunks_exact(decode::FLOW_EVENT_SIZE) {
                 if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
                     d.live_udp.insert(e.cookie);
+                    d.live.insert(e.cookie);
                 }
             }
         }

@@ -89,6 +89,7 @@ impl fmt::Display for Proto {
             Proto::Udp => f.write_str("udp"),
             Proto::Icmp => f.write_str("icmp"),
             Proto::Icmpv6 => f.write_str("icmpv6"),
+            Proto::Other(136) => f.write_str("udplite"),
             Proto::Other(n) => write!(f, "ip:{n}"),
         }
     }
@@ -239,6 +240,7 @@ mod tests {
         assert_eq!(Proto::from_number(58).to_string(), "icmpv6");
         assert_eq!(Proto::from_number(253).to_string(), "ip:253");
         assert_eq!(Proto::from_number(253).number(), 253);
+        assert_eq!(Proto::from_number(136).to_string(), "udplite");
     }
 
     #[test]

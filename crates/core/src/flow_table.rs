@@ -31,7 +31,21 @@ pub struct TableStats {
     /// Flows whose owner's executable could not be known, by reason (each
     /// flow counted once).
     pub exe_unknown: BTreeMap<String, u64>,
+    /// Owners remembered for sockets that never carried a flow, forgotten
+    /// when the socket was gone or the table was full.
+    pub owners_dropped: u64,
 }
+
+/// Whether socket `cookie` has a flow in `flows`.
+fn has_flows(flows: &BTreeMap<FlowKey, Entry>, cookie: u64) -> bool {
+    flows
+        .range(FlowKey::socket(cookie)..)
+        .next()
+        .is_some_and(|(k, _)| k.cookie == cookie)
+}
+
+/// Owners remembered for sockets without an announced flow, at most.
+pub const MAX_PENDING_OWNERS: usize = 65536;
 
 #[derive(Debug, Default)]
 pub struct FlowTable {
@@ -144,7 +158,17 @@ impl FlowTable {
             }
             FlowEvent::Owner { cookie, owner } => {
                 if self.keys_of_socket(cookie).is_empty() {
-                    // Not announced yet: remember for when it is.
+                    // Not announced yet: remember for when it is (bounded:
+                    // sockets that never carry a flow are dropped first).
+                    if self.owners.len() >= MAX_PENDING_OWNERS {
+                        let flows = &self.flows;
+                        let before = self.owners.len();
+                        self.owners.retain(|c, _| has_flows(flows, *c));
+                        if self.owners.len() >= MAX_PENDING_OWNERS {
+                            self.owners.clear();
+                        }
+                        self.stats.owners_dropped += (before - self.owners.len()) as u64;
+                    }
                     self.owners.insert(cookie, owner);
                 } else {
                     for k in self.keys_of_socket(cookie) {
@@ -185,6 +209,22 @@ impl FlowTable {
                 self.close(&key, end_ns, sys).into_iter().collect()
             }
         }
+    }
+
+    /// Forgets the owners remembered for sockets that are not `live` (by a
+    /// fresh reading of the kernel's sockets) and carry no flow: sockets
+    /// that closed without a flow.
+    pub fn prune_owners(&mut self, live: &std::collections::HashSet<u64>) {
+        let flows = &self.flows;
+        let before = self.owners.len();
+        self.owners
+            .retain(|c, _| live.contains(c) || has_flows(flows, *c));
+        self.stats.owners_dropped += (before - self.owners.len()) as u64;
+    }
+
+    /// Owners remembered for sockets without an announced flow.
+    pub fn pending_owners(&self) -> usize {
+        self.owners.len()
     }
 
     /// Sets a live flow's counters from a fresh kernel reading (never backwards).
@@ -465,6 +505,31 @@ mod tests {
             .map(|r| r.process.as_ref().unwrap().pid)
             .collect();
         assert_eq!(pids, vec![200, 200, 100]);
+    }
+
+    #[test]
+    fn owners_of_sockets_without_flows_are_bounded_and_pruned() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let owner = |pid| Owner {
+            pid,
+            ..Default::default()
+        };
+        for c in 0..(MAX_PENDING_OWNERS as u64 + 10) {
+            t.ingest(
+                FlowEvent::Owner {
+                    cookie: 1_000_000 + c,
+                    owner: owner(7),
+                },
+                &mut sys,
+            );
+        }
+        assert!(t.pending_owners() <= MAX_PENDING_OWNERS);
+        assert!(t.stats().owners_dropped >= 10);
+        let live: std::collections::HashSet<u64> =
+            [1_000_000 + MAX_PENDING_OWNERS as u64 + 9].into();
+        t.prune_owners(&live);
+        assert_eq!(t.pending_owners(), 1);
     }
 
     #[test]

@@ -328,7 +328,12 @@ impl Worker {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while let Ok(ip) = self.requests.try_recv() {
+            // The queue is bounded here too: past QUEUE waiting addresses
+            // the channel fills and the collector drops (and counts) more.
+            while self.waiting.len() < QUEUE {
+                let Ok(ip) = self.requests.try_recv() else {
+                    break;
+                };
                 self.take(ip);
             }
             while self.in_flight.len() < IN_FLIGHT {

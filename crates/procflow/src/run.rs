@@ -142,6 +142,7 @@ impl Collector {
                 self.sinks.flows(&[r]);
             }
         }
+        self.table.prune_owners(&dump.live);
         let table = &self.table;
         self.swept.kernel_entries +=
             self.kernel
@@ -265,6 +266,7 @@ fn stats_record(
         "flows_closed": t.flows_closed,
         "flows_open": c.table.len(),
         "exe_unknown": t.exe_unknown,
+        "owners_dropped": t.owners_dropped,
         "events_lost": k.events_lost,
         "storage_failures": k.no_storage,
         "datagram_table_full": k.dgram_full,
@@ -272,6 +274,7 @@ fn stats_record(
         "fail_closed": k.fail_closed,
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
+        "datagram_quota": k.datagram_quota,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

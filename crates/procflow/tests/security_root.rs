@@ -324,7 +324,7 @@ fn a_remote_sender_cannot_hide_a_datagram_behind_nine_extension_headers() {
     let port = 7788;
     // Ground truth first: without procflow the crafted datagrams arrive.
     assert_eq!(
-        ext_datagrams_received(&p, port, &[2, 9, 12]),
+        without_procflow(|| ext_datagrams_received(&p, port, &[2, 9, 12])),
         3,
         "the crafted datagrams do not arrive even without procflow"
     );
@@ -551,7 +551,7 @@ print(" ".join(map(str, sorted(set(out)))), flush=True)
 /// Sends 3 source-routed datagrams from a (as uid 1) to an allowed
 /// address with the blocked peer b as first hop; returns what b's
 /// prerouting hook saw from a and the script's errnos.
-fn source_routed(p: &Pair, family: &str, tag: &str, pf: Option<&Procflow>) -> (u64, String) {
+fn source_routed(p: &Pair, family: &str, tag: &str) -> (u64, String) {
     let (dst, hop, src) = if family == "4" {
         (
             "10.200.68.9".to_string(),
@@ -588,7 +588,6 @@ fn source_routed(p: &Pair, family: &str, tag: &str, pf: Option<&Procflow>) -> (u
             .unwrap()
     };
     assert!(out.status.success(), "the source-route script failed");
-    let _ = pf;
     std::thread::sleep(std::time::Duration::from_millis(300));
     (
         seen.read().0,
@@ -620,7 +619,7 @@ fn a_source_route_cannot_carry_a_datagram_to_a_blocked_address() {
     // Ground truth first: without procflow, the source-routed datagrams are
     // sent to b (the first hop), not to the address they were sent to.
     for (family, tag) in [("4", "sr4pre"), ("6", "sr6pre")] {
-        let (seen, errnos) = source_routed(&p, family, tag, None);
+        let (seen, errnos) = without_procflow(|| source_routed(&p, family, tag));
         assert_eq!(
             errnos, "0",
             "IPv{family}: the source-routed sends failed without procflow"
@@ -636,7 +635,7 @@ fn a_source_route_cannot_carry_a_datagram_to_a_blocked_address() {
     ));
     let pf = Procflow::start(&["--rules", &rules.path()]);
     for (family, tag) in [("4", "sr4"), ("6", "sr6")] {
-        let (seen, _) = source_routed(&p, family, tag, Some(&pf));
+        let (seen, _) = source_routed(&p, family, tag);
         assert_eq!(
             seen, 0,
             "IPv{family}: a source route carried datagrams to the blocked b"
@@ -645,4 +644,280 @@ fn a_source_route_cannot_carry_a_datagram_to_a_blocked_address() {
     let recs = pf.stop();
     let st = stats(&recs);
     assert!(st["rerouted_dropped"].as_u64().unwrap() >= 6, "{st}");
+}
+
+/// UDP-Lite (136) and raw protocol-253 datagrams: `recv PROTO ADDR PORT`
+/// binds, prints "ready" and, after 1.5 s without a datagram, the count;
+/// `send PROTO DST PORT N` sends N; `echo ADDR PORT` answers one datagram;
+/// `ask DST PORT` sends one UDP-Lite datagram and prints "reply" or "none".
+const DATAGRAMS: &str = r#"
+import socket, sys
+def sock(proto):
+    if proto == "udplite":
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+    return socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
+cmd = sys.argv[1]
+if cmd == "recv":
+    s = sock(sys.argv[2])
+    s.bind((sys.argv[3], int(sys.argv[4]) if sys.argv[2] == "udplite" else 0))
+    s.settimeout(1.5)
+    print("ready", flush=True)
+    n = 0
+    try:
+        while True:
+            s.recv(2000)
+            n += 1
+    except socket.timeout:
+        pass
+    print(n, flush=True)
+elif cmd == "send":
+    s = sock(sys.argv[2])
+    for _ in range(int(sys.argv[5])):
+        s.sendto(b"L" * 30, (sys.argv[3], int(sys.argv[4])))
+elif cmd == "echo":
+    s = sock("udplite")
+    s.bind((sys.argv[2], int(sys.argv[3])))
+    print("ready", flush=True)
+    data, peer = s.recvfrom(2000)
+    s.sendto(data, peer)
+elif cmd == "ask":
+    s = sock("udplite")
+    s.settimeout(2)
+    s.sendto(b"q" * 30, (sys.argv[2], int(sys.argv[3])))
+    try:
+        s.recv(2000)
+        print("reply", flush=True)
+    except socket.timeout:
+        print("none", flush=True)
+"#;
+
+/// How many of 3 `proto` datagrams from b reach a socket bound in a.
+fn datagrams_from_b(p: &Pair, path: &str, proto: &str, port: u16) -> u64 {
+    use std::io::BufRead;
+    let mut r = Reaped::new(
+        p.a.command(PYTHON)
+            .args([path, "recv", proto, &p.a4.to_string(), &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(r.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let st =
+        p.b.command(PYTHON)
+            .args([
+                path,
+                "send",
+                proto,
+                &p.a4.to_string(),
+                &port.to_string(),
+                "3",
+            ])
+            .status()
+            .unwrap();
+    assert!(st.success(), "sending {proto} datagrams failed");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    r.take().wait().unwrap();
+    line.trim().parse().unwrap()
+}
+
+#[test]
+fn inbound_rules_hold_for_udp_lite_and_raw_protocols() {
+    use std::io::BufRead;
+    let p = Pair::new("otherin", 70);
+    let (_d, path) = script(DATAGRAMS);
+    // Ground truth first: without procflow both kinds arrive.
+    for proto in ["udplite", "raw"] {
+        assert_eq!(
+            without_procflow(|| datagrams_from_b(&p, &path, proto, 7821)),
+            3,
+            "{proto} datagrams from b do not arrive even without procflow"
+        );
+    }
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n[[rule]]\nname = \"nothing-in-from-b\"\naction = \"block\"\ndirection = \"in\"\nremote = \"{}\"\n",
+        p.b4
+    ));
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    for proto in ["udplite", "raw"] {
+        assert_eq!(
+            datagrams_from_b(&p, &path, proto, 7821),
+            0,
+            "a blocked inbound {proto} datagram reached its socket"
+        );
+    }
+    // A reply to what a's socket sent is no inbound flow: it arrives.
+    let mut echo = Reaped::new(
+        p.b.command(PYTHON)
+            .args([path.as_str(), "echo", &p.b4.to_string(), "7822"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(echo.0.as_mut().unwrap().stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let ask =
+        p.a.command(PYTHON)
+            .args([path.as_str(), "ask", &p.b4.to_string(), "7822"])
+            .output()
+            .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ask.stdout).trim(),
+        "reply",
+        "the reply to a UDP-Lite datagram a sent was dropped"
+    );
+    let _ = echo.take().wait();
+    let recs = pf.stop();
+    let blocked: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["verdict"] == "block")
+        .collect();
+    for proto in ["udplite", "ip:253"] {
+        assert!(
+            blocked
+                .iter()
+                .any(|r| r["hook"] == "ingress" && r["direction"] == "in" && r["proto"] == proto),
+            "no inbound block record for {proto}: {blocked:?}"
+        );
+    }
+    // UDP-Lite flows carry their ports.
+    let udplite: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "flow" && r["local_port"] == 7822)
+        .collect();
+    assert!(
+        !udplite.is_empty(),
+        "no flow for the UDP-Lite echo with its port"
+    );
+}
+
+/// Datagram table quotas: SOCKETS UDP sockets, each sending one datagram to
+/// each of REMOTES loopback addresses (127.1.x.y, port 9), paced so that no
+/// record is lost; prints the total sent.
+const MANY_REMOTES: &str = r#"
+import socket, sys, time
+sockets, remotes = int(sys.argv[1]), int(sys.argv[2])
+sent, keep = 0, []
+for s_i in range(sockets):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for r in range(remotes):
+        s.sendto(b"q" * 8, ("127.%d.%d.%d" % (1 + s_i, r // 250, 1 + r % 250), 9))
+        sent += 1
+        if sent % 200 == 0:
+            time.sleep(0.01)
+    keep.append(s)
+print(sent, flush=True)
+"#;
+
+#[test]
+fn one_user_cannot_take_the_datagram_table_and_counting_stays_exact() {
+    let ns = Netns::new("pf-quota");
+    let pf = Procflow::start(&[]);
+    let (_d, path) = script(MANY_REMOTES);
+    // 9 sockets of 4,500 remotes: each over its quota of 4,096, and the
+    // ninth over its uid's quota of 32,768 entries.
+    let out = ns
+        .command("runuser")
+        .args(["-u", "daemon", "--", PYTHON, &path, "9", "4500"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the sender failed");
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(sent, 9 * 4500);
+    // Another user's flow afterwards still gets its own entry, exact.
+    let victim = ns
+        .command(PYTHON)
+        .args([
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(7): s.sendto(b'v' * 100, ('127.0.0.1', 9))",
+        ])
+        .status()
+        .unwrap();
+    assert!(victim.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let recs = pf.stop();
+    let st = stats(&recs);
+    assert_eq!(st["events_lost"], 0, "{st}");
+    let flows = final_flows(&recs);
+    let mine = flows_in(&flows, &ns, |f| {
+        f["process"]["uid"] == 1 && f["proto"] == "udp"
+    });
+    let total: u64 = mine.iter().map(|f| u(f, "tx_packets")).sum();
+    let mut by_socket: std::collections::BTreeMap<String, (usize, u64, u64)> = Default::default();
+    for f in &mine {
+        let e = by_socket
+            .entry(
+                f["flow_id"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default();
+        e.0 += 1;
+        e.1 += u(f, "tx_packets");
+        if f["remote_ip"] == "0.0.0.0" {
+            e.2 += u(f, "tx_packets");
+        }
+    }
+    // Every datagram is counted, or (when the kernel's allocator for new
+    // entries runs dry in a burst) counted as lost.
+    let lost = u(&st, "datagram_table_full");
+    assert!(
+        total <= sent && total + lost >= sent && lost < sent / 100,
+        "the user's datagrams, summed over its flows: {total} of {sent} (per socket: flows, packets, in overflow): {by_socket:?} {st}"
+    );
+    let overflow: Vec<&&Value> = mine
+        .iter()
+        .filter(|f| f["remote_ip"] == "0.0.0.0" && f["remote_port"] == 0)
+        .collect();
+    let regular = mine.len() - overflow.len();
+    assert!(
+        regular <= 32768,
+        "{regular} entries for one uid (quota 32,768)"
+    );
+    assert!(
+        !overflow.is_empty() && overflow.len() <= 9,
+        "{} overflow flows",
+        overflow.len()
+    );
+    // The first socket: 4,096 remotes of its own, 404 in its overflow flow.
+    let first_cookie = |f: &Value| {
+        f["flow_id"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let per_socket: std::collections::HashMap<String, usize> =
+        mine.iter().fold(Default::default(), |mut m, f| {
+            *m.entry(first_cookie(f)).or_default() += 1;
+            m
+        });
+    assert!(
+        per_socket.values().all(|&n| n <= 4097),
+        "a socket made more than 4,096 entries: {:?}",
+        per_socket.values().max()
+    );
+    assert!(u(&st, "datagram_quota") + lost >= sent - 32768, "{st}");
+    let theirs = flows_in(&flows, &ns, |f| {
+        f["process"]["uid"] == 0 && f["remote_ip"] == "127.0.0.1" && f["remote_port"] == 9
+    });
+    assert_eq!(theirs.len(), 1, "the other user's flow");
+    assert_eq!(
+        (u(theirs[0], "tx_packets"), u(theirs[0], "tx_payload")),
+        (7, 700),
+        "the other user's flow is exact"
+    );
 }

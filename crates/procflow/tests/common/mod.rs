@@ -345,9 +345,21 @@ pub struct Procflow {
     /// CLOCK_REALTIME (ns) when its "watching" line was read: its programs
     /// were attached and the start-up scan had finished.
     pub watching_ns: u64,
+    _running: std::sync::RwLockReadGuard<'static, ()>,
 }
 
 static LOG_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Held (shared) by every running procflow of this test binary, and
+/// exclusively by `without_procflow`.
+static GROUND: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs `f` while no procflow of this test binary runs: for a ground truth
+/// that another test's rules (which apply machine-wide) would change.
+pub fn without_procflow<T>(f: impl FnOnce() -> T) -> T {
+    let _only = GROUND.write().unwrap_or_else(|e| e.into_inner());
+    f()
+}
 
 impl Procflow {
     pub fn start(extra: &[&str]) -> Procflow {
@@ -363,6 +375,7 @@ impl Procflow {
         if !extra.contains(&"--db") {
             cmd.arg("--db").arg(&db);
         }
+        let running = GROUND.read().unwrap_or_else(|e| e.into_inner());
         let spawned_ns = clock_ns();
         let child = cmd
             .args(extra)
@@ -376,6 +389,7 @@ impl Procflow {
             db,
             spawned_ns,
             watching_ns: 0,
+            _running: running,
         };
         let stderr = pf.child.as_mut().unwrap().stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
