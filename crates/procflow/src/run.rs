@@ -272,6 +272,11 @@ fn stats_record(
         "fail_closed": k.fail_closed,
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
+        "dns_queries": t.dns.queries,
+        "dns_answered": t.dns.answered,
+        "dns_rejected": t.dns.rejected,
+        "dns_queries_refused": t.dns.queries_refused,
+        "dns_queries_expired": t.dns.queries_expired,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))
