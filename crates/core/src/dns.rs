@@ -301,6 +301,8 @@ struct Pending {
     question: Vec<u8>,
     netns: u64,
     owner: Option<DnsOwner>,
+    /// The allowance it counts against (the first query's owner's uid).
+    bucket: u32,
     at_ns: u64,
     seq: u64,
 }
@@ -399,6 +401,7 @@ impl QueryTable {
                 question,
                 netns: m.netns,
                 owner: m.owner.or(p.owner),
+                bucket: p.bucket,
                 at_ns: m.ts_ns,
                 seq,
             };
@@ -419,6 +422,7 @@ impl QueryTable {
                     question,
                     netns: m.netns,
                     owner: m.owner,
+                    bucket,
                     at_ns: m.ts_ns,
                     seq,
                 },
@@ -436,7 +440,7 @@ impl QueryTable {
 
     fn remove(&mut self, key: &PendingKey) -> Option<Pending> {
         let p = self.pending.remove(key)?;
-        decrement(&mut self.per_uid, owner_bucket(p.owner));
+        decrement(&mut self.per_uid, p.bucket);
         decrement(&mut self.per_socket, key.0);
         Some(p)
     }
@@ -739,6 +743,15 @@ pub(crate) mod tests {
         let r = msg(false, 1, 10, response_msg(6, "w.test", ip), 40 * SECOND);
         assert!(t.message(&r).is_some());
         assert_eq!(t.stats().queries_expired, 1);
+        // A retry once the owner is known counts against the first
+        // query's allowance, and gives it back when answered.
+        let mut q = msg(true, 4, 10, query_msg(8, "r.test"), 41 * SECOND);
+        q.owner = None;
+        t.message(&q);
+        t.message(&msg(true, 4, 10, query_msg(8, "r.test"), 41 * SECOND));
+        let r = msg(false, 4, 10, response_msg(8, "r.test", ip), 41 * SECOND);
+        assert!(t.message(&r).is_some());
+        assert!(t.per_uid.is_empty() && t.per_socket.is_empty(), "{t:?}");
         // An answer without the socket's owner names the querier's process.
         t.message(&msg(true, 3, 10, query_msg(7, "v.test"), 41 * SECOND));
         let mut r = msg(false, 3, 10, response_msg(7, "v.test", ip), 41 * SECOND);
