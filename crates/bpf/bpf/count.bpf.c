@@ -378,11 +378,16 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 	}
 }
 
-/* A DNS response for the remote-name table: its payload, with the owner of
- * the socket that received it. Over TCP, the first segment of each message
- * (after the 2-byte length). */
-static __noinline void capture_dns(struct __sk_buff *skb, __u32 off, __u32 len, __u32 pid)
+/* A DNS message for the remote-name table: a query the socket sends
+ * (destination port 53) or a response it receives (source port 53), with
+ * the socket, its namespace and owner, and the server. Over TCP, the first
+ * segment of each message (after the 2-byte length). */
+static __noinline void capture_dns(struct __sk_buff *skb, struct pkt *p, struct pf_sock_ctx *ctx,
+				   __u32 len, bool egress)
 {
+	if (!p || !ctx)
+		return;
+	__u32 off = p->l3len + p->l4len + (p->l4 == IPPROTO_TCP ? 2 : 0);
 	if (off >= len)
 		return;
 	__u32 n = len - off;
@@ -394,8 +399,26 @@ static __noinline void capture_dns(struct __sk_buff *skb, __u32 off, __u32 len, 
 		return;
 	}
 	e->kind = PF_EV_DNS;
-	e->pid = pid;
+	if (ctx->flags & PF_F_OWNER) {
+		e->pid = ctx->owner.pid;
+		e->uid = ctx->owner.uid;
+		e->start_ns = ctx->owner.start_ns;
+	} else {
+		e->pid = 0;
+		e->uid = 0;
+		e->start_ns = 0;
+	}
+	e->netns = ctx->netns;
+	e->cookie = ctx->cookie;
+	e->ts_ns = now_ns();
+	__builtin_memcpy(e->remote, egress ? p->dst : p->src, 16);
+	e->rport = egress ? p->dport : p->sport;
+	e->lport = egress ? p->sport : p->dport;
+	e->family = p->version;
+	e->proto = p->l4;
+	e->query = egress;
 	e->_pad = 0;
+	e->_pad2 = 0;
 	barrier_var(n);
 	if (n < 1 || n > PF_DNS_MAX || bpf_skb_load_bytes(skb, off, e->data, n)) {
 		bpf_ringbuf_discard(e, 0);
@@ -475,9 +498,8 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skb)))
 		ctx_init(ctx, sk, false);
 
-	if (!egress && p.sport == 53 && (p.l4 == IPPROTO_UDP || p.l4 == IPPROTO_TCP))
-		capture_dns(skb, p.l3len + p.l4len + (p.l4 == IPPROTO_TCP ? 2 : 0), len,
-			    (ctx->flags & PF_F_OWNER) ? ctx->owner.pid : 0);
+	if ((egress ? p.dport : p.sport) == 53 && (p.l4 == IPPROTO_UDP || p.l4 == IPPROTO_TCP))
+		capture_dns(skb, &p, ctx, len, egress);
 	if (!stream) {
 		count_dgram(ctx, &p, egress, len, wire, segs);
 		return 1;

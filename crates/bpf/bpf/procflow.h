@@ -184,12 +184,27 @@ struct pf_fork_event {
 
 #define PF_DNS_MAX 512
 
-/* The payload of a DNS response (UDP or TCP source port 53), for names. */
+/* A DNS message on port 53 (UDP, or the first segment of a TCP message
+ * after its 2-byte length): a query the socket sent to a server, or a
+ * response it received from one. User space takes names only from a
+ * response that answers a query the same socket sent to the same server. */
 struct pf_dns_event {
-	__u32 kind;  /* PF_EV_DNS */
-	__u32 pid;   /* owner of the receiving socket, 0 if unknown */
-	__u32 len;   /* bytes of data used */
-	__u32 _pad;
+	__u32 kind;      /* PF_EV_DNS */
+	__u32 pid;       /* owner of the socket, 0 if unknown */
+	__u32 uid;       /* the owner's uid (meaningful when pid != 0) */
+	__u32 netns;     /* the socket's network namespace (inode) */
+	__u64 start_ns;  /* the owner's start (start_boottime) */
+	__u64 cookie;    /* the socket */
+	__u64 ts_ns;     /* boot-time ns */
+	__u8 remote[16]; /* the server (IPv4 in the first 4 bytes) */
+	__u16 rport;     /* the server's port, host order */
+	__u16 lport;     /* the socket's port, host order */
+	__u8 family;     /* 4 or 6 */
+	__u8 proto;      /* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 query;      /* 1: sent by the socket; 0: received by it */
+	__u8 _pad;
+	__u32 len;       /* bytes of data used */
+	__u32 _pad2;
 	__u8 data[PF_DNS_MAX];
 };
 
@@ -216,7 +231,7 @@ _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 _Static_assert(sizeof(struct pf_dgram_val) == 80, "pf_dgram_val size");
 _Static_assert(sizeof(struct pf_sock_ctx) == 192, "pf_sock_ctx size");
 _Static_assert(sizeof(struct pf_exec_event) == 1584, "pf_exec_event size");
-_Static_assert(sizeof(struct pf_dns_event) == 528, "pf_dns_event size");
+_Static_assert(sizeof(struct pf_dns_event) == 584, "pf_dns_event size");
 #endif
 
 /* ---- Rules enforcement (policy.bpf.c, crates/bpf/src/policy.rs) ---- */

@@ -3,12 +3,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use procflow_core::dns::{DnsMessage, DnsOwner};
 use procflow_core::event::FlowView;
 use procflow_core::flow::{BeforeStart, Counters, Direction, FlowInfo, FlowKey, Origin, Proto};
 use procflow_core::identity::{ExecInfo, Owner, ProcessKey};
 use procflow_core::FlowEvent;
 
-use crate::skel::types::{pf_counters, pf_exec_event, pf_flow_event, pf_fork_event, pf_owner};
+use crate::skel::types::{
+    pf_counters, pf_dns_event, pf_exec_event, pf_flow_event, pf_fork_event, pf_owner,
+};
 
 use crate::skel::types::{pf_direction, pf_flag, pf_kind, pf_origin};
 
@@ -33,7 +36,7 @@ const _: () = assert!(std::mem::size_of::<pf_owner>() == 48);
 const _: () = assert!(std::mem::size_of::<pf_fork_event>() == 32);
 const _: () = assert!(std::mem::size_of::<pf_counters>() == 48);
 const _: () = assert!(std::mem::size_of::<pf_exec_event>() == 1584);
-const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dns_event>() == 528);
+const _: () = assert!(std::mem::size_of::<pf_dns_event>() == 584);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_key>() == 32);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_val>() == 80);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 192);
@@ -58,7 +61,7 @@ unsafe impl Plain for pf_exec_event {}
 // SAFETY: as above.
 unsafe impl Plain for pf_fork_event {}
 // SAFETY: as above.
-unsafe impl Plain for crate::skel::types::pf_dns_event {}
+unsafe impl Plain for pf_dns_event {}
 // SAFETY: as above.
 unsafe impl Plain for crate::skel::types::pf_dgram_key {}
 // SAFETY: as above.
@@ -251,6 +254,29 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
             rx_payload: e.before_rx,
         }),
         start_ns: clock.unix_ns(e.start_ns),
+    }
+}
+
+/// A DNS message a socket sent or received, with the socket, its
+/// namespace and owner, and the server.
+pub fn dns_message(e: &pf_dns_event) -> DnsMessage {
+    let n = (e.len as usize).min(e.data.len());
+    DnsMessage {
+        query: e.query != 0,
+        cookie: e.cookie,
+        netns: u64::from(e.netns),
+        owner: (e.pid != 0).then_some(DnsOwner {
+            process: ProcessKey {
+                pid: e.pid,
+                start_ns: e.start_ns,
+            },
+            uid: e.uid,
+        }),
+        server: (ip(e.family, &e.remote), e.rport),
+        lport: e.lport,
+        proto: e.proto,
+        ts_ns: e.ts_ns,
+        payload: e.data[..n].to_vec(),
     }
 }
 

@@ -499,11 +499,7 @@ fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
     }
     if kind == decode::PF_EV_DNS {
         let e: crate::skel::types::pf_dns_event = decode::read_struct(data)?;
-        let n = (e.len as usize).min(e.data.len());
-        return Some(Record::Event(FlowEvent::Dns {
-            pid: e.pid,
-            message: e.data[..n].to_vec(),
-        }));
+        return Some(Record::Event(FlowEvent::Dns(decode::dns_message(&e))));
     }
     if kind == decode::PF_EV_EXEC {
         let e: pf_exec_event = decode::read_struct(data)?;

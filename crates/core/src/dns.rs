@@ -1,13 +1,21 @@
-//! Remote names from the DNS answers the machine actually received.
+//! Remote names from the DNS answers the machine's processes actually
+//! received.
 //!
-//! The kernel hands over the payload of DNS responses (UDP and TCP source
-//! port 53) with the process that owns the receiving socket; [`parse_answer`]
-//! takes the name that was asked and the addresses answered, and
-//! [`NameTable`] remembers them per process, so a flow's remote gets the name
-//! its own process looked up. No lookup is ever made here.
+//! The kernel hands over the DNS messages that sockets send to port 53
+//! (queries) and receive from port 53 (responses), with the socket, its
+//! network namespace and owner, and the server. [`QueryTable`] takes a
+//! response only when it answers a query the same socket sent to the same
+//! server (same id and question) that has not been answered yet, so nobody
+//! can plant names by sending datagrams from port 53; [`parse_answer`] takes
+//! the name that was asked and the addresses answered, and [`NameTable`]
+//! remembers them per process and network namespace, so a flow's remote
+//! gets only the name its own process looked up there. No lookup is ever
+//! made here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::identity::ProcessKey;
 
 /// The name asked in a DNS response and the addresses given for it
 /// (following CNAME chains: every A/AAAA record in the answer counts).
@@ -225,28 +233,265 @@ pub fn ptr_response(query: &[u8], rcode: u8, names: &[&str]) -> Vec<u8> {
     m
 }
 
-/// How many (process, address) names are kept before the table starts over.
+/// The process a DNS message was sent or received for: the socket's owner
+/// at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DnsOwner {
+    pub process: ProcessKey,
+    pub uid: u32,
+}
+
+/// A DNS message on port 53 as the kernel saw it pass a socket: over UDP a
+/// datagram, over TCP the first segment of a message (after its length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsMessage {
+    /// Sent by the socket (a query); false: received by it (a response).
+    pub query: bool,
+    /// The socket.
+    pub cookie: u64,
+    /// The socket's network namespace (inode).
+    pub netns: u64,
+    /// The socket's owner; None while it is not known.
+    pub owner: Option<DnsOwner>,
+    /// The server: where a query went, where a response came from.
+    pub server: (IpAddr, u16),
+    /// The socket's own port.
+    pub lport: u16,
+    /// IPPROTO_UDP or IPPROTO_TCP.
+    pub proto: u8,
+    /// When it passed, boot-time nanoseconds.
+    pub ts_ns: u64,
+    pub payload: Vec<u8>,
+}
+
+/// How long a query waits for its response.
+pub const QUERY_TTL_NS: u64 = 30_000_000_000;
+/// Queries waiting for a response, at most: in all, per uid (the owner's;
+/// sockets without a known owner share one allowance) and per socket.
+pub const MAX_PENDING: usize = 16_384;
+pub const MAX_PENDING_PER_UID: u32 = 1024;
+pub const MAX_PENDING_PER_SOCKET: u32 = 128;
+
+/// What [`QueryTable`] did, for the stats record.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DnsStats {
+    /// Queries remembered until their response.
+    pub queries: u64,
+    /// Responses that answered a remembered query.
+    pub answered: u64,
+    /// Messages from port 53 that answered no query of the socket (none
+    /// sent, another id, question or server, answered already, or late),
+    /// and anything else received from port 53 that is not such a response
+    /// (including the later segments of a long TCP message).
+    pub rejected: u64,
+    /// Queries not remembered: over the allowance of their uid or socket,
+    /// or the table was full (their responses are then rejected).
+    pub queries_refused: u64,
+    /// Queries that got no response within [`QUERY_TTL_NS`].
+    pub queries_expired: u64,
+}
+
+/// The socket, server and local port, transport and id a response must
+/// match.
+type PendingKey = (u64, IpAddr, u16, u16, u8, u16);
+
+#[derive(Debug)]
+struct Pending {
+    /// The question section's bytes, exactly as sent (name case included).
+    question: Vec<u8>,
+    netns: u64,
+    owner: Option<DnsOwner>,
+    /// The allowance it counts against (the first query's owner's uid).
+    bucket: u32,
+    at_ns: u64,
+    seq: u64,
+}
+
+/// The id and the question section of a message with one question; None
+/// when it is malformed or has another number of questions.
+fn id_and_question(msg: &[u8]) -> Option<(u16, &[u8])> {
+    if u16_at(msg, 4)? != 1 {
+        return None;
+    }
+    let (_, after) = question(msg)?;
+    Some((u16_at(msg, 0)?, msg.get(12..after)?))
+}
+
+fn owner_bucket(o: Option<DnsOwner>) -> u32 {
+    o.map_or(u32::MAX, |o| o.uid)
+}
+
+/// The queries sockets sent and that wait for their response. A response
+/// is accepted only from the server the query went to, on the socket that
+/// sent it, with its id and question, once, within [`QUERY_TTL_NS`].
+#[derive(Debug, Default)]
+pub struct QueryTable {
+    pending: HashMap<PendingKey, Pending>,
+    /// (at_ns, seq, key) in arrival order; entries whose seq no longer
+    /// matches were answered or replaced.
+    order: VecDeque<(u64, u64, PendingKey)>,
+    per_socket: HashMap<u64, u32>,
+    per_uid: HashMap<u32, u32>,
+    seq: u64,
+    stats: DnsStats,
+}
+
+impl QueryTable {
+    pub fn stats(&self) -> DnsStats {
+        self.stats.clone()
+    }
+
+    /// Queries waiting for a response.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn key(m: &DnsMessage, id: u16) -> PendingKey {
+        let (ip, port) = m.server;
+        (m.cookie, ip.to_canonical(), port, m.lport, m.proto, id)
+    }
+
+    /// Takes one message: remembers a query, or checks a response against
+    /// the queries. Returns the name and addresses of an accepted response,
+    /// with the process it names them for (the receiving socket's owner,
+    /// else the one that sent the query) and its namespace.
+    pub fn message(&mut self, m: &DnsMessage) -> Option<(DnsOwner, u64, DnsAnswer)> {
+        self.expire(m.ts_ns);
+        let flags = u16_at(&m.payload, 2);
+        if m.query {
+            // Only what a query looks like: QR clear, one question.
+            if flags.is_some_and(|f| f & 0x8000 == 0) {
+                if let Some((id, q)) = id_and_question(&m.payload) {
+                    self.remember(m, id, q.to_vec());
+                }
+            }
+            return None;
+        }
+        let matched = flags
+            .filter(|f| f & 0x8000 != 0)
+            .and_then(|_| id_and_question(&m.payload))
+            .and_then(|(id, q)| {
+                let key = Self::key(m, id);
+                let p = self.pending.get(&key)?;
+                (p.question == q && p.netns == m.netns && m.ts_ns < p.at_ns + QUERY_TTL_NS)
+                    .then_some(key)
+            });
+        let Some(key) = matched else {
+            self.stats.rejected += 1;
+            return None;
+        };
+        let p = self.remove(&key)?;
+        self.stats.answered += 1;
+        let owner = m.owner.or(p.owner)?;
+        let answer = parse_answer(&m.payload)?;
+        Some((owner, m.netns, answer))
+    }
+
+    fn remember(&mut self, m: &DnsMessage, id: u16, question: Vec<u8>) {
+        let key = Self::key(m, id);
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(p) = self.pending.get_mut(&key) {
+            // The same query again (a retry): it waits anew.
+            *p = Pending {
+                question,
+                netns: m.netns,
+                owner: m.owner.or(p.owner),
+                bucket: p.bucket,
+                at_ns: m.ts_ns,
+                seq,
+            };
+        } else {
+            let bucket = owner_bucket(m.owner);
+            if self.pending.len() >= MAX_PENDING
+                || self.per_uid.get(&bucket).copied().unwrap_or(0) >= MAX_PENDING_PER_UID
+                || self.per_socket.get(&m.cookie).copied().unwrap_or(0) >= MAX_PENDING_PER_SOCKET
+            {
+                self.stats.queries_refused += 1;
+                return;
+            }
+            *self.per_uid.entry(bucket).or_default() += 1;
+            *self.per_socket.entry(m.cookie).or_default() += 1;
+            self.pending.insert(
+                key,
+                Pending {
+                    question,
+                    netns: m.netns,
+                    owner: m.owner,
+                    bucket,
+                    at_ns: m.ts_ns,
+                    seq,
+                },
+            );
+        }
+        self.stats.queries += 1;
+        self.order.push_back((m.ts_ns, seq, key));
+        if self.order.len() > 2 * self.pending.len() + 1024 {
+            // Mostly answered queries: keep the waiting ones only.
+            let pending = &self.pending;
+            self.order
+                .retain(|(_, seq, k)| pending.get(k).is_some_and(|p| p.seq == *seq));
+        }
+    }
+
+    fn remove(&mut self, key: &PendingKey) -> Option<Pending> {
+        let p = self.pending.remove(key)?;
+        decrement(&mut self.per_uid, p.bucket);
+        decrement(&mut self.per_socket, key.0);
+        Some(p)
+    }
+
+    /// Forgets the queries older than [`QUERY_TTL_NS`] at `now_ns`.
+    fn expire(&mut self, now_ns: u64) {
+        while let Some(&(at, seq, key)) = self.order.front() {
+            if now_ns < at.saturating_add(QUERY_TTL_NS) {
+                break;
+            }
+            self.order.pop_front();
+            if self.pending.get(&key).is_some_and(|p| p.seq == seq) {
+                self.remove(&key);
+                self.stats.queries_expired += 1;
+            }
+        }
+    }
+}
+
+/// Lowers a count; a count that reaches zero goes.
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
+    if let Some(n) = map.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&k);
+        }
+    }
+}
+
+/// How many (process, namespace, address) names are kept before the table
+/// starts over.
 const MAX_NAMES: usize = 200_000;
 
-/// Names learned from DNS answers: per process first, then machine-wide,
-/// then (with `--resolve`) from reverse lookups.
+/// Names learned from accepted DNS answers, per process and network
+/// namespace; then (with `--resolve`) from procflow's own reverse lookups.
 #[derive(Debug, Default)]
 pub struct NameTable {
-    by_process: HashMap<(u32, IpAddr), String>,
-    any: HashMap<IpAddr, String>,
+    by_process: HashMap<(ProcessKey, u64, IpAddr), String>,
     reverse: HashMap<IpAddr, String>,
 }
 
 impl NameTable {
-    pub fn learn(&mut self, pid: u32, answer: &DnsAnswer) {
+    /// Remembers the names `answer` gives, for flows of `process` in
+    /// network namespace `netns`.
+    pub fn learn(&mut self, process: ProcessKey, netns: u64, answer: &DnsAnswer) {
         if self.by_process.len() >= MAX_NAMES {
             self.by_process.clear();
-            self.any.clear();
         }
-
         for &ip in &answer.addrs {
-            self.by_process.insert((pid, ip), answer.name.clone());
-            self.any.insert(ip, answer.name.clone());
+            self.by_process
+                .insert((process, netns, ip.to_canonical()), answer.name.clone());
         }
     }
 
@@ -259,11 +504,11 @@ impl NameTable {
         self.reverse.insert(ip, name);
     }
 
-    /// The name `pid` looked up for `ip`, else the last name any process
-    /// got for it, else the reverse lookup's.
-    pub fn lookup(&self, pid: Option<u32>, ip: &IpAddr) -> Option<&str> {
-        pid.and_then(|p| self.by_process.get(&(p, *ip)))
-            .or_else(|| self.any.get(ip))
+    /// The name `process` looked up for `ip` in namespace `netns`, else
+    /// the reverse lookup's.
+    pub fn lookup(&self, process: Option<ProcessKey>, netns: u64, ip: &IpAddr) -> Option<&str> {
+        process
+            .and_then(|p| self.by_process.get(&(p, netns, ip.to_canonical())))
             .or_else(|| self.reverse.get(ip))
             .map(String::as_str)
     }
@@ -332,28 +577,243 @@ pub(crate) mod tests {
         assert_eq!(parse_answer(&looped), None);
     }
 
+    fn pk(pid: u32) -> ProcessKey {
+        ProcessKey {
+            pid,
+            start_ns: u64::from(pid) * 1000,
+        }
+    }
+
+    fn answer(name: &str, ip: IpAddr) -> DnsAnswer {
+        DnsAnswer {
+            name: name.into(),
+            addrs: vec![ip],
+        }
+    }
+
     #[test]
-    fn names_are_per_process_first() {
+    fn names_are_per_process_and_namespace_only() {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut t = NameTable::default();
-        t.learn(
+        t.learn(pk(10), 1, &answer("a.test", ip));
+        t.learn(pk(20), 1, &answer("b.test", ip));
+        assert_eq!(t.lookup(Some(pk(10)), 1, &ip), Some("a.test"));
+        assert_eq!(t.lookup(Some(pk(20)), 1, &ip), Some("b.test"));
+        // Nobody else's: another process, the same pid started at another
+        // time (a reused pid), another namespace, or no owner.
+        assert_eq!(t.lookup(Some(pk(30)), 1, &ip), None);
+        let reused = ProcessKey {
+            pid: 10,
+            start_ns: 1,
+        };
+        assert_eq!(t.lookup(Some(reused), 1, &ip), None);
+        assert_eq!(t.lookup(Some(pk(10)), 2, &ip), None);
+        assert_eq!(t.lookup(None, 1, &ip), None);
+        // An IPv4-mapped remote is the same address.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(t.lookup(Some(pk(10)), 1, &mapped), Some("a.test"));
+    }
+
+    const SERVER: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)), 53);
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A query for `name` (type A) with id `id`.
+    pub fn query_msg(id: u16, name: &str) -> Vec<u8> {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m
+    }
+
+    /// The response to `query_msg(id, name)` giving `ip`.
+    pub fn response_msg(id: u16, name: &str, ip: IpAddr) -> Vec<u8> {
+        let mut m = response(name, &[ip]);
+        m[..2].copy_from_slice(&id.to_be_bytes());
+        m
+    }
+
+    fn msg(query: bool, cookie: u64, owner: u32, payload: Vec<u8>, ts_ns: u64) -> DnsMessage {
+        DnsMessage {
+            query,
+            cookie,
+            netns: 7,
+            owner: Some(DnsOwner {
+                process: pk(owner),
+                uid: owner,
+            }),
+            server: SERVER,
+            lport: 40000,
+            proto: 17,
+            ts_ns,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_response_is_taken_only_for_the_query_its_socket_sent() {
+        let ip: IpAddr = "192.0.2.80".parse().unwrap();
+        let mut t = QueryTable::default();
+        // No query at all.
+        assert!(t
+            .message(&msg(false, 1, 10, response_msg(5, "w.test", ip), 0))
+            .is_none());
+        t.message(&msg(true, 1, 10, query_msg(5, "w.test"), SECOND));
+        assert_eq!(t.len(), 1);
+        // Another socket (cookie), id, question, server, server port,
+        // local port, transport or namespace: rejected, the query waits on.
+        let mut forged = vec![
+            msg(false, 2, 20, response_msg(5, "w.test", ip), SECOND),
+            msg(false, 1, 10, response_msg(6, "w.test", ip), SECOND),
+            msg(false, 1, 10, response_msg(5, "x.test", ip), SECOND),
+            msg(false, 1, 10, response_msg(5, "W.test", ip), SECOND),
+        ];
+        let mut m = msg(false, 1, 10, response_msg(5, "w.test", ip), SECOND);
+        m.server.0 = "192.0.2.54".parse().unwrap();
+        forged.push(m.clone());
+        m.server = (SERVER.0, 5353);
+        forged.push(m.clone());
+        m.server = SERVER;
+        m.lport = 40001;
+        forged.push(m.clone());
+        m.lport = 40000;
+        m.proto = 6;
+        forged.push(m.clone());
+        m.proto = 17;
+        m.netns = 8;
+        forged.push(m.clone());
+        // A query, not a response, with the right id and question.
+        let mut q = msg(false, 1, 10, query_msg(5, "w.test"), SECOND);
+        forged.push(q.clone());
+        q.payload = vec![0xff; 3];
+        forged.push(q);
+        for f in &forged {
+            assert!(t.message(f).is_none(), "{f:?}");
+        }
+        assert_eq!(t.len(), 1);
+        // The real one.
+        let got = t.message(&msg(
+            false,
+            1,
             10,
-            &DnsAnswer {
-                name: "a.test".into(),
-                addrs: vec![ip],
-            },
+            response_msg(5, "w.test", ip),
+            2 * SECOND,
+        ));
+        let (owner, netns, ans) = got.expect("the genuine response");
+        assert_eq!((owner.process, netns), (pk(10), 7));
+        assert_eq!(
+            (ans.name.as_str(), ans.addrs.as_slice()),
+            ("w.test", &[ip][..])
         );
-        t.learn(
-            20,
-            &DnsAnswer {
-                name: "b.test".into(),
-                addrs: vec![ip],
-            },
+        // Once only: a second copy is rejected.
+        assert!(t
+            .message(&msg(
+                false,
+                1,
+                10,
+                response_msg(5, "w.test", ip),
+                2 * SECOND
+            ))
+            .is_none());
+        assert!(t.is_empty());
+        let s = t.stats();
+        assert_eq!(
+            (s.queries, s.answered, s.rejected),
+            (1, 1, forged.len() as u64 + 2),
+            "{s:?}"
         );
-        assert_eq!(t.lookup(Some(10), &ip), Some("a.test"));
-        assert_eq!(t.lookup(Some(20), &ip), Some("b.test"));
-        assert_eq!(t.lookup(Some(30), &ip), Some("b.test"));
-        assert_eq!(t.lookup(None, &"192.0.2.2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn queries_expire_and_a_retry_waits_anew() {
+        let ip: IpAddr = "192.0.2.80".parse().unwrap();
+        let mut t = QueryTable::default();
+        t.message(&msg(true, 1, 10, query_msg(5, "w.test"), 0));
+        // Late: 30 s after the query.
+        let late = msg(false, 1, 10, response_msg(5, "w.test", ip), QUERY_TTL_NS);
+        assert!(t.message(&late).is_none());
+        assert!(t.is_empty());
+        assert_eq!(t.stats().queries_expired, 1);
+        // A retry of the query 20 s after the first waits 30 s from itself.
+        t.message(&msg(true, 1, 10, query_msg(6, "w.test"), 0));
+        t.message(&msg(true, 1, 10, query_msg(6, "w.test"), 20 * SECOND));
+        let r = msg(false, 1, 10, response_msg(6, "w.test", ip), 40 * SECOND);
+        assert!(t.message(&r).is_some());
+        assert_eq!(t.stats().queries_expired, 1);
+        // A retry once the owner is known counts against the first
+        // query's allowance, and gives it back when answered.
+        let mut q = msg(true, 4, 10, query_msg(8, "r.test"), 41 * SECOND);
+        q.owner = None;
+        t.message(&q);
+        t.message(&msg(true, 4, 10, query_msg(8, "r.test"), 41 * SECOND));
+        let r = msg(false, 4, 10, response_msg(8, "r.test", ip), 41 * SECOND);
+        assert!(t.message(&r).is_some());
+        assert!(t.per_uid.is_empty() && t.per_socket.is_empty(), "{t:?}");
+        // An answer without the socket's owner names the querier's process.
+        t.message(&msg(true, 3, 10, query_msg(7, "v.test"), 41 * SECOND));
+        let mut r = msg(false, 3, 10, response_msg(7, "v.test", ip), 41 * SECOND);
+        r.owner = None;
+        assert_eq!(t.message(&r).map(|(o, _, _)| o.process), Some(pk(10)));
+    }
+
+    #[test]
+    fn one_uid_or_socket_cannot_fill_the_query_table() {
+        let ip: IpAddr = "192.0.2.80".parse().unwrap();
+        let mut t = QueryTable::default();
+        // One socket: its allowance, then refused.
+        for id in 0..MAX_PENDING_PER_SOCKET as u16 + 10 {
+            t.message(&msg(true, 1, 10, query_msg(id, "s.test"), 0));
+        }
+        assert_eq!(t.len(), MAX_PENDING_PER_SOCKET as usize);
+        assert_eq!(t.stats().queries_refused, 10);
+        // One uid over many sockets.
+        for cookie in 2..100u64 {
+            for id in 0..MAX_PENDING_PER_SOCKET as u16 {
+                let mut m = msg(true, cookie, 10, query_msg(id, "u.test"), 0);
+                m.owner = Some(DnsOwner {
+                    process: pk(cookie as u32 + 1000),
+                    uid: 10,
+                });
+                t.message(&m);
+            }
+        }
+        assert_eq!(t.len(), MAX_PENDING_PER_UID as usize);
+        // Another uid still gets its queries answered.
+        t.message(&msg(true, 500, 20, query_msg(1, "other.test"), 0));
+        let r = msg(false, 500, 20, response_msg(1, "other.test", ip), SECOND);
+        assert!(t.message(&r).is_some());
+        // An answered query gives its allowance back.
+        let r = msg(false, 1, 10, response_msg(0, "s.test", ip), SECOND);
+        assert!(t.message(&r).is_some());
+        t.message(&msg(true, 1, 10, query_msg(9999, "s.test"), SECOND));
+        let r = msg(false, 1, 10, response_msg(9999, "s.test", ip), SECOND);
+        assert!(t.message(&r).is_some());
+        // The whole table: many uids, never more than its size.
+        for uid in 100..200u32 {
+            for id in 0..200u16 {
+                let mut m = msg(
+                    true,
+                    u64::from(uid) * 1000 + u64::from(id / 100),
+                    uid,
+                    query_msg(id, "m.test"),
+                    2 * SECOND,
+                );
+                m.owner = Some(DnsOwner {
+                    process: pk(uid),
+                    uid,
+                });
+                t.message(&m);
+            }
+        }
+        assert_eq!(t.len(), MAX_PENDING);
+        // Expiry empties it, and the bookkeeping with it.
+        t.message(&msg(true, 1, 10, query_msg(1, "late.test"), 40 * SECOND));
+        assert_eq!(t.len(), 1);
+        assert!(t.per_uid.len() == 1 && t.per_socket.len() == 1);
+        assert!(t.order.len() <= 2 * t.len() + 1024 + 1);
     }
 
     #[test]
@@ -404,14 +864,9 @@ pub(crate) mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut t = NameTable::default();
         t.learn_reverse(ip, "ptr.test".into());
-        assert_eq!(t.lookup(Some(1), &ip), Some("ptr.test"));
-        t.learn(
-            1,
-            &DnsAnswer {
-                name: "asked.test".into(),
-                addrs: vec![ip],
-            },
-        );
-        assert_eq!(t.lookup(Some(2), &ip), Some("asked.test"));
+        assert_eq!(t.lookup(Some(pk(1)), 1, &ip), Some("ptr.test"));
+        t.learn(pk(1), 1, &answer("asked.test", ip));
+        assert_eq!(t.lookup(Some(pk(1)), 1, &ip), Some("asked.test"));
+        assert_eq!(t.lookup(Some(pk(2)), 1, &ip), Some("ptr.test"));
     }
 }

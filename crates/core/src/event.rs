@@ -38,6 +38,7 @@ pub enum FlowEvent {
         child: ProcessKey,
         parent: ProcessKey,
     },
-    /// A DNS response received by a socket of process `pid` (0: unknown).
-    Dns { pid: u32, message: Vec<u8> },
+    /// A DNS query a socket sent to port 53 or a response it received
+    /// from there.
+    Dns(crate::dns::DnsMessage),
 }

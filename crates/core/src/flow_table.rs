@@ -34,6 +34,8 @@ pub struct TableStats {
     /// Owners remembered for sockets that never carried a flow, forgotten
     /// when the socket was gone or the table was full.
     pub owners_dropped: u64,
+    /// DNS queries and responses, for remote names.
+    pub dns: crate::dns::DnsStats,
 }
 
 /// Whether socket `cookie` has a flow in `flows`.
@@ -54,6 +56,7 @@ pub struct FlowTable {
     owners: HashMap<u64, Owner>,
     identities: IdentityResolver,
     names: crate::dns::NameTable,
+    queries: crate::dns::QueryTable,
     stats: TableStats,
     /// Rules' decisions by flow, for flows decided while rules are loaded
     /// (possibly before the flow is announced).
@@ -77,7 +80,10 @@ impl FlowTable {
     }
 
     pub fn stats(&self) -> TableStats {
-        self.stats.clone()
+        TableStats {
+            dns: self.queries.stats(),
+            ..self.stats.clone()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -142,9 +148,9 @@ impl FlowTable {
     /// Applies one event; returns the records it produces.
     pub fn ingest(&mut self, ev: FlowEvent, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
         match ev {
-            FlowEvent::Dns { pid, message } => {
-                if let Some(answer) = crate::dns::parse_answer(&message) {
-                    self.names.learn(pid, &answer);
+            FlowEvent::Dns(message) => {
+                if let Some((owner, netns, answer)) = self.queries.message(&message) {
+                    self.names.learn(owner.process, netns, &answer);
                 }
                 Vec::new()
             }
@@ -355,9 +361,10 @@ impl FlowTable {
             unreachable!("record() is called for live flows only")
         };
         if entry.remote_name.is_none() {
-            let pid = entry.view.owner.as_ref().map(|o| o.pid);
+            let process = entry.view.owner.as_ref().map(Owner::key);
+            let info = &entry.view.info;
             entry.remote_name = names
-                .lookup(pid, &entry.view.info.remote.0)
+                .lookup(process, info.netns, &info.remote.0)
                 .map(str::to_string);
         }
         let remote_name = entry.remote_name.clone();
@@ -648,15 +655,41 @@ mod tests {
     }
 
     #[test]
-    fn remote_name_comes_from_the_owners_dns_answer() {
+    fn remote_name_comes_from_the_owners_answered_query_in_its_namespace() {
+        use crate::dns::tests::{query_msg, response_msg};
+        use crate::dns::{DnsMessage, DnsOwner};
         let mut t = FlowTable::new();
         let mut sys = FakeSystem::default();
-        let msg = crate::dns::tests::response("svc.example.test", &[ip(2)]);
+        let netns = 4026531840;
+        let dns = |query: bool, payload: Vec<u8>| {
+            FlowEvent::Dns(DnsMessage {
+                query,
+                cookie: 50,
+                netns,
+                owner: Some(DnsOwner {
+                    process: crate::identity::ProcessKey {
+                        pid: 100,
+                        start_ns: 0,
+                    },
+                    uid: 0,
+                }),
+                server: (ip(53), 53),
+                lport: 40000,
+                proto: 17,
+                ts_ns: 1,
+                payload,
+            })
+        };
+        // An answer to no query names nothing.
+        t.ingest(dns(false, response_msg(9, "forged.test", ip(2))), &mut sys);
+        let r = t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(2), Some(100), 0)),
+            &mut sys,
+        );
+        assert_eq!(r[0].remote_name, None);
+        t.ingest(dns(true, query_msg(7, "svc.example.test")), &mut sys);
         t.ingest(
-            FlowEvent::Dns {
-                pid: 100,
-                message: msg,
-            },
+            dns(false, response_msg(7, "svc.example.test", ip(2))),
             &mut sys,
         );
         let r = t.ingest(
@@ -664,11 +697,22 @@ mod tests {
             &mut sys,
         );
         assert_eq!(r[0].remote_name.as_deref(), Some("svc.example.test"));
-        let other = FlowKey::datagram(4, ip(9), 53);
-        let mut v = view(other, Some(100), 0);
+        // Another remote, another process, another namespace: unnamed.
+        let mut v = view(FlowKey::datagram(4, ip(9), 53), Some(100), 0);
         v.info.remote = (ip(9), 53);
         let r = t.ingest(FlowEvent::Open(v), &mut sys);
         assert_eq!(r[0].remote_name, None);
+        let r = t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(5), Some(200), 0)),
+            &mut sys,
+        );
+        assert_eq!(r[0].remote_name, None);
+        let mut v = view(FlowKey::socket(6), Some(100), 0);
+        v.info.netns = netns + 1;
+        let r = t.ingest(FlowEvent::Open(v), &mut sys);
+        assert_eq!(r[0].remote_name, None);
+        let s = t.stats().dns;
+        assert_eq!((s.queries, s.answered, s.rejected), (1, 1, 1), "{s:?}");
     }
 
     #[test]

@@ -275,6 +275,11 @@ fn stats_record(
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
         "datagram_quota": k.datagram_quota,
+        "dns_queries": t.dns.queries,
+        "dns_answered": t.dns.answered,
+        "dns_rejected": t.dns.rejected,
+        "dns_queries_refused": t.dns.queries_refused,
+        "dns_queries_expired": t.dns.queries_expired,
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

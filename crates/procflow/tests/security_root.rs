@@ -921,3 +921,355 @@ fn one_user_cannot_take_the_datagram_table_and_counting_stays_exact() {
         "the other user's flow is exact"
     );
 }
+
+/// DNS messages for the tests' Python processes.
+const DNS_PY: &str = r#"
+import json, os, random, socket, struct, sys
+
+def qname(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+
+def query(qid, name):
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname(name) + b"\0\x01\0\x01"
+
+def response(qid, name, ip):
+    return (struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + qname(name) + b"\0\x01\0\x01"
+            + b"\xc0\x0c\0\x01\0\x01\0\0\0\x3c\0\x04" + socket.inet_aton(ip))
+
+def udp(addr):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(addr)
+    s.settimeout(10)
+    return s
+
+def connect_and_send(host):
+    l = socket.socket()
+    l.bind((host, 0))
+    l.listen(1)
+    port = l.getsockname()[1]
+    c = socket.create_connection((host, port))
+    a, _ = l.accept()
+    c.sendall(b"x" * 1000)
+    c.close()
+    while a.recv(4096):
+        pass
+    a.close()
+    l.close()
+    return port
+"#;
+
+/// The attacker (an unprivileged user holding port 53 of 127.0.0.1, and
+/// 127.0.0.2:53 and 127.0.0.1:5353): a response to its own socket that
+/// asked nothing, then, to the victim's query, responses with another id,
+/// another question, from another server port and address, to another
+/// socket of the victim that asked nothing, then the right one, then a
+/// second copy. Every forged one gives 127.0.0.3 (or a "planted" name).
+const DNS_ATTACK: &str = r#"
+victim_idle = int(sys.argv[1])
+srv, alt_port, alt_addr = udp(("127.0.0.1", 53)), udp(("127.0.0.1", 5353)), udp(("127.0.0.2", 53))
+own = udp(("127.0.0.1", 0))
+srv.sendto(response(7, "planted-own.test", "127.0.0.1"), own.getsockname())
+own.recv(512)
+own.sendto(b"x" * 10, ("127.0.0.1", 9))
+print("ready 53", flush=True)
+msg, victim = srv.recvfrom(512)
+qid = struct.unpack(">H", msg[:2])[0]
+labels, i = [], 12
+while msg[i]:
+    labels.append(msg[i + 1:i + 1 + msg[i]].decode())
+    i += 1 + msg[i]
+asked = ".".join(labels)
+srv.sendto(response(qid ^ 1, asked, "127.0.0.3"), victim)
+srv.sendto(response(qid, "planted-question.test", "127.0.0.3"), victim)
+alt_port.sendto(response(qid, asked, "127.0.0.3"), victim)
+alt_addr.sendto(response(qid, asked, "127.0.0.3"), victim)
+srv.sendto(response(qid, asked, "127.0.0.3"), ("127.0.0.1", victim_idle))
+srv.sendto(response(qid, asked, "127.0.0.1"), victim)
+srv.sendto(response(qid, asked, "127.0.0.3"), victim)
+print(json.dumps({"asked": asked}), flush=True)
+"#;
+
+/// The victim: asks 127.0.0.1:53 for www.victim.test on one socket, holds
+/// another that asks nothing, reads the forged responses and the real one,
+/// then connects to 127.0.0.1 and to 127.0.0.3.
+const DNS_VICTIM: &str = r#"
+idle = udp(("127.0.0.1", int(sys.argv[1])))
+s = udp(("127.0.0.1", 0))
+qid = random.randrange(65536)
+s.sendto(query(qid, "www.victim.test"), ("127.0.0.1", 53))
+seen = 0
+while True:
+    m, frm = s.recvfrom(512)
+    seen += 1
+    if frm == ("127.0.0.1", 53) and m[:2] == struct.pack(">H", qid) and b"victim" in m and m[-4:] == socket.inet_aton("127.0.0.1"):
+        break
+idle.recv(512)
+s.settimeout(2)
+try:
+    s.recv(512)
+    seen += 1
+except socket.timeout:
+    pass
+ports = [connect_and_send(h) for h in ("127.0.0.1", "127.0.0.3")]
+print(json.dumps({"ports": ports, "seen": seen}), flush=True)
+"#;
+
+/// In its own user and network namespace (root there): a response from
+/// its own port 53 to its own socket, which never asked; then a connection
+/// to the address it gave.
+const DNS_USERNS: &str = r#"
+srv, own = udp(("127.0.0.1", 53)), udp(("127.0.0.1", 0))
+srv.sendto(response(9, "planted-userns.test", "127.0.0.1"), own.getsockname())
+own.recv(512)
+port = connect_and_send("127.0.0.1")
+print(json.dumps({"port": port, "netns": os.stat("/proc/self/ns/net").st_ino}), flush=True)
+"#;
+
+/// `procflow report` in JSON.
+fn report_json(db: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(PROCFLOW)
+        .args(["report", "--db"])
+        .arg(db)
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn remove_db(db: &std::path::Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+}
+
+#[test]
+fn a_local_user_cannot_plant_remote_names_with_datagrams_from_port_53() {
+    let ns = Netns::new("pf-dns120");
+    // Ports below 1024 for everyone in this namespace: the attacker holds
+    // port 53 here without any privilege.
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"]);
+    let pf = Procflow::start(&[]);
+
+    // In a user and network namespace of its own.
+    let (_u, userns_py) = script(&format!("{DNS_PY}{DNS_USERNS}"));
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urn", "sh", "-c"])
+        .arg(format!("ip link set lo up && exec {PYTHON} {userns_py}"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the user namespace attack failed");
+    let userns: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // Here, against another user's process.
+    let (_a, attack_py) = script(&format!("{DNS_PY}{DNS_ATTACK}"));
+    let (attacker, _) = serve_program(
+        &ns,
+        "runuser",
+        &["-u", "nobody", "--", PYTHON, &attack_py, "40053"],
+    );
+    let (_v, victim_py) = script(&format!("{DNS_PY}{DNS_VICTIM}"));
+    let out = ns
+        .command("runuser")
+        .args(["-u", "daemon", "--", PYTHON, &victim_py, "40053"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the victim failed");
+    let victim: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(finish(attacker)["asked"], "www.victim.test");
+    assert!(
+        u(&victim, "seen") >= 6,
+        "the forged responses arrived: {victim}"
+    );
+    let ports: Vec<u64> = victim["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+
+    // A bystander that looked nothing up.
+    let (server, bport) = serve(&ns, &["tcp-serve", "--listen", "127.0.0.1:0"]);
+    client(
+        &ns,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("127.0.0.1:{bport}"),
+            "--upload",
+            "1000",
+        ],
+    );
+    finish(server);
+
+    for port in ports.iter().copied().chain([u64::from(bport)]) {
+        pf.wait_closed(&ns, 1, "tcp", |f| {
+            f["proto"] == "tcp" && u(f, "remote_port") == port
+        });
+    }
+    let (recs, db) = pf.stop_keep_db();
+    let flows = final_flows(&recs);
+    // Not one record (open, closed, any process, any namespace) carries a
+    // name from a forged response.
+    let planted: Vec<&Value> = recs
+        .iter()
+        .filter(|r| {
+            r["type"] == "flow"
+                && (r["remote_name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("planted"))
+                    || (r["remote_ip"] == "127.0.0.3" && !r["remote_name"].is_null()))
+        })
+        .collect();
+    assert!(planted.is_empty(), "planted names: {planted:#?}");
+    // The victim's own lookup, answered by the server it asked, names its
+    // connection to 127.0.0.1 (so names do work here); its connection to
+    // 127.0.0.3 has none.
+    let named = one_flow(&flows, &ns, "victim to 127.0.0.1", |f| {
+        f["remote_ip"] == "127.0.0.1" && u(f, "remote_port") == ports[0]
+    });
+    assert_eq!(named["remote_name"], "www.victim.test", "{named}");
+    assert_eq!(named["process"]["uid"], 1, "{named}");
+    let forged = one_flow(&flows, &ns, "victim to 127.0.0.3", |f| {
+        f["remote_ip"] == "127.0.0.3" && u(f, "remote_port") == ports[1]
+    });
+    assert!(forged["remote_name"].is_null(), "{forged}");
+    // The attacker's own datagram and the bystander's connection: unnamed.
+    let own = one_flow(&flows, &ns, "attacker's datagram", |f| {
+        f["proto"] == "udp" && u(f, "remote_port") == 9
+    });
+    assert!(own["remote_name"].is_null(), "{own}");
+    let by = one_flow(&flows, &ns, "bystander", |f| {
+        f["proto"] == "tcp" && u(f, "remote_port") == u64::from(bport)
+    });
+    assert!(by["remote_name"].is_null(), "{by}");
+    let in_userns: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["netns"] == userns["netns"] && f["proto"] == "tcp")
+        .collect();
+    assert!(!in_userns.is_empty(), "no flow of the user namespace");
+    assert!(
+        in_userns.iter().all(|f| f["remote_name"].is_null()),
+        "{in_userns:#?}"
+    );
+    // Rejected: the user namespace's and the attacker's own, another id,
+    // another question, another server address, the socket that asked
+    // nothing, the second copy (the one from port 5353 is no DNS message).
+    let s = stats(&recs);
+    assert!(u(&s, "dns_rejected") >= 7, "{s}");
+    assert!(u(&s, "dns_answered") >= 1, "{s}");
+    // Nor does the report.
+    for by in ["host", "remote"] {
+        let doc = report_json(&db, &["--by", by]);
+        assert!(!doc.contains("planted"), "{doc}");
+        assert!(doc.contains("www.victim.test") || by == "remote", "{doc}");
+    }
+    remove_db(&db);
+}
+
+/// Asks 127.0.0.1:53 for lo.example.test, connects to 127.0.0.1:PORT_A in
+/// this namespace, then enters namespace NS_C and connects to
+/// 127.0.0.1:PORT_C there.
+const DNS_TWO_NAMESPACES: &str = r#"
+import ctypes
+port_a, port_c, ns_c = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = udp(("127.0.0.1", 0))
+qid = random.randrange(65536)
+s.sendto(query(qid, "lo.example.test"), ("127.0.0.1", 53))
+m = s.recv(512)
+assert m[:2] == struct.pack(">H", qid) and m[-4:] == socket.inet_aton("127.0.0.1"), m
+def upload(port):
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"x" * 1000)
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(4096):
+        pass
+    c.close()
+upload(port_a)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(ns_c, os.O_RDONLY)
+assert libc.setns(fd, 0x40000000) == 0, ctypes.get_errno()
+upload(port_c)
+print(json.dumps({"pid": os.getpid()}), flush=True)
+"#;
+
+#[test]
+fn a_genuine_answer_names_only_its_own_process_flows_in_its_own_namespace() {
+    let a = Netns::new("pf-dns121-a");
+    let c = Netns::new("pf-dns121-c");
+    let pf = Procflow::start(&[]);
+    let (dns, _) = serve(
+        &a,
+        &[
+            "dns-serve",
+            "--bind",
+            "127.0.0.1:53",
+            "--answer",
+            "127.0.0.1",
+        ],
+    );
+    let (sa, port_a) = serve(&a, &["tcp-serve", "--listen", "127.0.0.1:0"]);
+    let (sc, port_c) = serve(&c, &["tcp-serve", "--listen", "127.0.0.1:0"]);
+    let (_d, py) = script(&format!("{DNS_PY}{DNS_TWO_NAMESPACES}"));
+    let out = a
+        .command(PYTHON)
+        .args([
+            py.as_str(),
+            &port_a.to_string(),
+            &port_c.to_string(),
+            &format!("/run/netns/{}", c.name),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the client failed");
+    let looked_up: Value = serde_json::from_slice(&out.stdout).unwrap();
+    finish(sa);
+    finish(sc);
+    let _ = finish(dns);
+    // Another process in the same namespace, to the same address.
+    let (sb, port_b) = serve(&a, &["tcp-serve", "--listen", "127.0.0.1:0"]);
+    client(
+        &a,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("127.0.0.1:{port_b}"),
+            "--upload",
+            "1000",
+        ],
+    );
+    finish(sb);
+    for (ns, port) in [(&a, port_a), (&c, port_c), (&a, port_b)] {
+        pf.wait_closed(ns, 1, "tcp", |f| {
+            f["proto"] == "tcp" && u(f, "remote_port") == u64::from(port)
+        });
+    }
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let to = |ns: &Netns, port: u16| {
+        one_flow(&flows, ns, "client", |f| {
+            f["proto"] == "tcp" && u(f, "remote_port") == u64::from(port)
+        })
+        .clone()
+    };
+    // The process that asked, in the namespace it asked in: named.
+    let named = to(&a, port_a);
+    assert_eq!(named["remote_name"], "lo.example.test", "{named}");
+    assert_eq!(named["process"]["pid"], looked_up["pid"], "{named}");
+    // The same process and address in another namespace: not named.
+    let other_ns = to(&c, port_c);
+    assert_eq!(other_ns["process"]["pid"], looked_up["pid"], "{other_ns}");
+    assert!(other_ns["remote_name"].is_null(), "{other_ns}");
+    // Another process in the same namespace: not named.
+    let other = to(&a, port_b);
+    assert_ne!(other["process"]["pid"], looked_up["pid"], "{other}");
+    assert!(other["remote_name"].is_null(), "{other}");
+}
