@@ -271,8 +271,32 @@ static __always_inline bool pol_path_of_file(struct file *file, struct pf_path_b
 	return true;
 }
 
-/* The absolute path of `file` into id's LPM keys (len 0 if it cannot be
- * found or is longer than PF_PATH_END - 1 bytes). */
+/* Whether the path of `file` names the file as the host could check it:
+ * false for a file in a mount namespace owned by a user namespace other
+ * than the initial one (an unprivileged user can bind-mount any file over
+ * any path there), on an internal mount (memfd, anonymous files), or
+ * deleted. */
+static __always_inline bool pol_file_trusted(struct file *file)
+{
+	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	struct mount *m = container_of(vm, struct mount, mnt);
+	struct mnt_namespace *ns = BPF_CORE_READ(m, mnt_ns);
+	unsigned long nsv = (unsigned long)ns;
+	if (nsv < 4096 || nsv >= (unsigned long)-4095) /* NULL or MNT_NS_INTERNAL */
+		return false;
+	if (BPF_CORE_READ(ns, user_ns, level) != 0)
+		return false;
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	if (!BPF_CORE_READ(d, d_hash.pprev) && d != BPF_CORE_READ(d, d_parent))
+		return false; /* unhashed: unlinked while it runs */
+	return true;
+}
+
+/* The absolute path of `file` into id's LPM keys. An executable whose path
+ * cannot be found, is longer than PF_PATH_END - 1 bytes, or cannot be
+ * trusted (pol_file_trusted) gets the key PF_EXE_UNKNOWN (len 0): the rules
+ * give it the mask of an unknown program (block rules with exe conditions
+ * hold for it, allow rules with exe conditions do not). */
 static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ident *id)
 {
 	id->len = 0;
@@ -280,6 +304,9 @@ static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ide
 	id->rev.prefixlen = PF_EXE_KEY * 8;
 	__builtin_memset(id->fwd.data, 0, PF_EXE_KEY);
 	__builtin_memset(id->rev.data, 0, PF_EXE_KEY);
+	id->fwd.data[0] = PF_EXE_UNKNOWN;
+	if (!file || !pol_file_trusted(file))
+		return;
 	struct pf_path_buf *sb = 0;
 	__u32 pos = 0;
 	if (!pol_path_of_file(file, &sb, &pos) || !sb)

@@ -238,6 +238,7 @@ _Static_assert(sizeof(struct pf_dns_event) == 584, "pf_dns_event size");
 
 #define PF_RULE_WORDS 16     /* 1024 rules, one bit each */
 #define PF_EXE_KEY 256       /* bytes of path in an exe LPM key */
+#define PF_EXE_UNKNOWN 1     /* first byte of the exe key of an unknown program */
 #define PF_CG_LEVELS 16      /* cgroup levels a rule may name: 0 (/) to 15 */
 #define PF_PORT_SEGS 4096    /* port segments per dimension and generation */
 #define PF_REMOTE_ENTRIES 16384 /* entries of each remote LPM table */
@@ -258,6 +259,7 @@ enum pf_size {
 	PF_SIZE_REMOTE_ENTRIES = PF_REMOTE_ENTRIES,
 	PF_SIZE_VERDICT_RATE = PF_VERDICT_RATE,
 	PF_SIZE_VERDICT_RATE_UID = PF_VERDICT_RATE_UID,
+	PF_SIZE_EXE_UNKNOWN = PF_EXE_UNKNOWN,
 	PF_SIZE_DGRAM_SOCKET = PF_DGRAM_SOCKET,
 	PF_SIZE_DGRAM_UID = PF_DGRAM_UID,
 };

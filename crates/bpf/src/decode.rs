@@ -282,13 +282,12 @@ pub fn dns_message(e: &pf_dns_event) -> DnsMessage {
 
 /// The absolute executable path and command line of an exec record.
 pub fn exec_info(e: &pf_exec_event) -> (ProcessKey, ExecInfo) {
+    // Empty when the kernel could not walk the path: the name given to
+    // exec (`fname`) is the caller's choice and is never taken for it.
     let n = (e.path_len as usize).min(e.path.len());
-    let mut exe: String =
+    let exe: String =
         String::from_utf8_lossy(&e.path[..n].iter().map(|&c| c as u8).collect::<Vec<u8>>())
             .into_owned();
-    if exe.is_empty() {
-        exe = c_str(&e.fname);
-    }
     let args_len = (e.args_len as usize).min(e.args.len());
     let args: Vec<u8> = e.args[..args_len].iter().map(|&c| c as u8).collect();
     let cmdline = args

@@ -101,6 +101,10 @@ pub mod reason {
     pub const PARENT_EXITED: &str = "parent exited before first seen";
     /// /proc had the process but its executable could not be read.
     pub const UNREADABLE: &str = "executable not readable in /proc";
+    /// Its exec was seen, but the kernel could not walk its executable's
+    /// path (too deep, or more than 1,023 bytes). The name the caller gave
+    /// exec is never taken instead: it chose it.
+    pub const UNWALKABLE: &str = "executable path not walkable at exec";
 }
 
 /// The system lookups identity resolution needs; the binary implements them
@@ -230,7 +234,16 @@ impl IdentityResolver {
                 } else {
                     i.comm
                 };
-                (Some(i.exe), Some(i.cmdline), comm, None)
+                if i.exe.is_empty() {
+                    (
+                        None,
+                        Some(i.cmdline),
+                        comm,
+                        Some(reason::UNWALKABLE.to_string()),
+                    )
+                } else {
+                    (Some(i.exe), Some(i.cmdline), comm, None)
+                }
             }
             Known::Unknown(r) => (None, None, owner.comm.clone(), Some(r.to_string())),
         };

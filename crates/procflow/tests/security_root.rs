@@ -1273,3 +1273,90 @@ fn a_genuine_answer_names_only_its_own_process_flows_in_its_own_namespace() {
     assert_ne!(other["process"]["pid"], looked_up["pid"], "{other}");
     assert!(other["remote_name"].is_null(), "{other}");
 }
+
+const PY_CONNECT: &str =
+    "import socket, sys\ns = socket.socket()\ntry:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print(0)\nexcept OSError as e:\n    print(e.errno)\n";
+const PERL_CONNECT: &str = "use IO::Socket::INET; my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Proto => 'tcp'); print $s ? 0 : ($! + 0), \"\\n\";";
+
+#[test]
+fn a_program_cannot_take_an_allowed_programs_path_nor_hide_behind_the_loader() {
+    let p = Pair::new("exeid", 71);
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let python = python.to_string_lossy().to_string();
+    let perl = std::fs::canonicalize("/usr/bin/perl").unwrap();
+    let perl = perl.to_string_lossy().to_string();
+    let b4 = p.b4.to_string();
+    let rules = Rules::new(&format!(
+        "default = \"allow\"\n\
+         [[rule]]\nname = \"perl-may\"\naction = \"allow\"\nexe = \"{perl}\"\nuser = \"daemon\"\nremote = \"{b4}\"\nremote_port = 7831\n\
+         [[rule]]\nname = \"only-perl\"\naction = \"block\"\nuser = \"daemon\"\nremote = \"{b4}\"\nremote_port = 7831\n\
+         [[rule]]\nname = \"no-python\"\naction = \"block\"\nexe = \"{python}\"\nremote = \"{b4}\"\nremote_port = 7832\n"
+    ));
+    let pf = Procflow::start(&["--rules", &rules.path()]);
+    let run = |args: &[&str]| -> String {
+        let out =
+            p.a.command("runuser")
+                .args(["-u", "daemon", "--"])
+                .args(args)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The real programs: perl may reach 7831 (refused by b: 111), python
+    // may not reach 7832 (EPERM: 1), perl may reach 7832.
+    assert_eq!(
+        run(&[&perl, "-e", PERL_CONNECT, &b4, "7831"]),
+        "111",
+        "perl to 7831"
+    );
+    assert_eq!(
+        run(&[&python, "-c", PY_CONNECT, &b4, "7832"]),
+        "1",
+        "python to 7832"
+    );
+    assert_eq!(
+        run(&[&perl, "-e", PERL_CONNECT, &b4, "7832"]),
+        "111",
+        "perl to 7832"
+    );
+    // Python bind-mounted over perl's path in a user and mount namespace of
+    // its own: the path says perl, the file is not; the allow rule must not
+    // hold for it.
+    let forged = format!("mount --bind {python} {perl} && exec {perl} -c \"$0\" \"$@\"");
+    assert_eq!(
+        run(&["unshare", "-Urm", "sh", "-c", &forged, PY_CONNECT, &b4, "7831"]),
+        "1",
+        "python under perl's path in a user namespace reached 7831"
+    );
+    // Python started through the dynamic loader: the block rule for python
+    // must still hold.
+    let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+    assert_eq!(
+        run(&[
+            &loader.to_string_lossy(),
+            &python,
+            "-c",
+            PY_CONNECT,
+            &b4,
+            "7832"
+        ]),
+        "1",
+        "python through the loader reached 7832"
+    );
+    let recs = pf.stop();
+    let forged_verdicts: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "verdict" && r["rule"] == "only-perl")
+        .collect();
+    assert!(
+        forged_verdicts.iter().any(|r| r["process"]["uid"] == 1),
+        "no block verdict for the forged perl: {forged_verdicts:?}"
+    );
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r["type"] == "verdict" && r["rule"] == "perl-may" && r["verdict"] == "block"),
+        "the allow rule decided a blocked attempt"
+    );
+}

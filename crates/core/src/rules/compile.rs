@@ -296,6 +296,64 @@ pub struct CompiledRules {
     pub local_port: PortTable,
 }
 
+/// The first byte of the exe key the kernel gives a program it cannot name
+/// with trust (`PF_EXE_UNKNOWN` in procflow.h): its path could not be
+/// walked, or it runs from a mount namespace of another user namespace
+/// (where any user can bind-mount any file over any path), from an internal
+/// mount (memfd) or from a deleted file. No path starts with it.
+pub const EXE_UNKNOWN: u8 = 1;
+
+/// The dynamic loader's real paths (x86_64 and i386, merged /usr or not).
+/// `ld-linux-x86-64.so.2 PROGRAM` runs PROGRAM with the loader as its
+/// executable, so the loader counts as an unknown program (and as itself
+/// for rules that name it).
+pub const LOADERS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/i386-linux-gnu/ld-linux.so.2",
+    "/lib/i386-linux-gnu/ld-linux.so.2",
+    "/usr/lib/ld-linux.so.2",
+    "/lib/ld-linux.so.2",
+];
+
+/// Adds to the exe-prefix table the entry of unknown programs and of the
+/// loaders: the rules without an exe condition, and every block rule with
+/// one, hold for them; no allow rule with an exe condition does (other than
+/// one naming the loader itself). Never a silent allow where a block rule
+/// would have matched the real program.
+fn with_unknown_programs(mut table: LpmTable, rs: &[Rule], exe_wild: Mask) -> LpmTable {
+    let mut unknown = exe_wild;
+    for (i, r) in rs.iter().enumerate() {
+        if r.exe.is_some() && r.action == Action::Block {
+            unknown.set(i);
+        }
+    }
+    let mut extra = vec![LpmEntry {
+        prefix_len: 8,
+        key: vec![EXE_UNKNOWN],
+        mask: unknown,
+    }];
+    for path in LOADERS {
+        let key = exe_prefix_key(path);
+        let prefix_len = (key.len() * 8) as u32;
+        let mask = table.lookup(&key) | unknown;
+        extra.push(LpmEntry {
+            prefix_len,
+            key,
+            mask,
+        });
+    }
+    table.entries.retain(|e| {
+        !extra
+            .iter()
+            .any(|x| x.key == e.key && x.prefix_len == e.prefix_len)
+    });
+    table.entries.extend(extra);
+    table
+}
+
 /// The exe-prefix lookup key: the path's bytes and its terminating NUL, cut
 /// to [`EXE_KEY_BYTES`]. (The kernel's key buffer is zero beyond it.)
 pub fn exe_prefix_key(path: &str) -> Vec<u8> {
@@ -437,7 +495,11 @@ impl CompiledRules {
             rule_count: rs.len(),
             actions: rs.iter().map(|r| r.action).collect(),
             default: rules.default,
-            exe_prefix: LpmTable::build(EXE_KEY_BYTES, &prefix_pats, exe_wild),
+            exe_prefix: with_unknown_programs(
+                LpmTable::build(EXE_KEY_BYTES, &prefix_pats, exe_wild),
+                rs,
+                exe_wild,
+            ),
             exe_suffix: LpmTable::build(EXE_KEY_BYTES, &suffix_pats, exe_wild),
             comm: ExactTable::build(&comm_pats, wildcard(rs, |r| r.comm.is_none())),
             uid: ExactTable::build(&uid_pats, wildcard(rs, |r| r.user.is_none())),
@@ -453,6 +515,12 @@ impl CompiledRules {
             remote_port: ports(|r| &r.remote_port),
             local_port: ports(|r| &r.local_port),
         }
+    }
+
+    /// The exe dimension for a program the kernel cannot name with trust
+    /// (see [`EXE_UNKNOWN`]).
+    pub fn exe_unknown_mask(&self) -> Mask {
+        self.exe_prefix.lookup(&[EXE_UNKNOWN]) | self.exe_suffix.miss
     }
 
     /// The exe dimension: prefix-table mask OR suffix-table mask.
