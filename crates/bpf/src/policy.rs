@@ -16,7 +16,7 @@ use libbpf_rs::{MapCore, MapFlags};
 use procflow_core::flow::Direction;
 use procflow_core::identity::Owner;
 use procflow_core::rules::{
-    cgroup_covers, CompiledRules, LpmTable, Mask, PortTable, Rules, EXE_KEY_BYTES,
+    cgroup_covers, limits, CompiledRules, LpmTable, Mask, PortTable, Rules, EXE_KEY_BYTES,
 };
 
 use crate::decode::{self, Clock};
@@ -32,6 +32,9 @@ pub const PORT_SEGS: usize = pf_size::PF_SIZE_PORT_SEGS.0 as usize;
 pub const CG_LEVELS: usize = pf_size::PF_SIZE_CG_LEVELS.0 as usize;
 /// Entries of each remote LPM table, one kept for the /0 entry.
 pub const REMOTE_ENTRIES: usize = pf_size::PF_SIZE_REMOTE_ENTRIES.0 as usize;
+const _: () = assert!(PORT_SEGS == limits::PORT_SEGMENTS);
+const _: () = assert!(CG_LEVELS == limits::CGROUP_LEVELS);
+const _: () = assert!(REMOTE_ENTRIES == limits::REMOTE_ENTRIES);
 /// `PF_UID_MISS`: the uid key that holds the uid table's miss mask.
 const UID_MISS: u32 = u32::MAX;
 /// The comm key that holds the comm table's miss mask (no NUL in it).
@@ -194,19 +197,150 @@ fn cgroup_id(root: &Path, path: &str) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.ino())
 }
 
-/// Whether a compiled rule set fits the kernel's tables.
+/// The kernel's rule tables and the entries the rules checker assumes each
+/// holds ([`limits`]); [`check_map_sizes`] holds the loaded maps to them.
+fn table_sizes(maps: &crate::skel::ProcflowMaps<'_>) -> Vec<(&'static str, u32, usize)> {
+    vec![
+        (
+            "pol_comm_0",
+            maps.pol_comm_0.max_entries(),
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "pol_comm_1",
+            maps.pol_comm_1.max_entries(),
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "pol_uid_0",
+            maps.pol_uid_0.max_entries(),
+            limits::UID_ENTRIES,
+        ),
+        (
+            "pol_uid_1",
+            maps.pol_uid_1.max_entries(),
+            limits::UID_ENTRIES,
+        ),
+        (
+            "pol_cg_0",
+            maps.pol_cg_0.max_entries(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "pol_cg_1",
+            maps.pol_cg_1.max_entries(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "pol_exe_pre_0",
+            maps.pol_exe_pre_0.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_pre_1",
+            maps.pol_exe_pre_1.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_suf_0",
+            maps.pol_exe_suf_0.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_suf_1",
+            maps.pol_exe_suf_1.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_r4_0",
+            maps.pol_r4_0.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r4_1",
+            maps.pol_r4_1.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r6_0",
+            maps.pol_r6_0.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r6_1",
+            maps.pol_r6_1.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+    ]
+}
+
+/// Refuses maps smaller than the rules checker assumes, so that a rule set
+/// `procflow rules check` accepts always fits.
+fn check_map_sizes(maps: &crate::skel::ProcflowMaps<'_>) -> Result<(), BpfError> {
+    for (name, have, want) in table_sizes(maps) {
+        if (have as usize) < want {
+            return Err(BpfError::Rules(format!(
+                "the kernel map {name} holds {have} entries, but the rules checker allows \
+                 rule sets that need {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a compiled rule set fits the kernel's tables (the rules checker
+/// already refuses one that does not; this holds the compiled tables to the
+/// same limits).
 pub fn check_fits(c: &CompiledRules) -> Result<(), BpfError> {
+    let tables = [
+        (
+            "`comm` values",
+            c.comm.entries.len() + 1,
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "`user` values",
+            c.uid.entries.len() + 1,
+            limits::UID_ENTRIES,
+        ),
+        (
+            "`cgroup` values",
+            c.cgroup.entries.len(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "`exe` prefixes",
+            lpm_len(&c.exe_prefix),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "`exe` suffixes",
+            lpm_len(&c.exe_suffix),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "IPv4 `remote` prefixes",
+            lpm_len(&c.remote_v4),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "IPv6 `remote` prefixes",
+            lpm_len(&c.remote_v6),
+            limits::REMOTE_ENTRIES,
+        ),
+    ];
+    for (what, need, have) in tables {
+        if need > have {
+            return Err(BpfError::Rules(format!(
+                "the {what} need {need} kernel table entries; it holds {have}"
+            )));
+        }
+    }
     if c.cgroup.max_level >= CG_LEVELS {
         return Err(BpfError::Rules(format!(
             "a `cgroup` condition is {} levels deep; the kernel looks at most {} levels down",
             c.cgroup.max_level,
             CG_LEVELS - 1
-        )));
-    }
-    if c.remote_v4.entries.len() >= REMOTE_ENTRIES || c.remote_v6.entries.len() >= REMOTE_ENTRIES {
-        return Err(BpfError::Rules(format!(
-            "too many distinct `remote` prefixes for one family (at most {})",
-            REMOTE_ENTRIES - 1
         )));
     }
     for (t, what) in [
@@ -222,6 +356,11 @@ pub fn check_fits(c: &CompiledRules) -> Result<(), BpfError> {
         }
     }
     Ok(())
+}
+
+/// Entries of an LPM table as written: the /0 entry and the others.
+fn lpm_len(t: &LpmTable) -> usize {
+    1 + t.entries.iter().filter(|e| e.prefix_len != 0).count()
 }
 
 fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
@@ -325,6 +464,35 @@ fn fill(map: &dyn MapCore, what: &str, entries: &[(Vec<u8>, Vec<u8>)]) -> Result
     Ok(())
 }
 
+/// A rule set compiled into the entries of the kernel's tables, ready for
+/// [`Policy::install_prepared`].
+pub struct Prepared {
+    rules: Rules,
+    tables: Tables,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("rules", &self.rules.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Compiles `rules` and resolves their cgroups under `cgroup_root`;
+    /// refuses a rule set that does not fit the kernel's tables.
+    pub fn new(rules: Rules, cgroup_root: &Path) -> Result<Prepared, BpfError> {
+        let compiled = CompiledRules::compile(&rules);
+        let tables = build(&compiled, cgroup_root)?;
+        Ok(Prepared { rules, tables })
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+}
+
 /// The rule sets in the kernel: which generation is in force and the rules
 /// of the last two (verdict records name rules by generation and index).
 /// Generations count every rule set installed; the low bit is the kernel
@@ -361,8 +529,16 @@ impl Policy {
     /// Writes `rules` into the generation not in use and makes it the one
     /// in force. On error the rules in force stay in force, untouched.
     pub fn install(&mut self, kernel: &Kernel, rules: Rules) -> Result<(), BpfError> {
-        let compiled = CompiledRules::compile(&rules);
-        let t = build(&compiled, &kernel.cgroup_root)?;
+        let p = Prepared::new(rules, &kernel.cgroup_root)?;
+        self.install_prepared(kernel, p)
+    }
+
+    /// [`Policy::install`] of a rule set already compiled (by
+    /// [`Prepared::new`], which needs no kernel and may run on another
+    /// thread). Only the map writes and the flip are left.
+    pub fn install_prepared(&mut self, kernel: &Kernel, p: Prepared) -> Result<(), BpfError> {
+        check_map_sizes(&kernel.skel().maps)?;
+        let Prepared { rules, tables: t } = p;
         // 0 means none; after 2^32 - 1 rule sets, 2 keeps the slots alternating.
         let next = match self.last.wrapping_add(1) {
             0 => 2,
@@ -439,6 +615,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     use procflow_core::rules::{parse_rules, NoUsers};
 
     #[test]
@@ -464,6 +641,74 @@ mod tests {
                 "port {p}"
             );
         }
+    }
+
+    #[test]
+    fn the_rule_maps_hold_what_the_rules_checker_allows() {
+        // Opening the object reads the map definitions; nothing is loaded.
+        let mut storage = std::mem::MaybeUninit::uninit();
+        let open = crate::skel::ProcflowSkelBuilder::default()
+            .open(&mut storage)
+            .unwrap();
+        let sizes: Vec<(String, u32)> = open
+            .open_object()
+            .maps()
+            .map(|m| (m.name().to_string_lossy().into_owned(), m.max_entries()))
+            .collect();
+        let want = [
+            ("pol_comm_", limits::COMM_ENTRIES),
+            ("pol_uid_", limits::UID_ENTRIES),
+            ("pol_cg_", limits::CGROUP_ENTRIES),
+            ("pol_exe_pre_", limits::EXE_ENTRIES),
+            ("pol_exe_suf_", limits::EXE_ENTRIES),
+            ("pol_r4_", limits::REMOTE_ENTRIES),
+            ("pol_r6_", limits::REMOTE_ENTRIES),
+        ];
+        for (prefix, entries) in want {
+            for g in 0..2 {
+                let name = format!("{prefix}{g}");
+                let have = sizes.iter().find(|(n, _)| *n == name);
+                assert_eq!(
+                    have.map(|(_, e)| *e as usize),
+                    Some(entries),
+                    "map {name}: the kernel's size and rules::limits disagree"
+                );
+            }
+        }
+        let port_masks = sizes.iter().find(|(n, _)| *n == "pol_port_mask");
+        assert_eq!(
+            port_masks.map(|(_, e)| *e as usize),
+            Some(4 * limits::PORT_SEGMENTS)
+        );
+    }
+
+    #[test]
+    fn check_fits_counts_the_miss_entries() {
+        let comms: String = (0..1024)
+            .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"block\"\ncomm = \"c{i}\"\n"))
+            .collect();
+        // The checker refuses it; build the rules by hand to see that the
+        // bpf side would too.
+        let one = parse_rules(
+            "t.toml",
+            "[[rule]]\nname = \"r\"\naction = \"block\"\ncomm = \"c\"\n",
+            &NoUsers,
+        )
+        .unwrap();
+        let mut r = one.clone();
+        r.rules = (0..1024)
+            .map(|i| {
+                let mut x = one.rules[0].clone();
+                x.name = format!("r{i}");
+                x.comm = Some(format!("c{i}"));
+                x
+            })
+            .collect();
+        let err = check_fits(&CompiledRules::compile(&r)).unwrap_err();
+        assert!(err.to_string().contains("`comm` values need 1025"), "{err}");
+        r.rules.pop();
+        check_fits(&CompiledRules::compile(&r)).unwrap();
+        assert!(parse_rules("t.toml", &comms, &NoUsers).is_err());
     }
 
     #[test]
