@@ -20,7 +20,7 @@ use procflow_core::rules::{
 };
 
 use crate::decode::{self, Clock};
-use crate::skel::types::{pf_policy_hdr, pf_verdict_event};
+use crate::skel::types::{pf_exe_ident, pf_policy_hdr, pf_task_ident, pf_verdict_event};
 use crate::{BpfError, Kernel};
 
 use crate::skel::types::{pf_hook, pf_size};
@@ -44,6 +44,90 @@ pub const PF_EV_VERDICT: u32 = decode::PF_EV_VERDICT;
 pub const VERDICT_EVENT_SIZE: usize = 384;
 const _: () = assert!(std::mem::size_of::<pf_verdict_event>() == VERDICT_EVENT_SIZE);
 const _: () = assert!(std::mem::size_of::<pf_policy_hdr>() == 912);
+
+const TASK_IDENT_SIZE: usize = 40;
+const EXE_IDENT_SIZE: usize = 544;
+const _: () = assert!(std::mem::size_of::<pf_task_ident>() == TASK_IDENT_SIZE);
+const _: () = assert!(std::mem::size_of::<pf_exe_ident>() == EXE_IDENT_SIZE);
+
+/// A process as the rules see it: what its next connect would be decided
+/// with (`pf_iter_pol_task`: the executable the kernel resolves and keeps
+/// for it, its thread-group leader's comm, its uid and cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleIdentity {
+    pub pid: u32,
+    /// The leader's start time, boot-time ns.
+    pub start_ns: u64,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// The executable path, as far as the kernel's exe keys see it: its
+    /// first and last [`EXE_KEY_BYTES`] bytes (the bytes between, of a
+    /// longer path, are not kept and are `?` here); empty when the kernel
+    /// could not resolve it (such a process matches no `exe` condition).
+    pub exe: String,
+}
+
+/// A path with the same exe keys as the kernel's `fwd` (the first bytes,
+/// NUL padded) and `rev` (the last bytes, reversed) of a `len`-byte path.
+fn exe_from_keys(fwd: &[u8], rev: &[u8], len: usize) -> Vec<u8> {
+    let k = EXE_KEY_BYTES;
+    if len <= k {
+        return fwd[..len].to_vec();
+    }
+    let tail: Vec<u8> = rev[..k].iter().rev().copied().collect();
+    let mut out = fwd[..k].to_vec();
+    if len <= 2 * k {
+        out.extend_from_slice(&tail[2 * k - len..]);
+    } else {
+        out.resize(len - k, b'?');
+        out.extend_from_slice(&tail);
+    }
+    out
+}
+
+/// Decodes the records of `pf_iter_pol_task`.
+fn decode_identities(bytes: &[u8]) -> Vec<RuleIdentity> {
+    bytes
+        .chunks_exact(TASK_IDENT_SIZE + EXE_IDENT_SIZE)
+        .filter_map(|rec| {
+            let t: pf_task_ident = decode::read_struct(rec)?;
+            let e: pf_exe_ident = decode::read_struct(&rec[TASK_IDENT_SIZE..])?;
+            let len = e.len as usize;
+            // The kernel composes at most PF_EXEC_PATH - 1 bytes.
+            let exe = if len == 0 || len >= 1024 {
+                String::new()
+            } else {
+                String::from_utf8_lossy(&exe_from_keys(&e.fwd.data, &e.rev.data, len)).into_owned()
+            };
+            Some(RuleIdentity {
+                pid: t.pid,
+                start_ns: t.start_ns,
+                uid: t.uid,
+                cgroup_id: t.cgroup_id,
+                comm: decode::c_str(&t.comm),
+                exe,
+            })
+        })
+        .collect()
+}
+
+impl Kernel {
+    /// Every process as the rules see it, by pid. Each process's identity
+    /// is resolved (and kept) by the kernel as at its first connect, so a
+    /// decision made from it agrees with the connect hook's.
+    pub fn rule_identities(
+        &mut self,
+    ) -> Result<std::collections::HashMap<u32, RuleIdentity>, BpfError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.iter_link("pf_iter_pol_task")?.as_fd().as_raw_fd();
+        let bytes = crate::scan::read_iter(fd)?;
+        Ok(decode_identities(&bytes)
+            .into_iter()
+            .map(|i| (i.pid, i))
+            .collect())
+    }
+}
 
 /// The hook that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -709,6 +793,40 @@ mod tests {
         r.rules.pop();
         check_fits(&CompiledRules::compile(&r)).unwrap();
         assert!(parse_rules("t.toml", &comms, &NoUsers).is_err());
+    }
+
+    #[test]
+    fn exe_paths_are_rebuilt_from_the_kernels_keys() {
+        let keys = |path: &[u8]| {
+            let mut fwd = [0u8; EXE_KEY_BYTES];
+            let n = path.len().min(EXE_KEY_BYTES);
+            fwd[..n].copy_from_slice(&path[..n]);
+            let mut rev = [0u8; EXE_KEY_BYTES];
+            for (i, b) in path.iter().rev().take(EXE_KEY_BYTES).enumerate() {
+                rev[i] = *b;
+            }
+            (fwd, rev)
+        };
+        for len in [1, 10, 255, 256, 257, 300, 511, 512, 513, 1000] {
+            let path: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let (fwd, rev) = keys(&path);
+            let got = exe_from_keys(&fwd, &rev, len);
+            assert_eq!(got.len(), len);
+            let s = String::from_utf8(got.clone()).unwrap();
+            let want = String::from_utf8(path.clone()).unwrap();
+            // The keys the compiled rules look up are the kernel's.
+            assert_eq!(
+                procflow_core::rules::exe_prefix_key(&s),
+                procflow_core::rules::exe_prefix_key(&want)
+            );
+            assert_eq!(
+                procflow_core::rules::exe_suffix_key(&s),
+                procflow_core::rules::exe_suffix_key(&want)
+            );
+            if len <= 2 * EXE_KEY_BYTES {
+                assert_eq!(got, path, "len {len}");
+            }
+        }
     }
 
     #[test]
