@@ -1178,7 +1178,7 @@ fn enforce_existing_decides_by_the_leaders_comm_as_the_connect_hook_does() {
     let comm = comm_of(&copy.0);
     let rules = RulesFile::new(
         "rexc",
-        &format!("[[rule]]\nname = \"x\"\naction = \"block\"\nremote_port = 1\n"),
+        "[[rule]]\nname = \"x\"\naction = \"block\"\nremote_port = 1\n",
     );
     let pf = start(&rules, &["--enforce-existing"]);
     let server = As::new(&p.b);
@@ -1227,7 +1227,7 @@ fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
     // resolves no executable for it, so no `exe` condition matches it at
     // connect; its /proc path does match the rule. The other runs from a
     // plain path that the rule names.
-    let p = Pair::new("rexe", 111);
+    let p = Pair::new("rdeep", 111);
     let b4 = p.b4.to_string();
     let base = std::env::temp_dir().join(format!("pf-deep-{}", std::process::id()));
     let deep_dir = (0..100).fold(base.clone(), |d, _| d.join("d"));
@@ -1241,7 +1241,7 @@ fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
     let _rm = Rm(base.clone());
     let deep_exe = deep_dir.join("pf-deep-probe");
     std::fs::copy(test_binary(), &deep_exe).unwrap();
-    let plain = Copy::new("rexe", "pf-plain-probe");
+    let plain = Copy::new("rdeep", "pf-plain-probe");
     let server = As::new(&p.b);
     let (s1, _) = server.spawn("listen 4 7720", "listening");
     let (_s1,) = (Reaped::new(s1),);
@@ -1258,7 +1258,7 @@ fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
     let (_d, _f) = (Reaped::new(d), Reaped::new(f));
     let (deep_end, flat_end) = (next_line(dout), next_line(fout));
     let rules = RulesFile::new(
-        "rexe",
+        "rdeep",
         &format!(
             "[[rule]]\nname = \"deep\"\naction = \"block\"\nexe = \"{}/*\"\n\
              remote = \"{b4}\"\n\n[[rule]]\nname = \"plain\"\naction = \"block\"\n\

@@ -164,7 +164,7 @@ fn prefix_matches(key: &[u8], pattern: &[u8], bits: u32) -> bool {
 fn truncate_bits(key: &[u8], bits: u32) -> Vec<u8> {
     let n = (bits as usize).div_ceil(8).min(key.len());
     let mut out = key[..n].to_vec();
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         if let Some(last) = out.last_mut() {
             *last &= 0xffu8 << (8 - bits % 8);
         }
