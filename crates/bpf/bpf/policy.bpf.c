@@ -141,3 +141,46 @@ int pf_pol_sock(struct bpf_sock *sk)
 		return 1;
 	return on_pol_bind(sk);
 }
+
+/* The identity a process's next connect would be decided with, for
+ * `--enforce-existing`: its executable as pol_current_exe computes it (and
+ * keeps it: the next decision uses this very entry), its leader's comm as
+ * pol_process_comm reads it, its uid and cgroup. Each record is a
+ * pf_task_ident followed by the pf_exe_ident. */
+struct pf_task_ident {
+	__u32 pid;         /* thread-group id */
+	__u32 uid;
+	__u64 start_ns;    /* the leader's start_boottime */
+	__u64 cgroup_id;
+	char comm[PF_COMM_LEN];
+};
+
+struct pf_task_ident _pf_task_ident = {};
+
+SEC("iter/task")
+int pf_iter_pol_task(struct bpf_iter__task *it)
+{
+	struct task_struct *task = it->task;
+	if (!pf_rules_on) /* load-time constant: without --rules, nothing to verify */
+		return 0;
+	if (!task || task->pid != task->tgid || (task->flags & PF_KTHREAD))
+		return 0;
+	struct pf_exe_ident *id = bpf_task_storage_get(&pol_task, task, 0, 0);
+	if (!id) {
+		id = bpf_task_storage_get(&pol_task, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!id)
+			return 0;
+		pol_exe_of_file(BPF_CORE_READ(task, mm, exe_file), id);
+	}
+	struct pf_task_ident r = {};
+	r.pid = task->tgid;
+	r.uid = BPF_CORE_READ(task, cred, uid.val);
+	r.start_ns = task->start_boottime;
+	r.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	bpf_probe_read_kernel_str(r.comm, PF_COMM_LEN, task->comm);
+	/* Both parts or neither: output that does not fit is dropped and the
+	 * task shown again in the next read. */
+	bpf_seq_write(it->meta->seq, &r, sizeof(r));
+	bpf_seq_write(it->meta->seq, id, sizeof(*id));
+	return 0;
+}

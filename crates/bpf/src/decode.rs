@@ -70,6 +70,10 @@ unsafe impl Plain for crate::skel::types::pf_dgram_val {}
 unsafe impl Plain for crate::skel::types::pf_verdict_event {}
 // SAFETY: as above.
 unsafe impl Plain for crate::skel::types::pf_policy_hdr {}
+// SAFETY: as above (sizes pinned in policy.rs).
+unsafe impl Plain for crate::skel::types::pf_task_ident {}
+// SAFETY: as above.
+unsafe impl Plain for crate::skel::types::pf_exe_ident {}
 
 /// Reads a `T` from the start of `bytes`, if it is long enough.
 pub(crate) fn read_struct<T: Plain>(bytes: &[u8]) -> Option<T> {

@@ -16,11 +16,11 @@ use libbpf_rs::{MapCore, MapFlags};
 use procflow_core::flow::Direction;
 use procflow_core::identity::Owner;
 use procflow_core::rules::{
-    cgroup_covers, CompiledRules, LpmTable, Mask, PortTable, Rules, EXE_KEY_BYTES,
+    cgroup_covers, limits, CompiledRules, LpmTable, Mask, PortTable, Rules, EXE_KEY_BYTES,
 };
 
 use crate::decode::{self, Clock};
-use crate::skel::types::{pf_policy_hdr, pf_verdict_event};
+use crate::skel::types::{pf_exe_ident, pf_policy_hdr, pf_task_ident, pf_verdict_event};
 use crate::{BpfError, Kernel};
 
 use crate::skel::types::{pf_hook, pf_size};
@@ -32,6 +32,9 @@ pub const PORT_SEGS: usize = pf_size::PF_SIZE_PORT_SEGS.0 as usize;
 pub const CG_LEVELS: usize = pf_size::PF_SIZE_CG_LEVELS.0 as usize;
 /// Entries of each remote LPM table, one kept for the /0 entry.
 pub const REMOTE_ENTRIES: usize = pf_size::PF_SIZE_REMOTE_ENTRIES.0 as usize;
+const _: () = assert!(PORT_SEGS == limits::PORT_SEGMENTS);
+const _: () = assert!(CG_LEVELS == limits::CGROUP_LEVELS);
+const _: () = assert!(REMOTE_ENTRIES == limits::REMOTE_ENTRIES);
 /// `PF_UID_MISS`: the uid key that holds the uid table's miss mask.
 const UID_MISS: u32 = u32::MAX;
 /// The comm key that holds the comm table's miss mask (no NUL in it).
@@ -41,6 +44,90 @@ pub const PF_EV_VERDICT: u32 = decode::PF_EV_VERDICT;
 pub const VERDICT_EVENT_SIZE: usize = 384;
 const _: () = assert!(std::mem::size_of::<pf_verdict_event>() == VERDICT_EVENT_SIZE);
 const _: () = assert!(std::mem::size_of::<pf_policy_hdr>() == 912);
+
+const TASK_IDENT_SIZE: usize = 40;
+const EXE_IDENT_SIZE: usize = 544;
+const _: () = assert!(std::mem::size_of::<pf_task_ident>() == TASK_IDENT_SIZE);
+const _: () = assert!(std::mem::size_of::<pf_exe_ident>() == EXE_IDENT_SIZE);
+
+/// A process as the rules see it: what its next connect would be decided
+/// with (`pf_iter_pol_task`: the executable the kernel resolves and keeps
+/// for it, its thread-group leader's comm, its uid and cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleIdentity {
+    pub pid: u32,
+    /// The leader's start time, boot-time ns.
+    pub start_ns: u64,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// The executable path, as far as the kernel's exe keys see it: its
+    /// first and last [`EXE_KEY_BYTES`] bytes (the bytes between, of a
+    /// longer path, are not kept and are `?` here); empty when the kernel
+    /// could not resolve it (such a process matches no `exe` condition).
+    pub exe: String,
+}
+
+/// A path with the same exe keys as the kernel's `fwd` (the first bytes,
+/// NUL padded) and `rev` (the last bytes, reversed) of a `len`-byte path.
+fn exe_from_keys(fwd: &[u8], rev: &[u8], len: usize) -> Vec<u8> {
+    let k = EXE_KEY_BYTES;
+    if len <= k {
+        return fwd[..len].to_vec();
+    }
+    let tail: Vec<u8> = rev[..k].iter().rev().copied().collect();
+    let mut out = fwd[..k].to_vec();
+    if len <= 2 * k {
+        out.extend_from_slice(&tail[2 * k - len..]);
+    } else {
+        out.resize(len - k, b'?');
+        out.extend_from_slice(&tail);
+    }
+    out
+}
+
+/// Decodes the records of `pf_iter_pol_task`.
+fn decode_identities(bytes: &[u8]) -> Vec<RuleIdentity> {
+    bytes
+        .chunks_exact(TASK_IDENT_SIZE + EXE_IDENT_SIZE)
+        .filter_map(|rec| {
+            let t: pf_task_ident = decode::read_struct(rec)?;
+            let e: pf_exe_ident = decode::read_struct(&rec[TASK_IDENT_SIZE..])?;
+            let len = e.len as usize;
+            // The kernel composes at most PF_EXEC_PATH - 1 bytes.
+            let exe = if len == 0 || len >= 1024 {
+                String::new()
+            } else {
+                String::from_utf8_lossy(&exe_from_keys(&e.fwd.data, &e.rev.data, len)).into_owned()
+            };
+            Some(RuleIdentity {
+                pid: t.pid,
+                start_ns: t.start_ns,
+                uid: t.uid,
+                cgroup_id: t.cgroup_id,
+                comm: decode::c_str(&t.comm),
+                exe,
+            })
+        })
+        .collect()
+}
+
+impl Kernel {
+    /// Every process as the rules see it, by pid. Each process's identity
+    /// is resolved (and kept) by the kernel as at its first connect, so a
+    /// decision made from it agrees with the connect hook's.
+    pub fn rule_identities(
+        &mut self,
+    ) -> Result<std::collections::HashMap<u32, RuleIdentity>, BpfError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.iter_link("pf_iter_pol_task")?.as_fd().as_raw_fd();
+        let bytes = crate::scan::read_iter(fd)?;
+        Ok(decode_identities(&bytes)
+            .into_iter()
+            .map(|i| (i.pid, i))
+            .collect())
+    }
+}
 
 /// The hook that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,19 +281,150 @@ fn cgroup_id(root: &Path, path: &str) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.ino())
 }
 
-/// Whether a compiled rule set fits the kernel's tables.
+/// The kernel's rule tables and the entries the rules checker assumes each
+/// holds ([`limits`]); [`check_map_sizes`] holds the loaded maps to them.
+fn table_sizes(maps: &crate::skel::ProcflowMaps<'_>) -> Vec<(&'static str, u32, usize)> {
+    vec![
+        (
+            "pol_comm_0",
+            maps.pol_comm_0.max_entries(),
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "pol_comm_1",
+            maps.pol_comm_1.max_entries(),
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "pol_uid_0",
+            maps.pol_uid_0.max_entries(),
+            limits::UID_ENTRIES,
+        ),
+        (
+            "pol_uid_1",
+            maps.pol_uid_1.max_entries(),
+            limits::UID_ENTRIES,
+        ),
+        (
+            "pol_cg_0",
+            maps.pol_cg_0.max_entries(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "pol_cg_1",
+            maps.pol_cg_1.max_entries(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "pol_exe_pre_0",
+            maps.pol_exe_pre_0.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_pre_1",
+            maps.pol_exe_pre_1.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_suf_0",
+            maps.pol_exe_suf_0.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_exe_suf_1",
+            maps.pol_exe_suf_1.max_entries(),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "pol_r4_0",
+            maps.pol_r4_0.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r4_1",
+            maps.pol_r4_1.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r6_0",
+            maps.pol_r6_0.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "pol_r6_1",
+            maps.pol_r6_1.max_entries(),
+            limits::REMOTE_ENTRIES,
+        ),
+    ]
+}
+
+/// Refuses maps smaller than the rules checker assumes, so that a rule set
+/// `procflow rules check` accepts always fits.
+fn check_map_sizes(maps: &crate::skel::ProcflowMaps<'_>) -> Result<(), BpfError> {
+    for (name, have, want) in table_sizes(maps) {
+        if (have as usize) < want {
+            return Err(BpfError::Rules(format!(
+                "the kernel map {name} holds {have} entries, but the rules checker allows \
+                 rule sets that need {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a compiled rule set fits the kernel's tables (the rules checker
+/// already refuses one that does not; this holds the compiled tables to the
+/// same limits).
 pub fn check_fits(c: &CompiledRules) -> Result<(), BpfError> {
+    let tables = [
+        (
+            "`comm` values",
+            c.comm.entries.len() + 1,
+            limits::COMM_ENTRIES,
+        ),
+        (
+            "`user` values",
+            c.uid.entries.len() + 1,
+            limits::UID_ENTRIES,
+        ),
+        (
+            "`cgroup` values",
+            c.cgroup.entries.len(),
+            limits::CGROUP_ENTRIES,
+        ),
+        (
+            "`exe` prefixes",
+            lpm_len(&c.exe_prefix),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "`exe` suffixes",
+            lpm_len(&c.exe_suffix),
+            limits::EXE_ENTRIES,
+        ),
+        (
+            "IPv4 `remote` prefixes",
+            lpm_len(&c.remote_v4),
+            limits::REMOTE_ENTRIES,
+        ),
+        (
+            "IPv6 `remote` prefixes",
+            lpm_len(&c.remote_v6),
+            limits::REMOTE_ENTRIES,
+        ),
+    ];
+    for (what, need, have) in tables {
+        if need > have {
+            return Err(BpfError::Rules(format!(
+                "the {what} need {need} kernel table entries; it holds {have}"
+            )));
+        }
+    }
     if c.cgroup.max_level >= CG_LEVELS {
         return Err(BpfError::Rules(format!(
             "a `cgroup` condition is {} levels deep; the kernel looks at most {} levels down",
             c.cgroup.max_level,
             CG_LEVELS - 1
-        )));
-    }
-    if c.remote_v4.entries.len() >= REMOTE_ENTRIES || c.remote_v6.entries.len() >= REMOTE_ENTRIES {
-        return Err(BpfError::Rules(format!(
-            "too many distinct `remote` prefixes for one family (at most {})",
-            REMOTE_ENTRIES - 1
         )));
     }
     for (t, what) in [
@@ -222,6 +440,11 @@ pub fn check_fits(c: &CompiledRules) -> Result<(), BpfError> {
         }
     }
     Ok(())
+}
+
+/// Entries of an LPM table as written: the /0 entry and the others.
+fn lpm_len(t: &LpmTable) -> usize {
+    1 + t.entries.iter().filter(|e| e.prefix_len != 0).count()
 }
 
 fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
@@ -325,6 +548,35 @@ fn fill(map: &dyn MapCore, what: &str, entries: &[(Vec<u8>, Vec<u8>)]) -> Result
     Ok(())
 }
 
+/// A rule set compiled into the entries of the kernel's tables, ready for
+/// [`Policy::install_prepared`].
+pub struct Prepared {
+    rules: Rules,
+    tables: Tables,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("rules", &self.rules.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Compiles `rules` and resolves their cgroups under `cgroup_root`;
+    /// refuses a rule set that does not fit the kernel's tables.
+    pub fn new(rules: Rules, cgroup_root: &Path) -> Result<Prepared, BpfError> {
+        let compiled = CompiledRules::compile(&rules);
+        let tables = build(&compiled, cgroup_root)?;
+        Ok(Prepared { rules, tables })
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+}
+
 /// The rule sets in the kernel: which generation is in force and the rules
 /// of the last two (verdict records name rules by generation and index).
 /// Generations count every rule set installed; the low bit is the kernel
@@ -361,8 +613,16 @@ impl Policy {
     /// Writes `rules` into the generation not in use and makes it the one
     /// in force. On error the rules in force stay in force, untouched.
     pub fn install(&mut self, kernel: &Kernel, rules: Rules) -> Result<(), BpfError> {
-        let compiled = CompiledRules::compile(&rules);
-        let t = build(&compiled, &kernel.cgroup_root)?;
+        let p = Prepared::new(rules, &kernel.cgroup_root)?;
+        self.install_prepared(kernel, p)
+    }
+
+    /// [`Policy::install`] of a rule set already compiled (by
+    /// [`Prepared::new`], which needs no kernel and may run on another
+    /// thread). Only the map writes and the flip are left.
+    pub fn install_prepared(&mut self, kernel: &Kernel, p: Prepared) -> Result<(), BpfError> {
+        check_map_sizes(&kernel.skel().maps)?;
+        let Prepared { rules, tables: t } = p;
         // 0 means none; after 2^32 - 1 rule sets, 2 keeps the slots alternating.
         let next = match self.last.wrapping_add(1) {
             0 => 2,
@@ -439,6 +699,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     use procflow_core::rules::{parse_rules, NoUsers};
 
     #[test]
@@ -463,6 +724,108 @@ mod tests {
                 mask_bytes(&c.remote_port.lookup(p)),
                 "port {p}"
             );
+        }
+    }
+
+    #[test]
+    fn the_rule_maps_hold_what_the_rules_checker_allows() {
+        // Opening the object reads the map definitions; nothing is loaded.
+        let mut storage = std::mem::MaybeUninit::uninit();
+        let open = crate::skel::ProcflowSkelBuilder::default()
+            .open(&mut storage)
+            .unwrap();
+        let sizes: Vec<(String, u32)> = open
+            .open_object()
+            .maps()
+            .map(|m| (m.name().to_string_lossy().into_owned(), m.max_entries()))
+            .collect();
+        let want = [
+            ("pol_comm_", limits::COMM_ENTRIES),
+            ("pol_uid_", limits::UID_ENTRIES),
+            ("pol_cg_", limits::CGROUP_ENTRIES),
+            ("pol_exe_pre_", limits::EXE_ENTRIES),
+            ("pol_exe_suf_", limits::EXE_ENTRIES),
+            ("pol_r4_", limits::REMOTE_ENTRIES),
+            ("pol_r6_", limits::REMOTE_ENTRIES),
+        ];
+        for (prefix, entries) in want {
+            for g in 0..2 {
+                let name = format!("{prefix}{g}");
+                let have = sizes.iter().find(|(n, _)| *n == name);
+                assert_eq!(
+                    have.map(|(_, e)| *e as usize),
+                    Some(entries),
+                    "map {name}: the kernel's size and rules::limits disagree"
+                );
+            }
+        }
+        let port_masks = sizes.iter().find(|(n, _)| *n == "pol_port_mask");
+        assert_eq!(
+            port_masks.map(|(_, e)| *e as usize),
+            Some(4 * limits::PORT_SEGMENTS)
+        );
+    }
+
+    #[test]
+    fn check_fits_counts_the_miss_entries() {
+        let comms: String = (0..1024)
+            .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"block\"\ncomm = \"c{i}\"\n"))
+            .collect();
+        // The checker refuses it; build the rules by hand to see that the
+        // bpf side would too.
+        let one = parse_rules(
+            "t.toml",
+            "[[rule]]\nname = \"r\"\naction = \"block\"\ncomm = \"c\"\n",
+            &NoUsers,
+        )
+        .unwrap();
+        let mut r = one.clone();
+        r.rules = (0..1024)
+            .map(|i| {
+                let mut x = one.rules[0].clone();
+                x.name = format!("r{i}");
+                x.comm = Some(format!("c{i}"));
+                x
+            })
+            .collect();
+        let err = check_fits(&CompiledRules::compile(&r)).unwrap_err();
+        assert!(err.to_string().contains("`comm` values need 1025"), "{err}");
+        r.rules.pop();
+        check_fits(&CompiledRules::compile(&r)).unwrap();
+        assert!(parse_rules("t.toml", &comms, &NoUsers).is_err());
+    }
+
+    #[test]
+    fn exe_paths_are_rebuilt_from_the_kernels_keys() {
+        let keys = |path: &[u8]| {
+            let mut fwd = [0u8; EXE_KEY_BYTES];
+            let n = path.len().min(EXE_KEY_BYTES);
+            fwd[..n].copy_from_slice(&path[..n]);
+            let mut rev = [0u8; EXE_KEY_BYTES];
+            for (i, b) in path.iter().rev().take(EXE_KEY_BYTES).enumerate() {
+                rev[i] = *b;
+            }
+            (fwd, rev)
+        };
+        for len in [1, 10, 255, 256, 257, 300, 511, 512, 513, 1000] {
+            let path: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let (fwd, rev) = keys(&path);
+            let got = exe_from_keys(&fwd, &rev, len);
+            assert_eq!(got.len(), len);
+            let s = String::from_utf8(got.clone()).unwrap();
+            let want = String::from_utf8(path.clone()).unwrap();
+            // The keys the compiled rules look up are the kernel's.
+            assert_eq!(
+                procflow_core::rules::exe_prefix_key(&s),
+                procflow_core::rules::exe_prefix_key(&want)
+            );
+            assert_eq!(
+                procflow_core::rules::exe_suffix_key(&s),
+                procflow_core::rules::exe_suffix_key(&want)
+            );
+            if len <= 2 * EXE_KEY_BYTES {
+                assert_eq!(got, path, "len {len}");
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use procflow_bpf::policy::{KernelVerdict, Policy};
+use procflow_bpf::policy::{KernelVerdict, Policy, Prepared, RuleIdentity};
 use procflow_bpf::sock_destroy::{self, TcpId};
 use procflow_bpf::Kernel;
 use procflow_core::flow::{FlowKey, Proto, Verdict};
@@ -61,6 +61,8 @@ pub struct Enforcer {
     generation: u64,
     /// The generation held in each of the kernel's two table copies.
     slot_generation: [u64; 2],
+    /// A reload being read, checked and compiled.
+    reloading: Option<std::thread::JoinHandle<Result<Prepared, String>>>,
 }
 
 impl Enforcer {
@@ -77,6 +79,7 @@ impl Enforcer {
             hup,
             generation: 0,
             slot_generation: [0; 2],
+            reloading: None,
         };
         if let Some(path) = e.path.clone() {
             if let Some(r) = kernel
@@ -111,13 +114,24 @@ impl Enforcer {
         path: &std::path::Path,
         sinks: &mut Sinks,
     ) -> Result<(), String> {
-        let result = match rules_cmd::load(path) {
-            Err(e) => Err(e.to_string()),
-            Ok(rules) => self
-                .policy
-                .install(kernel, rules)
-                .map_err(|e| format!("{}: {e}", path.display())),
-        };
+        let prepared = prepare(path, &kernel.cgroup_root);
+        self.install(kernel, path, prepared, sinks)
+    }
+
+    /// Installs a rule set [`prepare`]d (or says why it was refused); writes
+    /// the rules record of the outcome.
+    fn install(
+        &mut self,
+        kernel: &Kernel,
+        path: &std::path::Path,
+        prepared: Result<Prepared, String>,
+        sinks: &mut Sinks,
+    ) -> Result<(), String> {
+        let result = prepared.and_then(|p| {
+            self.policy
+                .install_prepared(kernel, p)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
         let outcome = match &result {
             Ok(()) => {
                 self.generation += 1;
@@ -161,14 +175,37 @@ impl Enforcer {
         sys: &mut dyn SystemLookup,
         sinks: &mut Sinks,
     ) -> Result<()> {
-        if !self.hup.swap(false, Ordering::Relaxed) {
-            return Ok(());
-        }
         let Some(path) = self.path.clone() else {
-            tracing::warn!("SIGHUP: no --rules file to reload");
+            if self.hup.swap(false, Ordering::Relaxed) {
+                tracing::warn!("SIGHUP: no --rules file to reload");
+            }
             return Ok(());
         };
-        if let Err(e) = self.load(kernel, &path, sinks) {
+        // The file is read, checked and compiled on a thread of its own, so
+        // that the kernel's records keep being read meanwhile; the rules in
+        // force stay in force until the new ones are installed here.
+        let prepared = match self.reloading.take() {
+            Some(worker) if worker.is_finished() => worker
+                .join()
+                .unwrap_or_else(|_| Err("checking the rules file panicked".to_string())),
+            Some(worker) => {
+                self.reloading = Some(worker);
+                return Ok(());
+            }
+            None => {
+                if self.hup.swap(false, Ordering::Relaxed) {
+                    let root = kernel.cgroup_root.clone();
+                    let file = path.clone();
+                    let worker = std::thread::Builder::new()
+                        .name("rules-reload".into())
+                        .spawn(move || prepare(&file, &root))
+                        .context("starting the rules reload")?;
+                    self.reloading = Some(worker);
+                }
+                return Ok(());
+            }
+        };
+        if let Err(e) = self.install(kernel, &path, prepared, sinks) {
             tracing::error!("rules: reload refused, the rules in force stay in force:\n{e}");
             return Ok(());
         }
@@ -249,6 +286,12 @@ impl Enforcer {
     }
 }
 
+/// Reads, checks and compiles the rules file at `path`.
+fn prepare(path: &std::path::Path, cgroup_root: &std::path::Path) -> Result<Prepared, String> {
+    let rules = rules_cmd::load(path).map_err(|e| e.to_string())?;
+    Prepared::new(rules, cgroup_root).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The live TCP connections that `rules` block, by network namespace.
 fn blocked_connections(
     rules: &Rules,
@@ -258,6 +301,19 @@ fn blocked_connections(
 ) -> Result<BTreeMap<u64, Vec<TcpId>>> {
     let compiled = CompiledRules::compile(rules);
     let views = kernel.dump().context("reading live connections")?.views;
+    // Each owner as the connect hook sees it: the executable the kernel
+    // resolves (not the /proc path), the leader's comm (not the comm of the
+    // thread that connected), uid and cgroup of the process now.
+    let kernel_ids = match kernel.rule_identities() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(
+                "rules: reading processes as the rules see them: {e}; deciding existing \
+                 connections by their recorded owners"
+            );
+            Default::default()
+        }
+    };
     let mut out: BTreeMap<u64, Vec<TcpId>> = BTreeMap::new();
     for v in views {
         let (rip, rport) = v.info.remote;
@@ -267,16 +323,24 @@ fn blocked_connections(
         }
         let Some(owner) = &v.owner else { continue };
         let ident = table.identity(owner, sys);
-        let exe = ident.exe.clone().unwrap_or_default();
         let ancestors = ident
             .cgroup
             .as_deref()
             .map(cgroup_ancestors)
             .unwrap_or_default();
+        let same_process = |k: &&RuleIdentity| owner.start_ns == 0 || k.start_ns == owner.start_ns;
+        let (exe, comm, uid) = match kernel_ids.get(&owner.pid).filter(same_process) {
+            Some(k) => (k.exe.clone(), k.comm.clone(), k.uid),
+            None => (
+                ident.exe.clone().unwrap_or_default(),
+                owner.comm.clone(),
+                owner.uid,
+            ),
+        };
         let q = Query {
             exe: &exe,
-            comm: &owner.comm,
-            uid: owner.uid,
+            comm: &comm,
+            uid,
             cgroup_ancestors: &ancestors,
             direction: if v.info.direction == procflow_core::flow::Direction::In {
                 Direction::In

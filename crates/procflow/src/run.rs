@@ -280,6 +280,7 @@ fn stats_record(
         "dns_rejected": t.dns.rejected,
         "dns_queries_refused": t.dns.queries_refused,
         "dns_queries_expired": t.dns.queries_expired,
+        "sock_destroy_replies_ignored": procflow_bpf::sock_destroy::ignored_replies(),
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

@@ -133,3 +133,80 @@ fn explain_names_the_deciding_rule_and_why_earlier_ones_do_not_match() {
     assert_eq!(code, 1);
     assert!(err.contains("--remote nonsense"), "{err}");
 }
+
+/// `n` rules, rule `i` with the condition `cond(i)` on line `4 * i + 4`.
+fn many(n: usize, cond: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[rule]]\nname = \"r{i}\"\naction = \"block\"\n{}\n",
+                cond(i)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn check_refuses_more_distinct_values_than_the_kernel_tables_hold() {
+    // 1,024 distinct comms are 1,025 entries of the kernel's 1,024-entry
+    // comm table (one entry is the mask of comms no rule names); likewise
+    // users. 1,025 cgroups: one more than the cgroup table.
+    for (what, n, cond, limit) in [
+        (
+            "`comm` values",
+            1024,
+            &(|i| format!("comm = \"c{i}\"")) as &dyn Fn(usize) -> String,
+            1023,
+        ),
+        (
+            "`user` values (uids)",
+            1024,
+            &|i| format!("user = {}", 20000 + i),
+            1023,
+        ),
+    ] {
+        let f = TempFile::new("limit.toml", &many(n, cond));
+        let (code, _, err) = run(&["rules", "check", f.0.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        let line = 4 * (n - 1) + 4;
+        assert!(
+            err.contains(&format!(
+                "limit.toml:{line}:8: too many distinct {what}: {n} in the file, but the \
+                 kernel's"
+            )) && err.contains(&format!(
+                "holds at most {limit}; this is the first one over"
+            )),
+            "{err}"
+        );
+        let ok = TempFile::new("fits.toml", &many(n - 1, cond));
+        let (code, _, err) = run(&["rules", "check", ok.0.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+    }
+    // More than 1,024 rules are refused before anything else.
+    let f = TempFile::new("cg.toml", &many(1025, |i| format!("cgroup = \"/c{i}\"")));
+    let (code, _, err) = run(&["rules", "check", f.0.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("too many rules: 1025 (at most 1024)"), "{err}");
+    let f = TempFile::new("cg.toml", &many(1024, |i| format!("cgroup = \"/c{i}\"")));
+    let (code, _, err) = run(&["rules", "check", f.0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_of_200000_rules_takes_seconds() {
+    let f = TempFile::new(
+        "big.toml",
+        &many(200_000, |i| {
+            format!("remote = \"10.{}.{}.0/24\"", i / 256 % 256, i % 256)
+        }),
+    );
+    let t = std::time::Instant::now();
+    let (code, _, err) = run(&["rules", "check", f.0.to_str().unwrap()]);
+    let took = t.elapsed();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("big.toml:4097:1: too many rules: 200000"),
+        "{err}"
+    );
+    assert!(took.as_secs() < 15, "took {took:?}");
+}

@@ -1156,6 +1156,222 @@ fn enforce_existing_closes_a_connection_the_new_rules_block() {
     pf.stop();
 }
 
+/// Reads the next line of a held probe's output on a thread of its own.
+fn next_line(mut out: BufReader<std::process::ChildStdout>) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx
+}
+
+#[test]
+fn enforce_existing_decides_by_the_leaders_comm_as_the_connect_hook_does() {
+    // Probes connect from a thread named after the test (`probe_entry`);
+    // the process's comm (its leader's) is the binary's name. The kernel
+    // decides by the latter; so must --enforce-existing.
+    let p = Pair::new("rexc", 110);
+    let b4 = p.b4.to_string();
+    let copy = Copy::new("rexc", "pf-exc-probe");
+    let comm = comm_of(&copy.0);
+    let rules = RulesFile::new(
+        "rexc",
+        "[[rule]]\nname = \"x\"\naction = \"block\"\nremote_port = 1\n",
+    );
+    let pf = start(&rules, &["--enforce-existing"]);
+    let server = As::new(&p.b);
+    let (s1, _) = server.spawn("listen 4 7710", "listening");
+    let (s2, _) = server.spawn("listen 4 7711", "listening");
+    let (_s1, _s2) = (Reaped::new(s1), Reaped::new(s2));
+    let a = As {
+        exe: copy.0.clone(),
+        ..As::new(&p.a)
+    };
+    let (victim, vout) = a.spawn(&format!("hold {b4} 7710"), "connected");
+    let other = As::new(&p.a);
+    let (keeper, kout) = other.spawn(&format!("hold {b4} 7710"), "connected");
+    let (_v, _k) = (Reaped::new(victim), Reaped::new(keeper));
+    let (victim_end, keeper_end) = (next_line(vout), next_line(kout));
+    // The thread that connected is not named `comm`: a rule on the thread's
+    // name would not match at connect, and must not here either.
+    rules.write(&format!(
+        "[[rule]]\nname = \"by-comm\"\naction = \"block\"\ncomm = \"{comm}\"\n\
+         remote = \"{b4}\"\n\n[[rule]]\nname = \"by-thread\"\naction = \"block\"\n\
+         comm = \"probe_entry\"\nremote = \"{b4}\"\n"
+    ));
+    common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    assert_eq!(pf.wait_rules_ack(2)["outcome"], "accepted");
+    let line = victim_end
+        .recv_timeout(Duration::from_secs(5))
+        .expect("--enforce-existing did not close the connection of the process named {comm}");
+    assert_eq!(
+        line.trim().rsplit("PFPROBE ").next().unwrap(),
+        "closed err 103"
+    );
+    assert!(
+        keeper_end.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a connection was closed by the name of the thread that made it"
+    );
+    // The kernel hook decides a new connect of each the same way.
+    assert_eq!(a.result(&format!("tcp {b4} 7711")), EPERM);
+    assert_eq!(other.result(&format!("tcp {b4} 7711")), "ok");
+    pf.stop();
+}
+
+#[test]
+fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
+    // Two processes connected before procflow starts. One runs from a path
+    // too deep for the kernel's walk (more than 80 components): the kernel
+    // resolves no executable for it, so no `exe` condition matches it at
+    // connect; its /proc path does match the rule. The other runs from a
+    // plain path that the rule names.
+    let p = Pair::new("rdeep", 111);
+    let b4 = p.b4.to_string();
+    let base = std::env::temp_dir().join(format!("pf-deep-{}", std::process::id()));
+    let deep_dir = (0..100).fold(base.clone(), |d, _| d.join("d"));
+    std::fs::create_dir_all(&deep_dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(base.clone());
+    let deep_exe = deep_dir.join("pf-deep-probe");
+    std::fs::copy(test_binary(), &deep_exe).unwrap();
+    let plain = Copy::new("rdeep", "pf-plain-probe");
+    let server = As::new(&p.b);
+    let (s1, _) = server.spawn("listen 4 7720", "listening");
+    let (_s1,) = (Reaped::new(s1),);
+    let deep = As {
+        exe: deep_exe.clone(),
+        ..As::new(&p.a)
+    };
+    let flat = As {
+        exe: plain.0.clone(),
+        ..As::new(&p.a)
+    };
+    let (d, dout) = deep.spawn(&format!("hold {b4} 7720"), "connected");
+    let (f, fout) = flat.spawn(&format!("hold {b4} 7720"), "connected");
+    let (_d, _f) = (Reaped::new(d), Reaped::new(f));
+    let (deep_end, flat_end) = (next_line(dout), next_line(fout));
+    let rules = RulesFile::new(
+        "rdeep",
+        &format!(
+            "[[rule]]\nname = \"deep\"\naction = \"block\"\nexe = \"{}/*\"\n\
+             remote = \"{b4}\"\n\n[[rule]]\nname = \"plain\"\naction = \"block\"\n\
+             exe = \"{}\"\nremote = \"{b4}\"\n",
+            base.display(),
+            plain.0.display()
+        ),
+    );
+    let pf = start(&rules, &["--enforce-existing"]);
+    assert_eq!(pf.wait_rules_ack(1)["outcome"], "accepted");
+    let line = flat_end
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the connection of the executable the rule names was not closed");
+    assert_eq!(
+        line.trim().rsplit("PFPROBE ").next().unwrap(),
+        "closed err 103"
+    );
+    assert!(
+        deep_end.recv_timeout(Duration::from_millis(500)).is_err(),
+        "closed by the /proc path, which the kernel never matches"
+    );
+    assert_eq!(flat.result(&format!("tcp {b4} 7720")), EPERM);
+    assert_eq!(deep.result(&format!("tcp {b4} 7720")), "ok");
+    pf.stop();
+}
+
+#[test]
+fn a_reload_being_checked_keeps_records_flowing_and_the_old_rules_in_force() {
+    // The rules file becomes a FIFO: reading it for the reload waits until
+    // the test writes the new rules, however long. Meanwhile the kernel's
+    // records must keep being read, and the rules in force keep deciding.
+    let p = Pair::new("rslow", 112);
+    let b4 = p.b4.to_string();
+    let block = |port: u16| {
+        format!(
+            "[[rule]]\nname = \"block-{port}\"\naction = \"block\"\nremote = \"{b4}\"\n\
+             remote_port = {port}\n"
+        )
+    };
+    let rules = RulesFile::new("rslow", &block(7730));
+    let pf = start(&rules, &[]);
+    assert_eq!(pf.wait_rules_ack(1)["outcome"], "accepted");
+    let server = As::new(&p.b);
+    let (s1, _) = server.spawn("listen 4 7731", "listening");
+    let (_s1,) = (Reaped::new(s1),);
+    std::fs::remove_file(&rules.path).unwrap();
+    let fifo = std::ffi::CString::new(rules.arg()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let a = As::new(&p.a);
+    let (pid, r) = a.run(&format!("tcp {b4} 7730"));
+    assert_eq!(r, EPERM, "the rules in force while the reload is read");
+    let (pid2, r) = a.run(&format!("tcp {b4} 7731"));
+    assert_eq!(r, "ok");
+    let recs = pf.wait_records(
+        10,
+        "records of connections made during the reload",
+        |recs| {
+            let verdict = recs.iter().any(|r| {
+                r["type"] == "verdict" && r["process"]["pid"].as_u64() == Some(pid.into())
+            });
+            let flow = recs.iter().any(|r| {
+                r["type"] == "flow"
+                    && r["state"] == "closed"
+                    && r["process"]["pid"].as_u64() == Some(pid2.into())
+            });
+            verdict && flow
+        },
+    );
+    assert_eq!(
+        recs.iter().filter(|r| r["type"] == "rules").count(),
+        1,
+        "the reload is not done yet"
+    );
+    // The new rules arrive.
+    std::fs::write(&rules.path, block(7731)).unwrap();
+    let ack = pf.wait_rules_ack(2);
+    assert_eq!(
+        (&ack["outcome"], &ack["generation"]),
+        (&"accepted".into(), &2.into()),
+        "{ack}"
+    );
+    assert_eq!(a.result(&format!("tcp {b4} 7731")), EPERM);
+    assert_eq!(a.result(&format!("tcp {b4} 7730")), REFUSED);
+
+    // A rule set the kernel's tables cannot hold is refused on reload, and
+    // the rules in force stay.
+    std::fs::remove_file(&rules.path).unwrap();
+    let comms: String = (0..1024)
+        .map(|i| format!("[[rule]]\nname = \"c{i}\"\naction = \"block\"\ncomm = \"c{i}\"\n"))
+        .collect();
+    rules.write(&comms);
+    common::sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    let ack = pf.wait_rules_ack(3);
+    assert_eq!(
+        (&ack["outcome"], &ack["generation"]),
+        (&"refused".into(), &2.into()),
+        "{ack}"
+    );
+    let err = ack["error"].as_str().unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "{}:4096:8: too many distinct `comm` values: 1024",
+            rules.arg()
+        )) && err.contains("at most 1023"),
+        "{err}"
+    );
+    assert_eq!(a.result(&format!("tcp {b4} 7731")), EPERM);
+    pf.stop();
+}
+
 /// The prefixes that cover every address outside `net/len` (its
 /// complement), so that rules can leave other traffic alone.
 fn complement(net: IpAddr, len: u32) -> Vec<String> {

@@ -2,10 +2,12 @@
 //! checked [`Rules`], refusing anything that is impossible, ambiguous or that
 //! the kernel cannot evaluate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use super::compile::{comm_key, exe_prefix_key, limits};
 use super::diagnostic::{Diags, RulesError};
 use super::model::{
     Action, Direction, ExePattern, IpPrefix, PortRange, ProtoMatch, Rule, Rules, UserMatch,
@@ -71,15 +73,19 @@ pub fn parse_rules(file: &str, text: &str, users: &dyn UserLookup) -> Result<Rul
             rules.push(rule);
         }
     }
-    if raw.rules.len() > MAX_RULES {
+    if raw.total > MAX_RULES {
         let r = &raw.rules[MAX_RULES];
         diags.error(
             &r.span,
             format!(
-                "too many rules: {} (at most {MAX_RULES}); this is rule #{MAX_RULES}",
-                raw.rules.len()
+                "too many rules: {} (at most {MAX_RULES}); this is rule #{MAX_RULES}, and the \
+                 rules from here on are not checked",
+                raw.total
             ),
         );
+    }
+    if diags.is_empty() && rules.len() <= MAX_RULES {
+        check_limits(&mut diags, &raw.rules, &rules);
     }
     if !diags.is_empty() {
         return Err(diags.into_error());
@@ -96,6 +102,179 @@ impl Rules {
     pub fn parse(file: &str, text: &str, users: &dyn UserLookup) -> Result<Rules, RulesError> {
         parse_rules(file, text, users)
     }
+}
+
+/// Distinct values of one condition, counted against what the kernel's table
+/// for it holds; remembers where the first value over the limit is.
+struct Distinct<'s, K> {
+    what: &'static str,
+    table: &'static str,
+    limit: usize,
+    seen: HashSet<K>,
+    over: Option<&'s Range<usize>>,
+}
+
+impl<'s, K: Hash + Eq> Distinct<'s, K> {
+    fn new(what: &'static str, table: &'static str, limit: usize) -> Self {
+        Distinct {
+            what,
+            table,
+            limit,
+            seen: HashSet::new(),
+            over: None,
+        }
+    }
+
+    fn add(&mut self, key: K, span: &'s Range<usize>) {
+        if self.seen.insert(key) && self.seen.len() > self.limit && self.over.is_none() {
+            self.over = Some(span);
+        }
+    }
+
+    fn report(&self, diags: &mut Diags<'_>) {
+        if let Some(span) = self.over {
+            diags.error(
+                span,
+                format!(
+                    "too many distinct {}: {} in the file, but the kernel's {} holds at most \
+                     {}; this is the first one over the limit",
+                    self.what,
+                    self.seen.len(),
+                    self.table,
+                    self.limit
+                ),
+            );
+        }
+    }
+}
+
+/// The port space cut by the ranges of one port condition, counted against
+/// the kernel's segments for it.
+struct Segments<'s> {
+    what: &'static str,
+    cuts: BTreeSet<u16>,
+    over: Option<&'s Range<usize>>,
+}
+
+impl<'s> Segments<'s> {
+    fn new(what: &'static str) -> Self {
+        Segments {
+            what,
+            cuts: BTreeSet::from([0]),
+            over: None,
+        }
+    }
+
+    fn add(&mut self, r: &PortRange, span: &'s Range<usize>) {
+        self.cuts.insert(r.lo);
+        if let Some(next) = r.hi.checked_add(1) {
+            self.cuts.insert(next);
+        }
+        if self.cuts.len() > limits::PORT_SEGMENTS && self.over.is_none() {
+            self.over = Some(span);
+        }
+    }
+
+    fn report(&self, diags: &mut Diags<'_>) {
+        if let Some(span) = self.over {
+            diags.error(
+                span,
+                format!(
+                    "the `{}` ranges cut the port space into {} segments, but the kernel \
+                     holds at most {}; this is the first range over the limit",
+                    self.what,
+                    self.cuts.len(),
+                    limits::PORT_SEGMENTS
+                ),
+            );
+        }
+    }
+}
+
+/// Refuses a rule set whose conditions need more entries than the kernel's
+/// tables hold (see [`limits`]), at the first value over each limit. `raw`
+/// and `rules` are the same rules, all checked.
+fn check_limits(diags: &mut Diags<'_>, raw: &[RawRule], rules: &[Rule]) {
+    let mut comm = Distinct::new("`comm` values", "comm table", limits::COMM_ENTRIES - 1);
+    let mut user = Distinct::new("`user` values (uids)", "uid table", limits::UID_ENTRIES - 1);
+    let mut cgroup = Distinct::new("`cgroup` values", "cgroup table", limits::CGROUP_ENTRIES);
+    let mut exe_pre = Distinct::new(
+        "`exe` paths and `PREFIX*` patterns",
+        "exe prefix table",
+        limits::EXE_ENTRIES - 1,
+    );
+    let mut exe_suf = Distinct::new(
+        "`exe` `*SUFFIX` patterns",
+        "exe suffix table",
+        limits::EXE_ENTRIES - 1,
+    );
+    let mut v4 = Distinct::new(
+        "IPv4 `remote` prefixes",
+        "IPv4 remote table",
+        limits::REMOTE_ENTRIES - 1,
+    );
+    let mut v6 = Distinct::new(
+        "IPv6 `remote` prefixes",
+        "IPv6 remote table",
+        limits::REMOTE_ENTRIES - 1,
+    );
+    let mut rport = Segments::new("remote_port");
+    let mut lport = Segments::new("local_port");
+    for (raw, rule) in raw.iter().zip(rules) {
+        if let (Some(at), Some(e)) = (&raw.exe, &rule.exe) {
+            // Keys as compile.rs makes them; a zero-length one (`*`) is the
+            // table's catch-all entry.
+            match e {
+                ExePattern::Exact(p) => exe_pre.add(exe_prefix_key(p), &at.span),
+                ExePattern::Prefix(p) if !p.is_empty() => {
+                    exe_pre.add(p.as_bytes().to_vec(), &at.span)
+                }
+                ExePattern::Suffix(p) if !p.is_empty() => {
+                    exe_suf.add(p.as_bytes().to_vec(), &at.span)
+                }
+                _ => {}
+            }
+        }
+        if let (Some(at), Some(c)) = (&raw.comm, &rule.comm) {
+            comm.add(comm_key(c), &at.span);
+        }
+        if let (Some(at), Some(u)) = (&raw.user, &rule.user) {
+            user.add(u.uid, &at.span);
+        }
+        if let (Some(at), Some(c)) = (&raw.cgroup, &rule.cgroup) {
+            cgroup.add(c.clone(), &at.span);
+        }
+        if let Some(at) = &raw.remote {
+            for (a, p) in at.value.iter().zip(&rule.remote) {
+                if p.len == 0 {
+                    continue;
+                }
+                match p.addr {
+                    IpAddr::V4(_) => v4.add((p.addr, p.len), &a.span),
+                    IpAddr::V6(_) => v6.add((p.addr, p.len), &a.span),
+                }
+            }
+        }
+        for (at, ranges, segs) in [
+            (&raw.remote_port, &rule.remote_port, &mut rport),
+            (&raw.local_port, &rule.local_port, &mut lport),
+        ] {
+            if let Some(at) = at {
+                for (a, r) in at.value.iter().zip(ranges) {
+                    segs.add(r, &a.span);
+                }
+            }
+        }
+    }
+    exe_pre.report(diags);
+    exe_suf.report(diags);
+    comm.report(diags);
+    user.report(diags);
+    cgroup.report(diags);
+    v4.report(diags);
+    v6.report(diags);
+    rport.report(diags);
+    lport.report(diags);
 }
 
 fn check_rule(diags: &mut Diags<'_>, users: &dyn UserLookup, r: &RawRule) -> Option<Rule> {
@@ -375,6 +554,13 @@ fn cgroup(s: &str) -> Result<String, String> {
     {
         return Err(format!(
             "`cgroup` {s:?} has an empty, `.` or `..` component; write the plain path"
+        ));
+    }
+    let depth = path.split('/').filter(|c| !c.is_empty()).count();
+    if depth >= limits::CGROUP_LEVELS {
+        return Err(format!(
+            "`cgroup` {s:?} is {depth} levels deep; the kernel looks at most {} levels down",
+            limits::CGROUP_LEVELS - 1
         ));
     }
     Ok(path.to_string())

@@ -10,7 +10,7 @@
 //! lookups, plus one binary search per port, so the kernel's cost does not
 //! grow with the number of rules.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
@@ -27,6 +27,28 @@ pub const EXE_KEY_BYTES: usize = 256;
 /// Bytes of a comm key (the kernel's `TASK_COMM_LEN`).
 pub const COMM_KEY_BYTES: usize = MAX_COMM + 1;
 
+/// What the kernel's rule tables hold (`bpf/policy.h`; the bpf crate checks
+/// these against the maps it loads). [`parse_rules`](super::parse_rules)
+/// refuses a rule set that does not fit, so a checked rule set always
+/// installs.
+pub mod limits {
+    /// Entries of the comm table; one holds the mask of comms no rule names.
+    pub const COMM_ENTRIES: usize = 1024;
+    /// Entries of the uid table; one holds the mask of uids no rule names.
+    pub const UID_ENTRIES: usize = 1024;
+    /// Entries of the cgroup table, one per cgroup a rule names.
+    pub const CGROUP_ENTRIES: usize = 1024;
+    /// Cgroup levels the kernel looks up: `/` (level 0) to level 15.
+    pub const CGROUP_LEVELS: usize = 16;
+    /// Entries of each exe LPM table (prefix, suffix); one holds the miss mask.
+    pub const EXE_ENTRIES: usize = 2048;
+    /// Entries of each remote LPM table (IPv4, IPv6); one holds the miss mask.
+    pub const REMOTE_ENTRIES: usize = 16384;
+    /// Segments the port conditions may cut the port space into, per
+    /// dimension (`remote_port`, `local_port`).
+    pub const PORT_SEGMENTS: usize = 4096;
+}
+
 /// A set of rules, one bit per rule: rule `i` is bit `i % 64` of word
 /// `i / 64`. Laid out as the kernel's `__u64 bits[16]`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -37,6 +59,10 @@ impl Mask {
 
     pub fn set(&mut self, rule: usize) {
         self.0[rule / 64] |= 1 << (rule % 64);
+    }
+
+    pub fn clear(&mut self, rule: usize) {
+        self.0[rule / 64] &= !(1 << (rule % 64));
     }
 
     pub fn contains(&self, rule: usize) -> bool {
@@ -133,19 +159,46 @@ fn prefix_matches(key: &[u8], pattern: &[u8], bits: u32) -> bool {
     key[full] & m == pattern[full] & m
 }
 
+/// The first `bits` bits of `key` (which has at least that many), the
+/// bits after them in the last byte cleared.
+fn truncate_bits(key: &[u8], bits: u32) -> Vec<u8> {
+    let n = (bits as usize).div_ceil(8).min(key.len());
+    let mut out = key[..n].to_vec();
+    if !bits.is_multiple_of(8) {
+        if let Some(last) = out.last_mut() {
+            *last &= 0xffu8 << (8 - bits % 8);
+        }
+    }
+    out
+}
+
 impl LpmTable {
     /// Builds the table from `(key, prefix_len, rule)` patterns; `wildcard`
     /// is the rules without a condition in this dimension.
+    /// Each entry's mask holds the rules of every pattern that is a prefix
+    /// of it. Patterns are grouped by length, so an entry costs one map
+    /// lookup per distinct pattern length and not one test per pattern.
     fn build(key_bytes: usize, patterns: &[(Vec<u8>, u32, usize)], wildcard: Mask) -> Self {
+        let mut by_prefix: HashMap<(Vec<u8>, u32), Mask> = HashMap::new();
+        for (k, l, rule) in patterns {
+            by_prefix
+                .entry((truncate_bits(k, *l), *l))
+                .or_default()
+                .set(*rule);
+        }
+        let lens: BTreeSet<u32> = by_prefix.keys().map(|(_, l)| *l).collect();
         let keys: BTreeSet<(Vec<u8>, u32)> =
             patterns.iter().map(|(k, l, _)| (k.clone(), *l)).collect();
         let entries = keys
             .into_iter()
             .map(|(key, prefix_len)| {
                 let mut mask = wildcard;
-                for (pk, pl, rule) in patterns {
-                    if *pl <= prefix_len && prefix_matches(&key, pk, *pl) {
-                        mask.set(*rule);
+                for &l in lens.range(..=prefix_len) {
+                    if key.len() * 8 < l as usize {
+                        break;
+                    }
+                    if let Some(m) = by_prefix.get(&(truncate_bits(&key, l), l)) {
+                        mask |= *m;
                     }
                 }
                 LpmEntry {
@@ -162,8 +215,6 @@ impl LpmTable {
         }
     }
 
-    /// What the kernel's lookup returns for `key` (its data bytes): the mask
-    /// of the longest entry that is a prefix of it, or `miss`.
     pub fn lookup(&self, key: &[u8]) -> Mask {
         self.entries
             .iter()
@@ -221,18 +272,41 @@ impl PortTable {
             }
         }
         let starts: Vec<u16> = cuts.into_iter().collect();
-        let masks = starts
+        // One sweep over the port space: a rule enters at the start of each
+        // of its ranges and leaves after its end (a count, as a rule's
+        // ranges may overlap).
+        let mut enter: Vec<(u16, usize)> = ranges.iter().map(|(r, i)| (r.lo, *i)).collect();
+        let mut leave: Vec<(u16, usize)> = ranges
             .iter()
-            .map(|&s| {
-                let mut m = wildcard;
-                for (r, rule) in ranges {
-                    if r.contains(s) {
-                        m.set(*rule);
+            .filter_map(|(r, i)| Some((r.hi.checked_add(1)?, *i)))
+            .collect();
+        enter.sort_unstable();
+        leave.sort_unstable();
+        let (mut e, mut l) = (0, 0);
+        let mut inside: HashMap<usize, usize> = HashMap::new();
+        let mut current = wildcard;
+        let mut masks = Vec::with_capacity(starts.len());
+        for &s in &starts {
+            while l < leave.len() && leave[l].0 <= s {
+                let rule = leave[l].1;
+                let n = inside.get_mut(&rule).expect("a range ends after it starts");
+                *n -= 1;
+                if *n == 0 {
+                    inside.remove(&rule);
+                    if !wildcard.contains(rule) {
+                        current.clear(rule);
                     }
                 }
-                m
-            })
-            .collect();
+                l += 1;
+            }
+            while e < enter.len() && enter[e].0 <= s {
+                let rule = enter[e].1;
+                *inside.entry(rule).or_default() += 1;
+                current.set(rule);
+                e += 1;
+            }
+            masks.push(current);
+        }
         PortTable { starts, masks }
     }
 

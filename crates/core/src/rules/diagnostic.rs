@@ -58,11 +58,45 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Where each line of a text starts, so that finding the line of an offset
+/// is a binary search and not a scan of everything before it (a file of
+/// many rules asks once per rule).
+#[derive(Debug)]
+pub(crate) struct Lines {
+    /// Byte offset of the start of each line; `starts[0]` is 0.
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    pub(crate) fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        Lines { starts }
+    }
+
+    /// Same as [`line_col`], for the text this was made from.
+    pub(crate) fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
+}
+
 /// Collects diagnostics against one source text.
 #[derive(Debug)]
 pub(crate) struct Diags<'a> {
     file: &'a str,
     text: &'a str,
+    lines: Lines,
     list: Vec<(usize, Diagnostic)>,
 }
 
@@ -71,12 +105,13 @@ impl<'a> Diags<'a> {
         Diags {
             file,
             text,
+            lines: Lines::new(text),
             list: Vec::new(),
         }
     }
 
     pub(crate) fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(self.text, span.start);
+        let (line, column) = self.lines.line_col(self.text, span.start);
         self.list.push((
             span.start,
             Diagnostic {
@@ -89,7 +124,7 @@ impl<'a> Diags<'a> {
     }
 
     pub(crate) fn line_of(&self, span: &Range<usize>) -> usize {
-        line_col(self.text, span.start).0
+        self.lines.line_col(self.text, span.start).0
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -148,6 +183,16 @@ mod tests {
         assert_eq!(line_col(t, 5), (2, 3));
         // After the two-byte é.
         assert_eq!(line_col(t, 8), (3, 1));
+    }
+
+    #[test]
+    fn the_line_index_agrees_with_line_col() {
+        for t in ["", "a", "\n", "ab\ncdé\nx", "\n\nxé\n", "é\n\n"] {
+            let lines = Lines::new(t);
+            for off in 0..=t.len() + 1 {
+                assert_eq!(lines.line_col(t, off), line_col(t, off), "{t:?} at {off}");
+            }
+        }
     }
 
     #[test]

@@ -34,8 +34,8 @@ mod tests;
 
 pub use check::{parse_rules, NoUsers, UserLookup};
 pub use compile::{
-    comm_key, exe_prefix_key, exe_suffix_key, CgroupTable, CompiledRules, ExactTable, LpmEntry,
-    LpmTable, Mask, PortTable, COMM_KEY_BYTES, EXE_KEY_BYTES, MASK_WORDS,
+    comm_key, exe_prefix_key, exe_suffix_key, limits, CgroupTable, CompiledRules, ExactTable,
+    LpmEntry, LpmTable, Mask, PortTable, COMM_KEY_BYTES, EXE_KEY_BYTES, MASK_WORDS,
 };
 pub use diagnostic::{line_col, Diagnostic, RulesError};
 pub use explain::{explain, Explanation, Mismatch, RuleOutcome};
@@ -45,3 +45,4 @@ pub use model::{
     IPPROTO_TCP, IPPROTO_UDP, MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
 };
 pub use reference::Condition;
+pub use shadow::{Shadowing, SHADOW_BUDGET};

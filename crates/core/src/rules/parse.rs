@@ -8,6 +8,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostic::{closest, Diags};
+use super::model::MAX_RULES;
 
 /// A value and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,11 @@ pub(crate) struct RawRule {
 #[derive(Debug, Default)]
 pub(crate) struct RawRules {
     pub default: Option<At<String>>,
+    /// The rules, up to one more than [`MAX_RULES`]: a file with more is
+    /// refused, and what its further rules say is not looked at.
     pub rules: Vec<RawRule>,
+    /// How many `[[rule]]` sections the file has.
+    pub total: usize,
 }
 
 pub(crate) const TOP_KEYS: &[&str] = &["default", "rule"];
@@ -235,7 +240,11 @@ pub(crate) fn parse_raw(diags: &mut Diags<'_>, text: &str) -> RawRules {
                 DeValue::Array(a) => {
                     for e in a.iter() {
                         match e.get_ref() {
-                            DeValue::Table(t) => out.rules.push(raw_rule(diags, e.span(), t)),
+                            DeValue::Table(_) if out.rules.len() > MAX_RULES => out.total += 1,
+                            DeValue::Table(t) => {
+                                out.total += 1;
+                                out.rules.push(raw_rule(diags, e.span(), t));
+                            }
                             other => diags.error(
                                 &e.span(),
                                 format!(

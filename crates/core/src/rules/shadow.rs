@@ -54,14 +54,56 @@ pub fn covers(earlier: &Rule, later: &Rule) -> bool {
         && ports_cover(&earlier.local_port, &later.local_port)
 }
 
+/// Comparisons the shadowing analysis makes at most (a rule against an
+/// earlier one costs one, plus the products of their `remote`, `remote_port`
+/// and `local_port` list lengths). Rules are at most 1,024, so only long
+/// lists reach it; the analysis then stops and the warnings say so.
+pub const SHADOW_BUDGET: u64 = 50_000_000;
+
+fn cost(a: &Rule, b: &Rule) -> u64 {
+    let n = |x: usize, y: usize| (x as u64) * (y as u64);
+    1 + n(a.remote.len(), b.remote.len())
+        + n(a.remote_port.len(), b.remote_port.len())
+        + n(a.local_port.len(), b.local_port.len())
+}
+
+/// What the shadowing analysis found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Shadowing {
+    /// `(shadowed, by)` pairs, where rule `by` comes first and matches
+    /// everything rule `shadowed` matches.
+    pub pairs: Vec<(usize, usize)>,
+    /// The first rule not analysed, when the analysis hit its budget.
+    pub stopped_at: Option<usize>,
+}
+
 impl Rules {
     /// Rules that can never decide: `(shadowed, by)` pairs, where rule
     /// `by` comes first and matches everything rule `shadowed` matches.
     pub fn shadowed(&self) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
+        self.shadowing(SHADOW_BUDGET).pairs
+    }
+
+    /// The shadowing analysis, making at most `budget` comparisons (see
+    /// [`SHADOW_BUDGET`]).
+    pub fn shadowing(&self, budget: u64) -> Shadowing {
+        let mut out = Shadowing::default();
+        let mut spent = 0u64;
         for (j, later) in self.rules.iter().enumerate() {
-            if let Some(i) = self.rules[..j].iter().position(|e| covers(e, later)) {
-                out.push((j, i));
+            let mut by = None;
+            for (i, e) in self.rules[..j].iter().enumerate() {
+                spent += cost(e, later);
+                if spent > budget {
+                    out.stopped_at = Some(j);
+                    return out;
+                }
+                if covers(e, later) {
+                    by = Some(i);
+                    break;
+                }
+            }
+            if let Some(i) = by {
+                out.pairs.push((j, i));
             }
         }
         out
@@ -69,7 +111,13 @@ impl Rules {
 
     /// Warnings for `procflow rules check`, one line each.
     pub fn warnings(&self) -> Vec<String> {
-        self.shadowed()
+        self.warnings_within(SHADOW_BUDGET)
+    }
+
+    pub(crate) fn warnings_within(&self, budget: u64) -> Vec<String> {
+        let s = self.shadowing(budget);
+        let mut out: Vec<String> = s
+            .pairs
             .into_iter()
             .map(|(j, i)| {
                 let (a, b) = (&self.rules[j], &self.rules[i]);
@@ -79,6 +127,15 @@ impl Rules {
                     self.source, a.line, a.name, b.name, b.line
                 )
             })
-            .collect()
+            .collect();
+        if let Some(j) = s.stopped_at {
+            let r = &self.rules[j];
+            out.push(format!(
+                "{}:{}: shadowing not checked from rule #{j} `{}` on: the rules' address and \
+                 port lists are too long to compare within {budget} comparisons",
+                self.source, r.line, r.name
+            ));
+        }
+        out
     }
 }

@@ -512,3 +512,162 @@ exe = "*/curl"
         ]
     );
 }
+
+/// `n` rules, rule `i` with the condition `cond(i)`.
+fn rules_with(n: usize, cond: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[rule]]\nname = \"r{i}\"\naction = \"block\"\n{}\n",
+                cond(i)
+            )
+        })
+        .collect()
+}
+
+/// The line of rule `i`'s condition in a file made by [`rules_with`].
+fn cond_line(i: usize) -> usize {
+    i * 4 + 4
+}
+
+#[test]
+fn distinct_values_beyond_the_kernel_tables_are_refused_at_the_first_one_over() {
+    // The comm and uid tables keep one entry for the mask of values no rule
+    // names: 1023 distinct values fit, 1024 do not.
+    let comms = |n| rules_with(n, |i| format!("comm = \"c{i}\""));
+    parse(&comms(1023)).unwrap();
+    let e = error(&comms(1024));
+    assert!(
+        e.starts_with(&format!(
+            "{}:8: too many distinct `comm` values: 1024",
+            cond_line(1023)
+        )) && e.contains("comm table holds at most 1023"),
+        "{e}"
+    );
+    // The same value many times is one entry.
+    parse(&rules_with(1024, |_| "comm = \"same\"".into())).unwrap();
+
+    let users = |n| rules_with(n, |i| format!("user = {}", 5000 + i));
+    parse(&users(1023)).unwrap();
+    let e = error(&users(1024));
+    assert!(
+        e.starts_with(&format!(
+            "{}:8: too many distinct `user` values (uids): 1024",
+            cond_line(1023)
+        )) && e.contains("at most 1023"),
+        "{e}"
+    );
+
+    // Every remote prefix is an entry, however many a rule lists; the
+    // 16384th distinct IPv4 prefix is refused, IPv6 are counted apart.
+    let list = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "{}{}",
+        rule_with(&format!("remote = [{}]", list(0, 10000))).replace("\"r\"", "\"a\""),
+        rule_with(&format!("remote = [{}, \"fd00::/8\"]", list(10000, 6383)))
+    );
+    parse(&text).unwrap();
+    let text = format!(
+        "{}{}",
+        rule_with(&format!("remote = [{}]", list(0, 10000))).replace("\"r\"", "\"a\""),
+        rule_with(&format!("remote = [{}]", list(10000, 6384)))
+    );
+    let e = error(&text);
+    assert!(
+        e.contains("too many distinct IPv4 `remote` prefixes: 16384")
+            && e.contains("at most 16383"),
+        "{e}"
+    );
+    let col = text
+        .lines()
+        .nth(7)
+        .unwrap()
+        .find("\"10.63.255.0/24\"")
+        .unwrap()
+        + 1;
+    assert!(e.starts_with(&format!("8:{col}: ")), "{e}");
+
+    // Port ranges: each range cuts the port space at its ends.
+    let ports = |n: usize| {
+        rule_with(&format!(
+            "remote_port = [{}]",
+            (0..n)
+                .map(|i| (2 * i + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
+    // n single ports 1, 3, 5...: 2n + 1 segments.
+    parse(&ports(2047)).unwrap();
+    let e = error(&ports(2048));
+    assert!(
+        e.contains("`remote_port` ranges cut the port space into 4097 segments")
+            && e.contains("at most 4096"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cgroups_beyond_the_levels_the_kernel_walks_are_refused() {
+    let deep = |n: usize| format!("cgroup = \"{}\"", "/a".repeat(n));
+    parse(&rule_with(&deep(15))).unwrap();
+    assert_error(
+        &rule_with(&deep(16)),
+        "4:10",
+        "16 levels deep; the kernel looks at most 15",
+    );
+}
+
+#[test]
+fn many_rules_are_checked_in_linear_time() {
+    // 200,000 rules: refused (too many), but quickly, with the position of
+    // the first rule over the limit. Finding each rule's line used to scan
+    // the file from its start.
+    let text = rules_with(200_000, |i| format!("remote_port = {}", i % 60000));
+    let t = std::time::Instant::now();
+    let e = parse(&text).expect_err("too many rules");
+    let took = t.elapsed();
+    assert_eq!(e.diagnostics.len(), 1, "{e}");
+    assert_eq!(e.diagnostics[0].line, 1024 * 4 + 1, "{e}");
+    assert!(took.as_secs() < 10, "checking 200,000 rules took {took:?}");
+}
+
+#[test]
+fn the_shadowing_analysis_is_bounded_and_says_when_it_stopped() {
+    // 1,024 rules of 15 prefixes each: comparing every pair's lists would
+    // take 118 million prefix comparisons.
+    let text = rules_with(1024, |i| {
+        let list: Vec<String> = (0..15)
+            .map(|k| format!("\"10.{}.{}.0/24\"", i / 16, (i % 16) * 16 + k))
+            .collect();
+        format!("remote = [{}]", list.join(", "))
+    });
+    let rules = parse(&text).unwrap();
+    let t = std::time::Instant::now();
+    let s = rules.shadowing(shadow::SHADOW_BUDGET);
+    let compiled = CompiledRules::compile(&rules);
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    assert_eq!(compiled.remote_v4.entries.len(), 1024 * 15);
+    let j = s.stopped_at.expect("the analysis stops at its budget");
+    assert!(s.pairs.is_empty());
+    let w = rules.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(&format!(
+            "rules.toml:{}: shadowing not checked from rule #{j}",
+            j * 4 + 1
+        )),
+        "{w:?}"
+    );
+
+    // Within budget, nothing is said.
+    let small = parse(&rules_with(3, |i| format!("remote = \"10.0.{i}.0/24\""))).unwrap();
+    assert_eq!(small.shadowing(shadow::SHADOW_BUDGET).stopped_at, None);
+    assert_eq!(small.shadowing(2).stopped_at, Some(2));
+    assert!(small.warnings_within(2)[0].contains("shadowing not checked from rule #2 `r2`"));
+}
