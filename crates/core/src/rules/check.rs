@@ -198,10 +198,12 @@ fn check_limits(diags: &mut Diags<'_>, raw: &[RawRule], rules: &[Rule]) {
     let mut comm = Distinct::new("`comm` values", "comm table", limits::COMM_ENTRIES - 1);
     let mut user = Distinct::new("`user` values (uids)", "uid table", limits::UID_ENTRIES - 1);
     let mut cgroup = Distinct::new("`cgroup` values", "cgroup table", limits::CGROUP_ENTRIES);
+    // The prefix table also holds the unknown programs' entry and the
+    // loaders' (compile.rs `with_unknown_programs`).
     let mut exe_pre = Distinct::new(
         "`exe` paths and `PREFIX*` patterns",
         "exe prefix table",
-        limits::EXE_ENTRIES - 1,
+        limits::EXE_ENTRIES - 2 - super::compile::LOADERS.len(),
     );
     let mut exe_suf = Distinct::new(
         "`exe` `*SUFFIX` patterns",
