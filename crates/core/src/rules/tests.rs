@@ -583,7 +583,7 @@ exe = "/usr/bin/curl"
         "{e}"
     );
     assert!(
-        rules.summary().contains("family=packet user=uid 65534"),
+        rules.summary().contains("user=uid 65534 family=packet"),
         "{}",
         rules.summary()
     );
