@@ -15,6 +15,7 @@ const SOURCES: &[&str] = &[
     "count.bpf.c",
     "lifecycle.bpf.c",
     "scan.bpf.c",
+    "packet.bpf.c",
 ];
 
 fn main() {

@@ -34,6 +34,7 @@ enum pf_origin {
 	PF_ORIGIN_SEND = 3,
 	PF_ORIGIN_STARTUP = 4,
 	PF_ORIGIN_PACKET = 5,
+	PF_ORIGIN_PACKET_SOCKET = 6, /* a frame sent through an AF_PACKET socket */
 };
 
 enum pf_direction {
@@ -51,6 +52,7 @@ enum pf_flag {
 	PF_F_CLOSED = 0x10,     /* the final record was sent */
 	PF_F_BEFORE = 0x20,     /* before_start is meaningful (start-up scan) */
 	PF_F_MPTCP = 0x40,      /* a TCP subflow of an MPTCP socket */
+	PF_F_PACKET = 0x80,     /* an AF_PACKET socket (packet.bpf.c) */
 };
 
 struct pf_owner {
@@ -341,6 +343,7 @@ enum pf_hook {
 	PF_HOOK_SENDMSG = 2,
 	PF_HOOK_EGRESS = 3,
 	PF_HOOK_INGRESS = 4,
+	PF_HOOK_PACKET = 5,  /* a packet socket's frame, at tcx egress (packet.bpf.c) */
 };
 
 struct pf_verdict_event {

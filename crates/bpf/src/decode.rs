@@ -29,6 +29,7 @@ pub const PF_EV_FORK: u32 = pf_kind::PF_EV_FORK.0;
 pub const PF_F_OWNER: u32 = pf_flag::PF_F_OWNER.0;
 pub const PF_F_BEFORE: u32 = pf_flag::PF_F_BEFORE.0;
 pub const PF_F_MPTCP: u32 = pf_flag::PF_F_MPTCP.0;
+pub const PF_F_PACKET: u32 = pf_flag::PF_F_PACKET.0;
 
 pub const FLOW_EVENT_SIZE: usize = 192;
 const _: () = assert!(std::mem::size_of::<pf_flow_event>() == FLOW_EVENT_SIZE);
@@ -193,6 +194,7 @@ fn origin(o: u8) -> Origin {
         pf_origin::PF_ORIGIN_ACCEPT => Origin::Accept,
         pf_origin::PF_ORIGIN_SEND => Origin::Send,
         pf_origin::PF_ORIGIN_STARTUP => Origin::Startup,
+        pf_origin::PF_ORIGIN_PACKET_SOCKET => Origin::PacketSocket,
         _ => Origin::Packet,
     }
 }
@@ -222,15 +224,20 @@ pub fn endpoints(family: u8, local: &[u8; 16], remote: &[u8; 16]) -> (u8, IpAddr
     }
 }
 
-/// Whether a record describes a datagram flow (keyed by socket and remote).
+/// Whether a record describes a datagram flow (keyed by socket and remote):
+/// every flow but a TCP socket's; a packet socket's frames are datagram
+/// flows whatever they carry.
 pub fn is_datagram(e: &pf_flow_event) -> bool {
-    e.addr.proto != 6
+    e.addr.proto != 6 || e.flags & PF_F_PACKET != 0
 }
 
 /// The view of a flow that a record carries. `e.owner` counts only when the
 /// socket's owner is known.
 pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
     let a = &e.addr;
+    if a.family == 0 {
+        return frame_view(e, clock);
+    }
     let (family, local, remote) = endpoints(a.family, &a.local, &a.remote);
     let key = if is_datagram(e) {
         FlowKey::datagram(e.cookie, remote, a.rport)
@@ -250,6 +257,7 @@ pub fn flow_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
             local: (local, a.lport),
             remote: (remote, a.rport),
             netns: e.netns as u64,
+            link: None,
         },
         owner: (e.flags & PF_F_OWNER != 0).then(|| owner(&e.owner)),
         counters: counters(&e.c),
@@ -281,6 +289,33 @@ pub fn dns_message(e: &pf_dns_event) -> DnsMessage {
         proto: e.proto,
         ts_ns: e.ts_ns,
         payload: e.data[..n].to_vec(),
+    }
+}
+
+/// A packet socket's flow of frames that are not IP (family 0): the remote
+/// is the destination MAC (`remote[0..6]`) and the ethertype (`rport`). Its
+/// key is the one the kernel uses (the 16 remote bytes as an IPv6 address,
+/// see packet.bpf.c); the record shows no IP addresses but the MACs.
+fn frame_view(e: &pf_flow_event, clock: &Clock) -> FlowView {
+    let a = &e.addr;
+    let mac = |b: &[u8; 16]| -> [u8; 6] { b[..6].try_into().unwrap_or_default() };
+    let none = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    FlowView {
+        key: FlowKey::datagram(e.cookie, IpAddr::V6(Ipv6Addr::from(a.remote)), a.rport),
+        info: FlowInfo {
+            proto: Proto::Ether(a.rport),
+            family: 0,
+            direction: direction(a.direction),
+            origin: origin(a.origin),
+            local: (none, 0),
+            remote: (none, 0),
+            netns: e.netns as u64,
+            link: Some((mac(&a.local), mac(&a.remote))),
+        },
+        owner: (e.flags & PF_F_OWNER != 0).then(|| owner(&e.owner)),
+        counters: counters(&e.c),
+        before_start: None,
+        start_ns: clock.unix_ns(e.start_ns),
     }
 }
 

@@ -3,10 +3,10 @@
 //! still load.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use procflow_core::flow::{Counters, FlowKey};
 use crate::cgroup::cgroup2_root;
 use crate::decode::{self, Clock};
 use crate::skel::types::{
-    pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event, pf_stat,
+    pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event, pf_origin, pf_stat,
 };
 use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
 use crate::{BpfError, Record};
@@ -34,6 +34,8 @@ enum AttachKind {
     Tracepoint,
     /// An iterator, attached when used (`iter/*`).
     Iterator,
+    /// Attached to network devices by [`Kernel::attach_devices`] (`tcx/*`).
+    Device,
 }
 
 fn attach_kind(section: &str) -> Option<AttachKind> {
@@ -44,6 +46,8 @@ fn attach_kind(section: &str) -> Option<AttachKind> {
         Some(AttachKind::Tracepoint)
     } else if section.starts_with("iter/") {
         Some(AttachKind::Iterator)
+    } else if section.starts_with("tcx/") {
+        Some(AttachKind::Device)
     } else {
         None
     }
@@ -112,6 +116,9 @@ pub struct Kernel {
     pub cgroup_root: PathBuf,
     loaded: Vec<String>,
     refused: Vec<Refused>,
+    /// tcx egress links of the packet-socket rules program, by namespace
+    /// inode and device index; closing one detaches it.
+    devices: HashMap<(u64, u32), OwnedFd>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -245,7 +252,7 @@ impl Kernel {
                 let link = match attach_kind(&p.section().to_string_lossy()) {
                     Some(AttachKind::Cgroup) => p.attach_cgroup(cg.as_raw_fd()),
                     Some(AttachKind::Tracepoint) => p.attach(),
-                    Some(AttachKind::Iterator) | None => continue,
+                    Some(AttachKind::Iterator) | Some(AttachKind::Device) | None => continue,
                 };
                 match link {
                     Ok(l) => links.push(l),
@@ -268,6 +275,7 @@ impl Kernel {
             cgroup_root,
             loaded,
             refused,
+            devices: HashMap::new(),
         };
         kernel.start_ring()?;
         Ok(kernel)
@@ -355,6 +363,106 @@ impl Kernel {
         Ok(&self.iter_links.last().expect("just pushed").1)
     }
 
+    /// The ids of the live packet sockets of every namespace (their inode
+    /// with the top bit set, as packet.bpf.c keys them), from each
+    /// namespace's /proc/net/packet.
+    pub fn live_packet_sockets(&mut self) -> HashSet<u64> {
+        let mut live = HashSet::new();
+        for (_, path) in crate::scan::namespaces() {
+            let Ok(text) = crate::scan::in_netns(&path, || {
+                std::fs::read_to_string("/proc/thread-self/net/packet")
+                    .map_err(|e| BpfError::Scan(format!("/proc/net/packet: {e}")))
+            }) else {
+                continue; // the namespace is gone
+            };
+            live.extend(packet_inodes(&text).map(|ino| (1 << 63) | ino));
+        }
+        live
+    }
+
+    /// Attaches the packet-socket rules program (tcx egress, `pf_packet_tc`)
+    /// to every network device of every namespace that does not have it
+    /// yet, and forgets the devices that are gone. Returns how many
+    /// devices it attached to, and the failures (device, reason).
+    pub fn attach_devices(&mut self) -> (usize, Vec<String>) {
+        let Some(prog_fd) = self
+            .skel
+            .object()
+            .progs()
+            .find(|p| p.name() == "pf_packet_tc" && self.loaded.iter().any(|n| n == "pf_packet_tc"))
+            .map(|p| p.as_fd().as_raw_fd())
+        else {
+            return (0, Vec::new());
+        };
+        let mut attached = 0;
+        let mut failed = Vec::new();
+        let mut live = HashSet::new();
+        for (ino, path) in crate::scan::namespaces() {
+            // A link whose device is gone reports ifindex 0: its index may
+            // belong to a new device now.
+            self.devices
+                .retain(|(n, _), fd| *n != ino || tcx_ifindex(fd) != 0);
+            let have: Vec<u32> = self
+                .devices
+                .keys()
+                .filter(|(n, _)| *n == ino)
+                .map(|(_, i)| *i)
+                .collect();
+            let Ok(found) = crate::scan::in_netns(&path, move || {
+                let mut out = Vec::new();
+                for idx in ifindexes() {
+                    if have.contains(&idx) {
+                        out.push((idx, Ok(None)));
+                        continue;
+                    }
+                    // SAFETY: a zeroed opts struct with its size set is
+                    // what libbpf expects; the call keeps no pointer.
+                    let lfd = unsafe {
+                        let mut opts: libbpf_rs::libbpf_sys::bpf_link_create_opts =
+                            std::mem::zeroed();
+                        opts.sz = std::mem::size_of_val(&opts) as _;
+                        libbpf_rs::libbpf_sys::bpf_link_create(
+                            prog_fd,
+                            idx as i32,
+                            libbpf_rs::libbpf_sys::BPF_TCX_EGRESS,
+                            &opts,
+                        )
+                    };
+                    out.push((
+                        idx,
+                        if lfd >= 0 {
+                            // SAFETY: a new link fd that nothing else owns.
+                            Ok(Some(unsafe { OwnedFd::from_raw_fd(lfd) }))
+                        } else {
+                            Err(std::io::Error::from_raw_os_error(-lfd).to_string())
+                        },
+                    ));
+                }
+                Ok(out)
+            }) else {
+                continue; // the namespace is gone
+            };
+            for (idx, link) in found {
+                live.insert((ino, idx));
+                match link {
+                    Ok(Some(fd)) => {
+                        self.devices.insert((ino, idx), fd);
+                        attached += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed.push(format!("netns {ino} device {idx}: {e}")),
+                }
+            }
+        }
+        self.devices.retain(|k, _| live.contains(k));
+        (attached, failed)
+    }
+
+    /// Devices the packet-socket rules program is attached to.
+    pub fn devices_attached(&self) -> usize {
+        self.devices.len()
+    }
+
     /// Current counters of every live TCP flow, in every network
     /// namespace, how many TCP and UDP sockets have a context, and which
     /// UDP sockets are alive.
@@ -419,7 +527,12 @@ impl Kernel {
                 .iter()
                 .filter_map(|b| decode::read_struct::<pf_dgram_val>(b))
                 .collect();
-            let udp = vals.iter().any(|v| v.proto == 17);
+            // Packet sockets' entries end with their socket's walk
+            // (`live_packet_sockets`), not with the UDP sockets'.
+            let udp = vals.iter().any(|v| v.proto == 17)
+                && !vals
+                    .iter()
+                    .any(|v| u32::from(v.origin) == pf_origin::PF_ORIGIN_PACKET_SOCKET.0);
             let start = vals.iter().map(|v| v.start_ns).filter(|&s| s > 0).min();
             let old = start.is_some_and(|s| s < d.started_boot_ns);
             let key = FlowKey::datagram(k.cookie, decode::ip(k.family, &k.remote), k.rport);
@@ -491,6 +604,48 @@ impl Kernel {
     }
 }
 
+/// The inodes in a /proc/net/packet text (its last column).
+fn packet_inodes(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(8)?.parse().ok())
+}
+
+/// The device index a tcx link is attached to; 0 once its device is gone.
+fn tcx_ifindex(link: &OwnedFd) -> u32 {
+    // SAFETY: a zeroed bpf_link_info and its length, filled by the kernel.
+    unsafe {
+        let mut info: libbpf_rs::libbpf_sys::bpf_link_info = std::mem::zeroed();
+        let mut len = std::mem::size_of_val(&info) as u32;
+        if libbpf_rs::libbpf_sys::bpf_link_get_info_by_fd(link.as_raw_fd(), &mut info, &mut len)
+            != 0
+        {
+            return 0;
+        }
+        info.__bindgen_anon_1.tcx.ifindex
+    }
+}
+
+/// The index of every network device of the calling thread's namespace.
+fn ifindexes() -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, or null;
+    // it is freed with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            out.push((*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
 fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
     use procflow_core::FlowEvent;
     let kind = decode::record_kind(data)?;
@@ -527,4 +682,16 @@ fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_inodes_are_the_last_column() {
+        let t = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+                 ffff8881a2b3c000 3      3    0003   2     1 0      0      123456\n";
+        assert_eq!(packet_inodes(t).collect::<Vec<_>>(), [123456]);
+    }
 }

@@ -136,6 +136,8 @@ pub enum Hook {
     Sendmsg,
     Egress,
     Ingress,
+    /// A packet socket's frame, at tcx egress.
+    Packet,
 }
 
 impl Hook {
@@ -145,6 +147,7 @@ impl Hook {
             Hook::Sendmsg => "sendmsg",
             Hook::Egress => "egress",
             Hook::Ingress => "ingress",
+            Hook::Packet => "packet",
         }
     }
 }
@@ -201,6 +204,7 @@ pub fn decode_verdict(data: &[u8], clock: &Clock) -> Option<KernelVerdict> {
             pf_hook::PF_HOOK_SENDMSG => Hook::Sendmsg,
             pf_hook::PF_HOOK_EGRESS => Hook::Egress,
             pf_hook::PF_HOOK_INGRESS => Hook::Ingress,
+            pf_hook::PF_HOOK_PACKET => Hook::Packet,
             _ => Hook::Connect,
         },
     })
@@ -231,6 +235,7 @@ struct Tables {
     cg: Vec<(Vec<u8>, Vec<u8>)>,
     dir: [Vec<u8>; 2],
     proto: Vec<Vec<u8>>,
+    packet: Vec<u8>,
     /// Remote, local: each port's segment (65536 u16) and segment masks.
     ports: [(Vec<u8>, Vec<Vec<u8>>); 2],
 }
@@ -520,7 +525,13 @@ fn build(c: &CompiledRules, cgroup_root: &Path) -> Result<Tables, BpfError> {
         uid,
         cg,
         dir: [mask_bytes(&c.direction[0]), mask_bytes(&c.direction[1])],
-        proto: c.proto.iter().map(mask_bytes).collect(),
+        // The IP hooks decide IP sockets only: `family = "packet"` rules
+        // are folded out of the protocol table, and packet sockets have a
+        // mask of their own.
+        proto: (0..=255u8)
+            .map(|p| mask_bytes(&c.kernel_proto(p)))
+            .collect(),
+        packet: mask_bytes(&c.kernel_packet()),
         ports: [
             port_tables(&c.remote_port, "`remote_port`")?,
             port_tables(&c.local_port, "`local_port`")?,
@@ -669,6 +680,7 @@ impl Policy {
             }
             put(&maps.pol_port_idx, "port index", g * 2 + dim, idx)?;
         }
+        put(&maps.pol_packet, "packet sockets", g, &t.packet)?;
         put(&maps.pol_hdr, "header", g, &t.hdr)?;
 
         // The flip: from here on, new decisions use generation `next`.

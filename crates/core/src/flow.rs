@@ -56,6 +56,10 @@ pub enum Proto {
     Icmp,
     Icmpv6,
     Other(u8),
+    /// A frame that is not IP, sent through a packet socket: its ethertype.
+    Ether(u16),
+    /// A packet socket as rules decide it (verdict records): any frame.
+    Packet,
 }
 
 impl Proto {
@@ -77,6 +81,7 @@ impl Proto {
             Proto::Icmp => 1,
             Proto::Icmpv6 => 58,
             Proto::Other(n) => n,
+            Proto::Ether(_) | Proto::Packet => 0,
         }
     }
 }
@@ -91,6 +96,8 @@ impl fmt::Display for Proto {
             Proto::Icmpv6 => f.write_str("icmpv6"),
             Proto::Other(136) => f.write_str("udplite"),
             Proto::Other(n) => write!(f, "ip:{n}"),
+            Proto::Ether(t) => write!(f, "eth:0x{t:04x}"),
+            Proto::Packet => f.write_str("packet"),
         }
     }
 }
@@ -121,6 +128,9 @@ pub enum Origin {
     Send,
     Startup,
     Packet,
+    /// Frames sent through a packet socket (AF_PACKET).
+    #[serde(rename = "packet_socket")]
+    PacketSocket,
 }
 
 /// What is known of a flow apart from its counters and owner.
@@ -133,6 +143,31 @@ pub struct FlowInfo {
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
     pub netns: u64,
+    /// The source and destination MAC of a packet socket's frames that are
+    /// not IP (family 0).
+    pub link: Option<([u8; 6], [u8; 6])>,
+}
+
+/// The link-layer addresses of a flow of frames that are not IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkAddrs {
+    pub local_mac: String,
+    pub remote_mac: String,
+}
+
+impl LinkAddrs {
+    pub fn new(local: &[u8; 6], remote: &[u8; 6]) -> Self {
+        let mac = |m: &[u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        LinkAddrs {
+            local_mac: mac(local),
+            remote_mac: mac(remote),
+        }
+    }
 }
 
 /// Cumulative counters of one flow.
@@ -214,6 +249,10 @@ pub struct FlowRecord {
     pub counters: Counters,
     pub before_start: Option<BeforeStart>,
     pub origin: Origin,
+    /// `local_mac` and `remote_mac`, for a packet socket's frames that are
+    /// not IP.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkAddrs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -241,6 +280,14 @@ mod tests {
         assert_eq!(Proto::from_number(253).to_string(), "ip:253");
         assert_eq!(Proto::from_number(253).number(), 253);
         assert_eq!(Proto::from_number(136).to_string(), "udplite");
+        assert_eq!(Proto::Ether(0x88b5).to_string(), "eth:0x88b5");
+        assert_eq!(
+            LinkAddrs::new(&[2, 0, 0, 0, 0, 0xab], &[0xff; 6]),
+            LinkAddrs {
+                local_mac: "02:00:00:00:00:ab".into(),
+                remote_mac: "ff:ff:ff:ff:ff:ff".into()
+            }
+        );
     }
 
     #[test]

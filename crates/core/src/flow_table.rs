@@ -139,6 +139,40 @@ impl FlowTable {
             .collect()
     }
 
+    /// The verdict of a flow: its own, or its packet socket's.
+    fn verdict_of(&self, key: &FlowKey) -> Option<&(Verdict, Option<String>)> {
+        self.verdicts
+            .get(key)
+            .or_else(|| self.verdicts.get(&FlowKey::socket(key.cookie)))
+    }
+
+    /// Whether any flow is a packet socket's.
+    pub fn has_packet_flows(&self) -> bool {
+        self.flows
+            .values()
+            .any(|e| e.view.info.origin == crate::flow::Origin::PacketSocket)
+    }
+
+    /// The flows of packet sockets that are gone: not in `live` (the
+    /// cookies of the packet sockets alive when the kernel was read, at
+    /// `read_at_ns`) and started before that reading. A packet socket's
+    /// release runs no hook, so this is how its flows end.
+    pub fn packet_flows_gone(
+        &self,
+        live: &std::collections::HashSet<u64>,
+        read_at_ns: u64,
+    ) -> Vec<FlowKey> {
+        self.flows
+            .iter()
+            .filter(|(k, e)| {
+                e.view.info.origin == crate::flow::Origin::PacketSocket
+                    && e.view.start_ns < read_at_ns
+                    && !live.contains(&k.cookie)
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// A name for `ip` from a reverse lookup; flows to `ip` without a name
     /// from a DNS answer carry it in their next records.
     pub fn learn_reverse(&mut self, ip: std::net::IpAddr, name: String) {
@@ -398,8 +432,9 @@ impl FlowTable {
             counters,
             before_start,
             origin: info.origin,
-            verdict: self.verdicts.get(key).map(|v| v.0),
-            rule: self.verdicts.get(key).and_then(|v| v.1.clone()),
+            link: info.link.map(|(l, r)| crate::flow::LinkAddrs::new(&l, &r)),
+            verdict: self.verdict_of(key).map(|v| v.0),
+            rule: self.verdict_of(key).and_then(|v| v.1.clone()),
         }
     }
 }
@@ -427,6 +462,7 @@ mod tests {
                 local: (ip(1), 5000),
                 remote: (ip(2), 53),
                 netns: 4026531840,
+                link: None,
             },
             owner: pid.map(|pid| Owner {
                 pid,

@@ -245,7 +245,8 @@ impl Enforcer {
             // socket the connection will be accepted on.
             table.set_inbound_verdict(v.netns, v.local, v.remote, verdict, rule.clone());
         } else {
-            let key = if v.proto == 6 {
+            // A packet socket's decision holds for all of its flows.
+            let key = if v.proto == 6 || v.hook == procflow_bpf::policy::Hook::Packet {
                 FlowKey::socket(v.cookie)
             } else {
                 FlowKey::datagram(v.cookie, v.remote.0, v.remote.1)
@@ -351,6 +352,7 @@ fn blocked_connections(
             remote: normalize_ip(rip),
             remote_port: rport,
             local_port: v.info.local.1,
+            packet: false,
         };
         if compiled.decide(&q).action == procflow_core::rules::Action::Block {
             out.entry(v.info.netns).or_default().push(TcpId {
@@ -383,7 +385,11 @@ fn verdict_record(
         rule_index: v.rule,
         generation,
         hook: v.hook.name(),
-        proto: Proto::from_number(v.proto),
+        proto: if v.hook == procflow_bpf::policy::Hook::Packet {
+            Proto::Packet
+        } else {
+            Proto::from_number(v.proto)
+        },
         family: v.family,
         direction: if v.direction == FlowDirection::In {
             FlowDirection::In

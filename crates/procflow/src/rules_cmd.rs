@@ -33,9 +33,13 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PATH")]
     exe: String,
     /// The remote end: IP:PORT (`10.0.0.1:443`, `[2001:db8::1]:53`), or IP
-    /// alone for ICMP.
+    /// alone for ICMP. Needed unless `--family packet`.
     #[arg(long, value_name = "IP:PORT")]
-    remote: String,
+    remote: Option<String>,
+    /// ip (an IPv4 or IPv6 socket) or packet (a packet socket sending
+    /// frames: decided by who sends, without remote, protocol or ports).
+    #[arg(long, default_value = "ip")]
+    family: String,
     /// tcp, udp, icmp, icmpv6 or an IP protocol number.
     #[arg(long, default_value = "tcp")]
     proto: String,
@@ -178,7 +182,19 @@ fn my_uid() -> u32 {
 fn explain_cmd(a: ExplainArgs) -> Result<()> {
     let rules = load(&a.file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let compiled = CompiledRules::compile(&rules);
-    let (ip, port) = remote(&a.remote)?;
+    let packet = match a.family.as_str() {
+        "ip" => false,
+        "packet" => true,
+        f => bail!("--family {f}: use ip or packet"),
+    };
+    let (ip, port) = match (&a.remote, packet) {
+        (Some(r), false) => remote(r)?,
+        (None, false) => bail!("--remote IP:PORT is needed (but not with --family packet)"),
+        (Some(_), true) => {
+            bail!("--remote with --family packet: a packet socket has no remote for rules")
+        }
+        (None, true) => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+    };
     let proto = proto_number(&a.proto)?;
     let uid = match &a.user {
         None => my_uid(),
@@ -217,6 +233,7 @@ fn explain_cmd(a: ExplainArgs) -> Result<()> {
         remote: ip,
         remote_port: port,
         local_port: a.local_port,
+        packet,
     };
     print!("{}", explain(&rules, &compiled, &q));
     Ok(())

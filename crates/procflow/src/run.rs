@@ -63,6 +63,12 @@ struct Collector {
     resolver: Option<crate::resolve::Resolver>,
     swept: Swept,
     last_refresh: Instant,
+    last_packet_sweep: Instant,
+    /// Rules are loaded: packet sockets are decided at every device.
+    rules_on: bool,
+    last_device_sweep: Instant,
+    /// Device attach failures already logged.
+    device_failures: std::collections::HashSet<String>,
 }
 
 /// What the periodic sweep ended because a RELEASE record was lost.
@@ -77,6 +83,14 @@ struct Swept {
 /// How often the live sockets are read even without `--interval`: the
 /// sweep of flows whose RELEASE record was lost runs with it.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How often the live packet sockets are listed (only while there are
+/// packet-socket flows): their flows end at the first listing without them.
+const PACKET_SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// How often, while rules are loaded, devices are looked for that the
+/// packet-socket rules program is not attached to yet.
+const DEVICE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Collector {
     fn apply(&mut self, rec: Record) -> Result<()> {
@@ -151,6 +165,42 @@ impl Collector {
         Ok(contexts)
     }
 
+    /// Ends the flows of packet sockets that are gone (their release runs
+    /// no hook): every flow of a packet socket the kernel no longer lists.
+    fn sweep_packet_sockets(&mut self) -> Result<()> {
+        self.last_packet_sweep = Instant::now();
+        if !self.table.has_packet_flows() {
+            return Ok(());
+        }
+        let read_at = self.kernel.clock.unix_ns(self.kernel.clock.boot_now());
+        let live = self.kernel.live_packet_sockets();
+        for key in self.table.packet_flows_gone(&live, read_at) {
+            if let Some(c) = self.kernel.datagram_counters(&key, true) {
+                self.table.update_counters(&key, c);
+            }
+            let end = self.kernel.clock.unix_ns(self.kernel.clock.boot_now());
+            if let Some(r) = self.table.close(&key, end, &mut self.sys) {
+                self.sinks.flows(&[r]);
+            }
+        }
+        Ok(())
+    }
+
+    /// While rules are loaded: the packet-socket rules program on every
+    /// device of every namespace, new ones included.
+    fn sweep_devices(&mut self) {
+        self.last_device_sweep = Instant::now();
+        if !self.rules_on {
+            return;
+        }
+        let (_, failed) = self.kernel.attach_devices();
+        for f in failed {
+            if self.device_failures.insert(f.clone()) {
+                tracing::warn!("packet-socket rules cannot hold on {f}");
+            }
+        }
+    }
+
     fn drain(&mut self, timeout: Duration) -> Result<()> {
         for r in self.kernel.poll(timeout) {
             self.apply(r)?;
@@ -195,7 +245,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         resolver,
         swept: Swept::default(),
         last_refresh: Instant::now(),
+        last_packet_sweep: Instant::now(),
+        rules_on: args.rules.rules.is_some(),
+        last_device_sweep: Instant::now(),
+        device_failures: Default::default(),
     };
+    // Before the first frame of any packet socket can pass unchecked.
+    c.sweep_devices();
 
     // Records that arrived while attaching come first, then the scan's.
     c.drain(Duration::ZERO)?;
@@ -238,11 +294,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         if c.last_refresh.elapsed() >= SWEEP_EVERY {
             c.refresh()?;
         }
+        if c.last_packet_sweep.elapsed() >= PACKET_SWEEP_EVERY {
+            c.sweep_packet_sockets()?;
+        }
+        if c.last_device_sweep.elapsed() >= DEVICE_SWEEP_EVERY {
+            c.sweep_devices();
+        }
         c.sinks.flush();
     }
 
     // Stopping: everything still queued, then a final record for every open flow.
     c.drain(Duration::ZERO)?;
+    c.sweep_packet_sockets()?;
     let contexts_at_stop = c.refresh()?;
     let snap = c.table.snapshot(&mut c.sys);
     c.sinks.flows(&snap);
@@ -281,6 +344,7 @@ fn stats_record(
         "dns_queries_refused": t.dns.queries_refused,
         "dns_queries_expired": t.dns.queries_expired,
         "sock_destroy_replies_ignored": procflow_bpf::sock_destroy::ignored_replies(),
+        "packet_devices": c.kernel.devices_attached(),
         "programs_loaded": c.kernel.loaded(),
         "programs_refused": c.kernel.refused().iter()
             .map(|r| json!({"name": r.name, "reason": r.reason}))

@@ -1478,6 +1478,7 @@ fn reference(
         remote,
         remote_port,
         local_port,
+        packet: false,
     };
     procflow_core::rules::reference::decide(rules, &q)
 }

@@ -141,6 +141,7 @@ fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
         counters: Counters::default(),
         before_start: None,
         origin: Origin::Connect,
+        link: None,
         verdict: None,
         rule: None,
     }

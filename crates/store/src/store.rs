@@ -172,6 +172,7 @@ fn origin_str(o: Origin) -> &'static str {
         Origin::Send => "send",
         Origin::Startup => "startup",
         Origin::Packet => "packet",
+        Origin::PacketSocket => "packet_socket",
     }
 }
 

@@ -50,6 +50,7 @@ fn rec(id: u32, state: FlowState, tx: u64, rx: u64, start_s: i64) -> FlowRecord 
         },
         before_start: None,
         origin: Origin::Connect,
+        link: None,
         verdict: None,
         rule: None,
     }

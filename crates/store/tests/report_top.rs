@@ -72,6 +72,7 @@ fn flows() -> Vec<Flow> {
             counters: Counters::default(),
             before_start: None,
             origin: Origin::Connect,
+            link: None,
             verdict: None,
             rule: None,
         };

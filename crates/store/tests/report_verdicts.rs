@@ -491,6 +491,7 @@ fn traffic_is_grouped_and_filtered_by_its_deciding_rule() {
         },
         before_start: None,
         origin: Origin::Connect,
+        link: None,
         verdict,
         rule: rule.map(String::from),
     };

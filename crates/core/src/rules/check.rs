@@ -10,8 +10,8 @@ use std::ops::Range;
 use super::compile::{comm_key, exe_prefix_key, limits};
 use super::diagnostic::{Diags, RulesError};
 use super::model::{
-    Action, Direction, ExePattern, IpPrefix, PortRange, ProtoMatch, Rule, Rules, UserMatch,
-    MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
+    Action, Direction, ExePattern, FamilyMatch, IpPrefix, PortRange, ProtoMatch, Rule, Rules,
+    UserMatch, MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
 };
 use super::parse::{parse_raw, At, RawRule, Scalar};
 
@@ -357,7 +357,38 @@ fn check_rule(diags: &mut Diags<'_>, users: &dyn UserLookup, r: &RawRule) -> Opt
     }
     rule.remote_port = ports(diags, &r.remote_port);
     rule.local_port = ports(diags, &r.local_port);
+    if let Some(f) = &r.family {
+        rule.family = report(diags, &f.span, family(&f.value, &rule));
+    }
     (diags.len() == before).then_some(rule)
+}
+
+/// The `family` condition; a packet socket's frame has no protocol, remote
+/// or port, so `family = "packet"` with any of them could never match.
+fn family(v: &str, rule: &Rule) -> Result<FamilyMatch, String> {
+    match v {
+        "ip" => Ok(FamilyMatch::Ip),
+        "packet" => {
+            let addressed = [
+                (rule.proto.is_some_and(|p| p != ProtoMatch::Any), "proto"),
+                (!rule.remote.is_empty(), "remote"),
+                (!rule.remote_port.is_empty(), "remote_port"),
+                (!rule.local_port.is_empty(), "local_port"),
+            ];
+            match addressed.iter().find(|(has, _)| *has) {
+                Some((_, key)) => Err(format!(
+                    "`family = \"packet\"` with `{key}` can never match: packet sockets \
+                     are decided by who sends (exe, comm, user, cgroup), they have no \
+                     protocol, remote or port for rules; leave `{key}` out"
+                )),
+                None => Ok(FamilyMatch::Packet),
+            }
+        }
+        other => Err(format!(
+            "`family` must be \"ip\" (IPv4 and IPv6 sockets) or \"packet\" (packet \
+             sockets, AF_PACKET), not {other:?}"
+        )),
+    }
 }
 
 fn report<T>(diags: &mut Diags<'_>, span: &Range<usize>, r: Result<T, String>) -> Option<T> {

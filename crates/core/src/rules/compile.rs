@@ -368,6 +368,13 @@ pub struct CompiledRules {
     pub remote_v6: LpmTable,
     pub remote_port: PortTable,
     pub local_port: PortTable,
+    /// The `family` dimension: index 0 for IP sockets, 1 for packet
+    /// sockets.
+    pub family: [Mask; 2],
+    /// The rules without a condition on the protocol (or `any`), remote,
+    /// remote port and local port: what those dimensions give a packet
+    /// socket's frame, which has none of them.
+    pub unaddressed: [Mask; 4],
 }
 
 /// The first byte of the exe key the kernel gives a program it cannot name
@@ -565,6 +572,21 @@ impl CompiledRules {
             PortTable::build(&ranges, wild)
         };
 
+        let mut family = [Mask::EMPTY; 2];
+        for (i, r) in rs.iter().enumerate() {
+            for (f, packet) in family.iter_mut().zip([false, true]) {
+                if r.family.is_none_or(|fm| fm.matches(packet)) {
+                    f.set(i);
+                }
+            }
+        }
+        let unaddressed = [
+            proto_wild,
+            remote_wild,
+            wildcard(rs, |r| r.remote_port.is_empty()),
+            wildcard(rs, |r| r.local_port.is_empty()),
+        ];
+
         CompiledRules {
             rule_count: rs.len(),
             actions: rs.iter().map(|r| r.action).collect(),
@@ -588,6 +610,8 @@ impl CompiledRules {
             remote_v6: LpmTable::build(16, &v6, remote_wild),
             remote_port: ports(|r| &r.remote_port),
             local_port: ports(|r| &r.local_port),
+            family,
+            unaddressed,
         }
     }
 
@@ -595,6 +619,21 @@ impl CompiledRules {
     /// (see [`EXE_UNKNOWN`]).
     pub fn exe_unknown_mask(&self) -> Mask {
         self.exe_prefix.lookup(&[EXE_UNKNOWN]) | self.exe_suffix.miss
+    }
+
+    /// The kernel's protocol table entry for IP protocol `p`: the `proto`
+    /// dimension with the `family` dimension for IP sockets folded in (the
+    /// kernel's IP hooks decide only IP sockets).
+    pub fn kernel_proto(&self, p: u8) -> Mask {
+        self.proto[usize::from(p)] & self.family[0]
+    }
+
+    /// The kernel's packet-socket mask: every dimension a packet socket's
+    /// frame has no value for (protocol, remote, ports) and `family`,
+    /// ANDed; the kernel ANDs it with exe, comm, user, cgroup and
+    /// direction.
+    pub fn kernel_packet(&self) -> Mask {
+        self.unaddressed.iter().fold(self.family[1], |a, m| a & *m)
     }
 
     /// The exe dimension: prefix-table mask OR suffix-table mask.
@@ -611,7 +650,21 @@ impl CompiledRules {
 
     /// Each dimension's mask for `q`, in the order of
     /// [`super::explain::DIMENSIONS`].
-    pub fn masks(&self, q: &Query<'_>) -> [Mask; 9] {
+    pub fn masks(&self, q: &Query<'_>) -> [Mask; 10] {
+        if q.packet {
+            return [
+                self.exe_mask(q.exe),
+                self.comm.lookup(&comm_key(q.comm)),
+                self.uid.lookup(&q.uid),
+                self.cgroup.lookup(q.cgroup_ancestors),
+                self.direction[q.direction.index()],
+                self.unaddressed[0],
+                self.unaddressed[1],
+                self.unaddressed[2],
+                self.unaddressed[3],
+                self.family[1],
+            ];
+        }
         [
             self.exe_mask(q.exe),
             self.comm.lookup(&comm_key(q.comm)),
@@ -622,6 +675,7 @@ impl CompiledRules {
             self.remote_mask(q.remote),
             self.remote_port.lookup(q.remote_port),
             self.local_port.lookup(q.local_port),
+            self.family[0],
         ]
     }
 

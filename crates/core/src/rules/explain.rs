@@ -133,6 +133,20 @@ fn mismatch(rule: &Rule, c: Condition, q: &Query<'_>) -> Mismatch {
         Condition::Remote => (list(&rule.remote), q.remote.to_string()),
         Condition::RemotePort => (list(&rule.remote_port), q.remote_port.to_string()),
         Condition::LocalPort => (list(&rule.local_port), q.local_port.to_string()),
+        Condition::Family => (
+            rule.family.map(|f| f.to_string()).unwrap_or_default(),
+            if q.packet { "packet" } else { "ip" }.to_string(),
+        ),
+    };
+    // A packet socket's frame has no protocol, remote or port.
+    let got = if q.packet
+        && matches!(
+            c,
+            Condition::Proto | Condition::Remote | Condition::RemotePort | Condition::LocalPort
+        ) {
+        "none (a packet socket)".to_string()
+    } else {
+        got
     };
     Mismatch {
         condition: c,
@@ -143,6 +157,16 @@ fn mismatch(rule: &Rule, c: Condition, q: &Query<'_>) -> Mismatch {
 
 /// The connection as one line of `key=value` text.
 pub fn query_text(q: &Query<'_>) -> String {
+    if q.packet {
+        return format!(
+            "exe={} comm={} uid={} cgroup={} direction={} family=packet",
+            q.exe,
+            q.comm,
+            q.uid,
+            q.cgroup().unwrap_or("(unknown)"),
+            q.direction,
+        );
+    }
     format!(
         "exe={} comm={} uid={} cgroup={} direction={} proto={} remote={} local_port={}",
         q.exe,

@@ -41,8 +41,8 @@ pub use diagnostic::{line_col, Diagnostic, RulesError};
 pub use explain::{explain, Explanation, Mismatch, RuleOutcome};
 pub use model::{
     cgroup_ancestors, cgroup_covers, normalize_ip, Action, Decision, Direction, ExePattern,
-    IpPrefix, PortRange, ProtoMatch, Query, Rule, Rules, UserMatch, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
+    FamilyMatch, IpPrefix, PortRange, ProtoMatch, Query, Rule, Rules, UserMatch, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
 };
 pub use reference::Condition;
 pub use shadow::{Shadowing, SHADOW_BUDGET};

@@ -97,6 +97,34 @@ impl fmt::Display for ProtoMatch {
     }
 }
 
+/// The `family` condition: what kind of socket sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FamilyMatch {
+    /// IPv4 and IPv6 sockets (TCP, UDP, ICMP, raw IP).
+    Ip,
+    /// Packet sockets (`AF_PACKET`), which send whole link-layer frames.
+    Packet,
+}
+
+impl FamilyMatch {
+    /// Whether a connection (`packet`: from a packet socket) has it.
+    pub fn matches(self, packet: bool) -> bool {
+        match self {
+            FamilyMatch::Ip => !packet,
+            FamilyMatch::Packet => packet,
+        }
+    }
+}
+
+impl fmt::Display for FamilyMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FamilyMatch::Ip => "ip",
+            FamilyMatch::Packet => "packet",
+        })
+    }
+}
+
 /// An `exe` pattern: one of the three forms the kernel can evaluate with a
 /// longest-prefix-match lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -288,6 +316,8 @@ pub struct Rule {
     pub cgroup: Option<String>,
     pub direction: Option<Direction>,
     pub proto: Option<ProtoMatch>,
+    /// `ip` or `packet`: which kind of socket.
+    pub family: Option<FamilyMatch>,
     /// Any of these prefixes; empty means any address.
     pub remote: Vec<IpPrefix>,
     /// Any of these ranges; empty means any port.
@@ -309,6 +339,7 @@ impl Rule {
             cgroup: None,
             direction: None,
             proto: None,
+            family: None,
             remote: Vec::new(),
             remote_port: Vec::new(),
             local_port: Vec::new(),
@@ -343,6 +374,9 @@ impl Rule {
         }
         if let Some(p) = self.proto {
             out.push(format!("proto={p}"));
+        }
+        if let Some(f) = self.family {
+            out.push(format!("family={f}"));
         }
         if !self.remote.is_empty() {
             out.push(format!(
@@ -437,6 +471,10 @@ pub struct Query<'a> {
     pub remote: IpAddr,
     pub remote_port: u16,
     pub local_port: u16,
+    /// A packet socket's frame (`family = "packet"`): it has no protocol,
+    /// remote or ports for rules (`proto`, `remote` and the ports above
+    /// are not looked at), and its direction is out.
+    pub packet: bool,
 }
 
 impl Query<'_> {

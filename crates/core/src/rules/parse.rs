@@ -36,6 +36,7 @@ pub(crate) struct RawRule {
     pub cgroup: Option<At<String>>,
     pub direction: Option<At<String>>,
     pub proto: Option<At<String>>,
+    pub family: Option<At<String>>,
     pub remote: Option<At<Vec<At<String>>>>,
     pub remote_port: Option<At<Vec<At<Scalar>>>>,
     pub local_port: Option<At<Vec<At<Scalar>>>>,
@@ -61,6 +62,7 @@ pub(crate) const RULE_KEYS: &[&str] = &[
     "cgroup",
     "direction",
     "proto",
+    "family",
     "remote",
     "remote_port",
     "local_port",
@@ -196,6 +198,7 @@ fn raw_rule(diags: &mut Diags<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawRu
             "cgroup" => r.cgroup = string(diags, key, v, "a cgroup path string"),
             "direction" => r.direction = string(diags, key, v, "\"out\" or \"in\""),
             "proto" => r.proto = string(diags, key, v, "\"tcp\", \"udp\", \"icmp\" or \"any\""),
+            "family" => r.family = string(diags, key, v, "\"ip\" or \"packet\""),
             "remote" => {
                 r.remote = list(diags, key, v, |d, e| {
                     string(d, key, e, "an address or CIDR prefix string")

@@ -166,9 +166,13 @@ fn rule() -> impl Strategy<Value = Rule> {
         maybe_list(proptest::collection::vec(prefix(), 1..4)),
         maybe_list(ports()),
         maybe_list(ports()),
+        weighted(
+            0.3,
+            prop_oneof![Just(FamilyMatch::Ip), Just(FamilyMatch::Packet)],
+        ),
     );
     (a, b).prop_map(
-        |((block, exe, comm, uid, cgroup, direction), (proto, remote, rport, lport))| {
+        |((block, exe, comm, uid, cgroup, direction), (proto, remote, rport, lport, family))| {
             let mut r = Rule::new("", if block { Action::Block } else { Action::Allow });
             r.exe = exe;
             r.comm = comm.map(str::to_string);
@@ -179,6 +183,16 @@ fn rule() -> impl Strategy<Value = Rule> {
             r.remote = remote;
             r.remote_port = rport;
             r.local_port = lport;
+            // `family = "packet"` with a protocol, remote or port is refused
+            // by the checker (it could never match).
+            let addressed = r.proto.is_some_and(|p| p != ProtoMatch::Any)
+                || !r.remote.is_empty()
+                || !r.remote_port.is_empty()
+                || !r.local_port.is_empty();
+            r.family = match family {
+                Some(FamilyMatch::Packet) if addressed => Some(FamilyMatch::Ip),
+                f => f,
+            };
             r
         },
     )
@@ -208,6 +222,7 @@ struct Conn {
     remote: IpAddr,
     remote_port: u16,
     local_port: u16,
+    packet: bool,
 }
 
 fn port() -> impl Strategy<Value = u16> {
@@ -233,10 +248,14 @@ fn conn() -> impl Strategy<Value = Conn> {
             pick(QUERY_ADDRS).prop_map(|a| a.parse::<IpAddr>().unwrap()),
             port(),
             port(),
+            proptest::bool::weighted(0.2),
         ),
     )
         .prop_map(
-            |((exe, comm, uid, cgroup, direction), (proto, remote, remote_port, local_port))| {
+            |(
+                (exe, comm, uid, cgroup, direction),
+                (proto, remote, remote_port, local_port, packet),
+            )| {
                 Conn {
                     exe,
                     comm,
@@ -247,6 +266,7 @@ fn conn() -> impl Strategy<Value = Conn> {
                     remote,
                     remote_port,
                     local_port,
+                    packet,
                 }
             },
         )
@@ -273,10 +293,22 @@ proptest! {
                 remote: c.remote,
                 remote_port: c.remote_port,
                 local_port: c.local_port,
+                packet: c.packet,
             };
             let want = reference::decide(&rules, &q);
             let got = compiled.decide(&q);
             prop_assert_eq!(got, want, "query {:?}", q);
+            // The kernel's tables: `family` folded into the protocol table
+            // for IP sockets, and the one packet mask for packet sockets.
+            let m = compiled.masks(&q);
+            let kernel = if q.packet {
+                m[..5].iter().fold(compiled.kernel_packet(), |a, x| a & *x)
+            } else {
+                let mut k = m[..9].iter().fold(Mask([u64::MAX; MASK_WORDS]), |a, x| a & *x);
+                k = k & compiled.kernel_proto(q.proto);
+                k
+            };
+            prop_assert_eq!(kernel.first(), want.rule, "kernel tables, query {:?}", q);
             // Each dimension on its own, too: the mask holds exactly the
             // rules whose condition holds.
             let masks = compiled.masks(&q);
@@ -361,6 +393,7 @@ proptest! {
                 remote: c.remote,
                 remote_port: c.remote_port,
                 local_port: c.local_port,
+                packet: c.packet,
             };
             let d = reference::decide(&rules, &q);
             for &(j, i) in &shadowed {

@@ -19,11 +19,12 @@ pub enum Condition {
     Remote,
     RemotePort,
     LocalPort,
+    Family,
 }
 
 impl Condition {
     /// Every condition, in the order of [`super::CompiledRules::masks`].
-    pub const ALL: [Condition; 9] = [
+    pub const ALL: [Condition; 10] = [
         Condition::Exe,
         Condition::Comm,
         Condition::User,
@@ -33,6 +34,7 @@ impl Condition {
         Condition::Remote,
         Condition::RemotePort,
         Condition::LocalPort,
+        Condition::Family,
     ];
 
     /// The key in the rules file.
@@ -47,6 +49,7 @@ impl Condition {
             Condition::Remote => "remote",
             Condition::RemotePort => "remote_port",
             Condition::LocalPort => "local_port",
+            Condition::Family => "family",
         }
     }
 }
@@ -58,7 +61,22 @@ impl fmt::Display for Condition {
 }
 
 /// Whether `rule`'s condition `c` holds for `q` (an absent condition holds).
+/// A packet socket's frame has no protocol, remote or port: a `proto`
+/// (other than `any`), `remote` or port condition never holds for it.
 pub fn condition_holds(rule: &Rule, c: Condition, q: &Query<'_>) -> bool {
+    if q.packet {
+        match c {
+            Condition::Proto => {
+                return rule
+                    .proto
+                    .is_none_or(|p| p == super::model::ProtoMatch::Any)
+            }
+            Condition::Remote => return rule.remote.is_empty(),
+            Condition::RemotePort => return rule.remote_port.is_empty(),
+            Condition::LocalPort => return rule.local_port.is_empty(),
+            _ => {}
+        }
+    }
     match c {
         Condition::Exe => rule.exe.as_ref().is_none_or(|p| p.matches(q.exe)),
         Condition::Comm => rule.comm.as_ref().is_none_or(|c| {
@@ -83,6 +101,7 @@ pub fn condition_holds(rule: &Rule, c: Condition, q: &Query<'_>) -> bool {
         Condition::LocalPort => {
             rule.local_port.is_empty() || rule.local_port.iter().any(|r| r.contains(q.local_port))
         }
+        Condition::Family => rule.family.is_none_or(|f| f.matches(q.packet)),
     }
 }
 

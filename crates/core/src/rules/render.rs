@@ -68,6 +68,9 @@ fn rule(out: &mut String, r: &Rule) {
     if let Some(p) = r.proto {
         kv("proto", quote(&p.to_string()));
     }
+    if let Some(f) = r.family {
+        kv("family", quote(&f.to_string()));
+    }
     if !r.remote.is_empty() {
         let items: Vec<String> = r.remote.iter().map(|p| quote(&p.to_string())).collect();
         kv("remote", format!("[{}]", items.join(", ")));

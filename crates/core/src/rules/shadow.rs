@@ -49,6 +49,7 @@ pub fn covers(earlier: &Rule, later: &Rule) -> bool {
         && opt_covers(&earlier.cgroup, &later.cgroup, |x, y| cgroup_covers(x, y))
         && opt_covers(&earlier.direction, &later.direction, |x, y| x == y)
         && opt_covers(&proto(&earlier.proto), &proto(&later.proto), |x, y| x == y)
+        && opt_covers(&earlier.family, &later.family, |x, y| x == y)
         && prefixes_cover(&earlier.remote, &later.remote)
         && ports_cover(&earlier.remote_port, &later.remote_port)
         && ports_cover(&earlier.local_port, &later.local_port)

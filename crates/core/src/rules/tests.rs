@@ -361,6 +361,7 @@ fn query<'a>(exe: &'a str, remote: &str, port: u16, ancestors: &'a [String]) -> 
         remote: remote.parse::<IpAddr>().unwrap(),
         remote_port: port,
         local_port: 40000,
+        packet: false,
     }
 }
 
@@ -670,4 +671,98 @@ fn the_shadowing_analysis_is_bounded_and_says_when_it_stopped() {
     assert_eq!(small.shadowing(shadow::SHADOW_BUDGET).stopped_at, None);
     assert_eq!(small.shadowing(2).stopped_at, Some(2));
     assert!(small.warnings_within(2)[0].contains("shadowing not checked from rule #2 `r2`"));
+}
+
+fn packet_query<'a>(exe: &'a str, uid: u32, ancestors: &'a [String]) -> Query<'a> {
+    Query {
+        exe,
+        comm: exe.rsplit('/').next().unwrap(),
+        uid,
+        cgroup_ancestors: ancestors,
+        direction: Direction::Out,
+        proto: 0,
+        remote: "0.0.0.0".parse::<IpAddr>().unwrap(),
+        remote_port: 0,
+        local_port: 0,
+        packet: true,
+    }
+}
+
+#[test]
+fn packet_sockets_are_decided_by_who_sends() {
+    let text = r#"
+default = "block"
+
+[[rule]]
+name = "dns"
+action = "allow"
+remote_port = 53
+
+[[rule]]
+name = "no-packet-for-nobody"
+action = "block"
+family = "packet"
+user = 65534
+
+[[rule]]
+name = "dhcp-client"
+action = "allow"
+exe = "/usr/sbin/dhclient"
+
+[[rule]]
+name = "ip-only"
+action = "allow"
+family = "ip"
+exe = "/usr/bin/curl"
+"#;
+    let rules = parse(text).unwrap();
+    let compiled = CompiledRules::compile(&rules);
+    let anc = cgroup_ancestors("/");
+    let decide = |exe, uid| {
+        let q = packet_query(exe, uid, &anc);
+        let d = compiled.decide(&q);
+        assert_eq!(d, reference::decide(&rules, &q));
+        (d.rule, d.action)
+    };
+    // A rule with a port never matches a packet socket; `user` alone does.
+    assert_eq!(decide("/usr/bin/x", 65534), (Some(1), Action::Block));
+    // A rule naming only who sends matches its packet sockets too.
+    assert_eq!(decide("/usr/sbin/dhclient", 0), (Some(2), Action::Allow));
+    // `family = "ip"` leaves packet sockets to the default.
+    assert_eq!(decide("/usr/bin/curl", 0), (None, Action::Block));
+    // ... and a `family = "packet"` rule never matches IP traffic.
+    let q = query("/usr/bin/x", "10.0.0.1", 80, &anc);
+    let q = Query { uid: 65534, ..q };
+    assert_eq!(compiled.decide(&q).rule, None);
+    let e = explain(&rules, &compiled, &packet_query("/usr/bin/curl", 0, &anc)).to_string();
+    assert!(e.contains("family=packet"), "{e}");
+    assert!(e.contains("family wants ip, connection has packet"), "{e}");
+    assert!(
+        e.contains("remote_port wants 53, connection has none (a packet socket)"),
+        "{e}"
+    );
+    assert!(
+        rules.summary().contains("user=uid 65534 family=packet"),
+        "{}",
+        rules.summary()
+    );
+}
+
+#[test]
+fn family_errors() {
+    let e = error("[[rule]]\nname = \"a\"\naction = \"block\"\nfamily = \"inet\"\n");
+    assert!(e.starts_with("4:10: `family` must be \"ip\""), "{e}");
+    let e = error(
+        "[[rule]]\nname = \"a\"\naction = \"block\"\nremote = \"10.0.0.0/8\"\nfamily = \"packet\"\n",
+    );
+    assert!(
+        e.starts_with("5:10: `family = \"packet\"` with `remote` can never match"),
+        "{e}"
+    );
+    let e =
+        error("[[rule]]\nname = \"a\"\naction = \"block\"\nproto = \"udp\"\nfamily = \"packet\"\n");
+    assert!(e.contains("with `proto` can never match"), "{e}");
+    // `proto = "any"` is no protocol condition.
+    parse("[[rule]]\nname = \"a\"\naction = \"block\"\nproto = \"any\"\nfamily = \"packet\"\n")
+        .unwrap();
 }

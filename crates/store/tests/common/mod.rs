@@ -94,6 +94,7 @@ impl Synth {
                 Direction::In => Origin::Accept,
                 _ => Origin::Connect,
             },
+            link: None,
             verdict: None,
             rule: None,
         }
