@@ -319,13 +319,25 @@ static __always_inline void pol_exe_of_file(struct file *file, struct pf_exe_ide
 	bpf_loop(PF_EXE_KEY, pol_rev_step, &r, 0);
 }
 
+/* The identity of a program that cannot be known (no task storage, a
+ * socket without the identity of its creator): the key of an unknown
+ * program, so that block rules with exe conditions hold for it and allow
+ * rules with exe conditions do not. */
+static __always_inline struct pf_exe_ident *pol_unknown_exe(void)
+{
+	__u32 zero = 0;
+	struct pf_exe_ident *id = bpf_map_lookup_elem(&pol_zero, &zero);
+	if (id)
+		id->fwd.data[0] = PF_EXE_UNKNOWN;
+	return id;
+}
+
 /* The current process's identity (task storage of its leader), computed
  * on first use. Never null: an all-zero identity when none can be had. */
 static __always_inline struct pf_exe_ident *pol_current_exe(void)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct task_struct *leader = t->group_leader;
-	__u32 zero = 0;
 	struct pf_exe_ident *id = bpf_task_storage_get(&pol_task, leader, 0, 0);
 	if (id)
 		return id;
@@ -336,7 +348,7 @@ static __always_inline struct pf_exe_ident *pol_current_exe(void)
 			return id;
 		}
 	}
-	return bpf_map_lookup_elem(&pol_zero, &zero);
+	return pol_unknown_exe();
 }
 
 /* The process's comm (its thread-group leader's, as `ps -o comm` shows),
@@ -442,7 +454,14 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 	}
 	int r = pol_decide_g(q, exe, cg, gen, d);
 	d->gen = full;
-	return r == 1;
+	if (r != 1) {
+		/* A table of the rule set in force is missing (never expected:
+		 * user space writes every table before it flips): fail closed. */
+		d->rule = -1;
+		d->block = 1;
+		stat_inc(PF_STAT_FAIL_CLOSED);
+	}
+	return true;
 }
 
 /* Writes a verdict record. */
@@ -723,7 +742,7 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		 * procflow. Not decided. */
 		if (other)
 			return 1;
-		exe = bpf_map_lookup_elem(&pol_zero, &zero);
+		exe = pol_unknown_exe();
 		if (!exe)
 			return 1;
 		q.uid = o.uid;

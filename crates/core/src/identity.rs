@@ -318,6 +318,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_exec_whose_path_was_not_walked_has_no_exe_and_says_why() {
+        let mut r = IdentityResolver::new();
+        let mut sys = FakeSystem::default();
+        r.exec(owner(100).key(), info(""), &mut sys);
+        let id = r.resolve(&owner(100), &mut sys);
+        assert_eq!(id.exe, None, "no name the caller chose");
+        assert_eq!(id.exe_unknown.as_deref(), Some(reason::UNWALKABLE));
+    }
+
+    #[test]
     fn exec_capture_wins_over_proc() {
         let mut r = IdentityResolver::new();
         let mut sys = FakeSystem::default();

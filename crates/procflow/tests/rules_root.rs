@@ -1224,9 +1224,11 @@ fn enforce_existing_decides_by_the_leaders_comm_as_the_connect_hook_does() {
 fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
     // Two processes connected before procflow starts. One runs from a path
     // too deep for the kernel's walk (more than 80 components): the kernel
-    // resolves no executable for it, so no `exe` condition matches it at
-    // connect; its /proc path does match the rule. The other runs from a
-    // plain path that the rule names.
+    // resolves no executable for it, so it is an unknown program, for which
+    // every block rule with an exe condition holds (its /proc path would
+    // match only the `deep` rule; --enforce-existing must decide as the
+    // kernel does, by the unknown program). The other runs from a plain
+    // path that the rule names.
     let p = Pair::new("rdeep", 111);
     let b4 = p.b4.to_string();
     let base = std::env::temp_dir().join(format!("pf-deep-{}", std::process::id()));
@@ -1276,12 +1278,15 @@ fn enforce_existing_sees_the_executable_as_the_kernel_resolves_it() {
         line.trim().rsplit("PFPROBE ").next().unwrap(),
         "closed err 103"
     );
-    assert!(
-        deep_end.recv_timeout(Duration::from_millis(500)).is_err(),
-        "closed by the /proc path, which the kernel never matches"
+    let line = deep_end
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the unknown program's connection was not closed");
+    assert_eq!(
+        line.trim().rsplit("PFPROBE ").next().unwrap(),
+        "closed err 103"
     );
     assert_eq!(flat.result(&format!("tcp {b4} 7720")), EPERM);
-    assert_eq!(deep.result(&format!("tcp {b4} 7720")), "ok");
+    assert_eq!(deep.result(&format!("tcp {b4} 7720")), EPERM);
     pf.stop();
 }
 

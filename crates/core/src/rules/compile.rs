@@ -637,7 +637,11 @@ impl CompiledRules {
     }
 
     /// The exe dimension: prefix-table mask OR suffix-table mask.
+    /// An empty `exe` is a program the kernel could not name with trust.
     pub fn exe_mask(&self, exe: &str) -> Mask {
+        if exe.is_empty() {
+            return self.exe_unknown_mask();
+        }
         self.exe_prefix.lookup(&exe_prefix_key(exe)) | self.exe_suffix.lookup(&exe_suffix_key(exe))
     }
 

@@ -78,7 +78,14 @@ pub fn condition_holds(rule: &Rule, c: Condition, q: &Query<'_>) -> bool {
         }
     }
     match c {
-        Condition::Exe => rule.exe.as_ref().is_none_or(|p| p.matches(q.exe)),
+        // An unknown program (empty exe: the kernel could not name it with
+        // trust) or the dynamic loader: every block rule with an exe
+        // condition holds; the loader also matches patterns naming it.
+        Condition::Exe => rule.exe.as_ref().is_none_or(|p| {
+            let unknown = q.exe.is_empty() || super::compile::LOADERS.contains(&q.exe);
+            (unknown && rule.action == super::model::Action::Block)
+                || (!q.exe.is_empty() && p.matches(q.exe))
+        }),
         Condition::Comm => rule.comm.as_ref().is_none_or(|c| {
             let b = q.comm.as_bytes();
             c.as_bytes() == &b[..b.len().min(MAX_COMM)]
