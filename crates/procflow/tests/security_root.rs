@@ -1025,29 +1025,6 @@ port = connect_and_send("127.0.0.1")
 print(json.dumps({"port": port, "netns": os.stat("/proc/self/ns/net").st_ino}), flush=True)
 "#;
 
-/// `procflow report` in JSON.
-fn report_json(db: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(PROCFLOW)
-        .args(["report", "--db"])
-        .arg(db)
-        .args(args)
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn remove_db(db: &std::path::Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-    }
-}
-
 #[test]
 fn a_local_user_cannot_plant_remote_names_with_datagrams_from_port_53() {
     let ns = Netns::new("pf-dns120");
@@ -1167,7 +1144,7 @@ fn a_local_user_cannot_plant_remote_names_with_datagrams_from_port_53() {
     assert!(u(&s, "dns_answered") >= 1, "{s}");
     // Nor does the report.
     for by in ["host", "remote"] {
-        let doc = report_json(&db, &["--by", by]);
+        let doc = report(&db, &["--by", by]).to_string();
         assert!(!doc.contains("planted"), "{doc}");
         assert!(doc.contains("www.victim.test") || by == "remote", "{doc}");
     }

@@ -12,22 +12,6 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::{json, Value};
 
-fn report(db: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(PROCFLOW)
-        .args(["report", "--db"])
-        .arg(db)
-        .args(args)
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn report_by_exe_and_remote_equals_ground_truth() {
     let p = Pair::new("report", 30);

@@ -519,7 +519,7 @@ impl Drop for Procflow {
     }
 }
 
-fn remove_db(db: &std::path::Path) {
+pub fn remove_db(db: &std::path::Path) {
     for ext in ["", "-wal", "-shm"] {
         let mut p = db.as_os_str().to_owned();
         p.push(ext);
@@ -735,4 +735,21 @@ pub fn u(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// `procflow report --db DB ARGS --format json`, parsed.
+pub fn report(db: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(PROCFLOW)
+        .args(["report", "--db"])
+        .arg(db)
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
