@@ -14,6 +14,7 @@ use crate::skel::types::{
 };
 
 use crate::skel::types::{pf_direction, pf_flag, pf_kind, pf_origin};
+use crate::Record;
 
 // Record kinds and flags, from procflow.h through the skeleton's types.
 pub const PF_EV_OPEN: u32 = pf_kind::PF_EV_OPEN.0;
@@ -114,6 +115,12 @@ impl Clock {
         Clock {
             offset_ns: real as i128 - boot as i128,
         }
+    }
+
+    /// A clock whose Unix time is boot time plus `offset_ns`, for decoding
+    /// records without reading the machine's clocks (tests, fuzzing).
+    pub fn with_offset_ns(offset_ns: i128) -> Self {
+        Clock { offset_ns }
     }
 
     pub fn unix_ns(&self, boot_ns: u64) -> u64 {
@@ -343,6 +350,47 @@ pub fn exec_info(e: &pf_exec_event) -> (ProcessKey, ExecInfo) {
     (key, ExecInfo { exe, cmdline, comm })
 }
 
+/// Decodes one ring-buffer record (its bytes exactly as the kernel wrote
+/// them) into a [`Record`]. None for a record too short for its kind, a
+/// kind that never travels on the ring buffer, or an unknown kind. Pure: no
+/// kernel is needed, so it is what the fuzz target `kernel_record` runs.
+pub fn decode_record(data: &[u8], clock: &Clock) -> Option<Record> {
+    let kind = record_kind(data)?;
+    if kind == PF_EV_VERDICT {
+        return crate::policy::decode_verdict(data, clock).map(Record::Verdict);
+    }
+    if kind == PF_EV_DNS {
+        let e: crate::skel::types::pf_dns_event = read_struct(data)?;
+        return Some(Record::Event(FlowEvent::Dns(dns_message(&e))));
+    }
+    if kind == PF_EV_EXEC {
+        let e: pf_exec_event = read_struct(data)?;
+        let (process, info) = exec_info(&e);
+        return Some(Record::Event(FlowEvent::Exec { process, info }));
+    }
+    if kind == PF_EV_FORK {
+        let e: pf_fork_event = read_struct(data)?;
+        return Some(Record::Event(fork(&e)));
+    }
+    let e: pf_flow_event = read_struct(data)?;
+    Some(match kind {
+        PF_EV_OPEN => Record::Event(FlowEvent::Open(flow_view(&e, clock))),
+        PF_EV_CLOSE => Record::Event(FlowEvent::Close {
+            view: flow_view(&e, clock),
+            end_ns: clock.unix_ns(e.ts_ns),
+        }),
+        PF_EV_OWNER => Record::Event(FlowEvent::Owner {
+            cookie: e.cookie,
+            owner: owner(&e.owner),
+        }),
+        PF_EV_RELEASE => Record::Release {
+            cookie: e.cookie,
+            end_ns: clock.unix_ns(e.ts_ns),
+        },
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +442,54 @@ mod tests {
         raw[..4].copy_from_slice(&[10, 0, 0, 2]);
         assert_eq!(ip(4, &raw).to_string(), "10.0.0.2");
         assert_eq!(ip(6, &[0; 16]).to_string(), "::");
+    }
+
+    #[test]
+    fn ring_records_decode_without_a_kernel() {
+        let clock = Clock::with_offset_ns(1_000);
+        let mut e = pf_flow_event {
+            kind: PF_EV_CLOSE,
+            flags: PF_F_OWNER,
+            cookie: 7,
+            ts_ns: 5_000,
+            ..Default::default()
+        };
+        e.addr.family = 4;
+        e.addr.proto = 6;
+        e.addr.remote[..4].copy_from_slice(&[192, 0, 2, 1]);
+        e.addr.rport = 443;
+        e.owner.pid = 42;
+        let bytes = struct_bytes(&e).to_vec();
+        match decode_record(&bytes, &clock) {
+            Some(Record::Event(FlowEvent::Close { view, end_ns })) => {
+                assert_eq!(end_ns, 6_000);
+                assert_eq!(view.key, FlowKey::socket(7));
+                assert_eq!(view.info.remote.1, 443);
+                assert_eq!(view.owner.map(|o| o.pid), Some(42));
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        // Too short for its kind, an unknown kind, nothing at all: no record.
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_record(&bytes[..cut], &clock), None, "{cut} bytes");
+        }
+        let mut unknown = bytes.clone();
+        unknown[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(decode_record(&unknown, &clock), None);
+        // A DNS record's length is capped at its buffer.
+        let mut dns = crate::skel::types::pf_dns_event {
+            kind: PF_EV_DNS,
+            pid: 3,
+            len: u32::MAX,
+            ..Default::default()
+        };
+        dns.data[0] = 0x12;
+        match decode_record(struct_bytes(&dns), &clock) {
+            Some(Record::Event(FlowEvent::Dns(m))) => {
+                let pid = m.owner.map(|o| o.process.pid);
+                assert_eq!((pid, m.payload.len(), m.payload[0]), (Some(3), 512, 0x12));
+            }
+            other => panic!("decoded {other:?}"),
+        }
     }
 }

@@ -17,9 +17,7 @@ use procflow_core::flow::{Counters, FlowKey};
 
 use crate::cgroup::cgroup2_root;
 use crate::decode::{self, Clock};
-use crate::skel::types::{
-    pf_dgram_key, pf_dgram_val, pf_exec_event, pf_flow_event, pf_fork_event, pf_origin, pf_stat,
-};
+use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_flow_event, pf_origin, pf_stat};
 use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
 use crate::{BpfError, Record};
 
@@ -286,7 +284,7 @@ impl Kernel {
         let clock = self.clock;
         let mut b = RingBufferBuilder::new();
         b.add(&self.skel.maps.events, move |data: &[u8]| {
-            if let Some(r) = decode_ring(data, &clock) {
+            if let Some(r) = decode::decode_record(data, &clock) {
                 queue.borrow_mut().push_back(r);
             }
             0
@@ -644,44 +642,6 @@ fn ifindexes() -> Vec<u32> {
         libc::if_freenameindex(list);
     }
     out
-}
-
-fn decode_ring(data: &[u8], clock: &Clock) -> Option<Record> {
-    use procflow_core::FlowEvent;
-    let kind = decode::record_kind(data)?;
-    if kind == crate::policy::PF_EV_VERDICT {
-        return crate::policy::decode_verdict(data, clock).map(Record::Verdict);
-    }
-    if kind == decode::PF_EV_DNS {
-        let e: crate::skel::types::pf_dns_event = decode::read_struct(data)?;
-        return Some(Record::Event(FlowEvent::Dns(decode::dns_message(&e))));
-    }
-    if kind == decode::PF_EV_EXEC {
-        let e: pf_exec_event = decode::read_struct(data)?;
-        let (process, info) = decode::exec_info(&e);
-        return Some(Record::Event(FlowEvent::Exec { process, info }));
-    }
-    if kind == decode::PF_EV_FORK {
-        let e: pf_fork_event = decode::read_struct(data)?;
-        return Some(Record::Event(decode::fork(&e)));
-    }
-    let e: pf_flow_event = decode::read_struct(data)?;
-    Some(match kind {
-        decode::PF_EV_OPEN => Record::Event(FlowEvent::Open(decode::flow_view(&e, clock))),
-        decode::PF_EV_CLOSE => Record::Event(FlowEvent::Close {
-            view: decode::flow_view(&e, clock),
-            end_ns: clock.unix_ns(e.ts_ns),
-        }),
-        decode::PF_EV_OWNER => Record::Event(FlowEvent::Owner {
-            cookie: e.cookie,
-            owner: decode::owner(&e.owner),
-        }),
-        decode::PF_EV_RELEASE => Record::Release {
-            cookie: e.cookie,
-            end_ns: clock.unix_ns(e.ts_ns),
-        },
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

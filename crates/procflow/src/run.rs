@@ -19,37 +19,16 @@ pub struct RunArgs {
     sinks: crate::sinks::SinkArgs,
     /// Also write a cumulative record for every open flow this often:
     /// seconds (10, 0.5) or a duration (30s, 5m).
-    #[arg(long, value_name = "TIME", value_parser = parse_period)]
+    #[arg(long, value_name = "TIME", value_parser = procflow_store::timespec::parse_period)]
     interval: Option<Duration>,
     /// Stop by itself after this long: seconds (3600) or a duration (1h);
     /// SIGINT and SIGTERM stop it too.
-    #[arg(long, value_name = "TIME", value_parser = parse_period)]
+    #[arg(long, value_name = "TIME", value_parser = procflow_store::timespec::parse_period)]
     duration: Option<Duration>,
     #[command(flatten)]
     rules: crate::enforce::RulesArgs,
     #[command(flatten)]
     resolve: crate::resolve::ResolveArgs,
-}
-
-/// A time span given on the command line: plain seconds (`10`, `0.5`) or a
-/// duration as `--retain` takes it (`10s`, `5m`, `1h30m`). It must be
-/// longer than zero.
-fn parse_period(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let d = if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let secs: f64 = t.parse().map_err(|_| {
-            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
-        })?;
-        Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))?
-    } else {
-        procflow_store::timespec::parse_duration(t).map_err(|_| {
-            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
-        })?
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be longer than zero"));
-    }
-    Ok(d)
 }
 
 /// The collector: applies kernel records to the flow table and sends the
@@ -363,22 +342,4 @@ fn stats_record(
         "log": c.sinks.log_stats(),
         "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods_in_seconds_or_durations() {
-        assert_eq!(parse_period("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_period("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_period("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_period("30s"), Ok(Duration::from_secs(30)));
-        for bad in [
-            "0", "0s", "0.0", "-1", "NaN", "nan", "inf", "-inf", "", "1e400", "10x",
-        ] {
-            assert!(parse_period(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -20,7 +20,7 @@ pub struct SinkArgs {
     log: Option<PathBuf>,
     /// Rotate the log when it would grow past this size (e.g. 100M, 1G);
     /// 0 turns rotation off.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100M", requires = "log")]
+    #[arg(long, value_name = "SIZE", value_parser = procflow_store::timespec::parse_size, default_value = "100M", requires = "log")]
     log_max_size: u64,
     /// Rotated logs to keep (FILE.1 ... FILE.N).
     #[arg(long, value_name = "N", default_value_t = 5, requires = "log")]
@@ -35,36 +35,6 @@ pub struct SinkArgs {
     /// two days are rolled up into hourly totals.
     #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age, conflicts_with = "no_db")]
     retain: Duration,
-}
-
-/// A size: a number of bytes, or a number with a binary unit (K, M, G;
-/// `100M`, `1GiB`).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1u64),
-        Some((i, _)) => {
-            let mult = match s[i..]
-                .to_ascii_uppercase()
-                .trim_end_matches("IB")
-                .trim_end_matches('B')
-            {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
-            };
-            (&s[..i], mult)
-        }
-    };
-    if num.is_empty() {
-        return Err(format!("{s:?} is not a size (e.g. 100M)"));
-    }
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is too large (at most {} bytes)", u64::MAX))
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -295,24 +265,5 @@ impl Sinks {
                 })
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_units() {
-        assert_eq!(parse_size("100"), Ok(100));
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("10K"), Ok(10 << 10));
-        assert_eq!(parse_size("100M"), Ok(100 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
-        assert!(parse_size("5X").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("18446744073709551616").is_err());
-        assert!(parse_size("17179869184G").is_err());
     }
 }

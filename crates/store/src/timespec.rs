@@ -1,5 +1,6 @@
-//! Times and durations as users write them (`30m`, `7d`, RFC 3339) and as the
-//! store keeps them (integer seconds or microseconds since the Unix epoch).
+//! Times, durations and sizes as users write them (`30m`, `7d`, RFC 3339,
+//! `100M`) and as the store keeps them (integer seconds or microseconds since
+//! the Unix epoch).
 
 use std::time::Duration;
 
@@ -55,6 +56,57 @@ pub fn parse_duration(s: &str) -> Result<Duration, StoreError> {
         return Err(bad("missing unit: s, m, h, d or w (e.g. 30m, 7d)"));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// A time span given on the command line: plain seconds (`10`, `0.5`) or a
+/// duration as `--retain` takes it (`10s`, `5m`, `1h30m`). It must be
+/// longer than zero.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = t.parse().map_err(|_| {
+            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
+        })?;
+        Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))?
+    } else {
+        parse_duration(t).map_err(|_| {
+            format!("{s:?} is not a number of seconds or a duration (10, 0.5, 30s, 1h)")
+        })?
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A size: a number of bytes, or a number with a binary unit (K, M, G;
+/// `100M`, `1GiB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let mult = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+            };
+            (&s[..i], mult)
+        }
+    };
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (e.g. 100M)"));
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is too large (at most {} bytes)", u64::MAX))
 }
 
 /// Parses a point in time, in seconds since the Unix epoch: `now`, a
@@ -132,6 +184,33 @@ mod tests {
         assert_eq!(parse_duration("2w").unwrap().as_secs(), 1_209_600);
         for bad in ["", "5", "h", "5x", "-1h", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_and_units() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("10K"), Ok(10 << 10));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("18446744073709551616").is_err());
+        assert!(parse_size("17179869184G").is_err());
+    }
+
+    #[test]
+    fn periods_in_seconds_or_durations() {
+        assert_eq!(parse_period("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_period("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_period("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_period("30s"), Ok(Duration::from_secs(30)));
+        for bad in [
+            "0", "0s", "0.0", "-1", "NaN", "nan", "inf", "-inf", "", "1e400", "10x",
+        ] {
+            assert!(parse_period(bad).is_err(), "{bad}");
         }
     }
 
