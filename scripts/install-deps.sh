@@ -3,12 +3,15 @@
 # Nothing else is assumed: CI runs the test suite in a fresh debootstrap
 # minbase root that has only what this script installs (and the Rust
 # toolchain). libbpf is built from libbpf-sys's vendored source (gcc, make);
-# libelf and zlib are linked statically from their -dev packages.
+# libelf and zlib are linked statically from their -dev packages. g++ builds
+# libFuzzer (C++, from libfuzzer-sys's source) for the fuzz targets
+# (scripts/fuzz.sh); the stable compiler takes their sanitizer flags with
+# RUSTC_BOOTSTRAP=1, so no other toolchain is needed.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    ca-certificates gcc libc6-dev make pkg-config \
+    ca-certificates gcc g++ libc6-dev make pkg-config \
     clang-19 llvm-19 libelf-dev zlib1g-dev \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
     fonts-dejavu-core >/dev/null

@@ -17,5 +17,7 @@ phase "building"
 cargo build --release --locked --workspace --all-targets
 phase "running every test (unit tests and root tests)"
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads=2
+phase "fuzzing: each target of fuzz/ for ${PROCFLOW_FUZZ_SECONDS:-25} s from its seeds; any crash fails (scripts/fuzz.sh)"
+bash scripts/fuzz.sh ci "${PROCFLOW_FUZZ_SECONDS:-25}"
 phase "done"
 

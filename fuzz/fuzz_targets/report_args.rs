@@ -1,0 +1,34 @@
+//! `procflow report`'s arguments, one a line, through its argument parser
+//! and into the query it builds: the time window (`--since`, `--until`),
+//! the bucket width, the port or service name, the remote address or
+//! network.
+#![no_main]
+
+use clap::Parser;
+use libfuzzer_sys::fuzz_target;
+use procflow_store::report::build_query;
+use procflow_store::ReportArgs;
+
+#[derive(Debug, Parser)]
+struct Report {
+    #[command(flatten)]
+    args: ReportArgs,
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let argv = std::iter::once("report").chain(text.lines());
+    let Ok(r) = Report::try_parse_from(argv) else {
+        return;
+    };
+    for now in [1_795_000_000, 0] {
+        if let Ok(q) = build_query(&r.args, now) {
+            assert!(q.since < q.until, "an empty window: {q:?}");
+            if let Some(b) = q.bucket {
+                assert!(b > 0, "bucket {b}");
+            }
+        }
+    }
+});
