@@ -1,7 +1,8 @@
 //! `procflow report`'s arguments, one a line, through its argument parser
 //! and into the query it builds: the time window (`--since`, `--until`),
 //! the bucket width, the port or service name, the remote address or
-//! network.
+//! network. The window and its buckets must fit the arithmetic the
+//! timeline and chart do on them.
 #![no_main]
 
 use clap::Parser;
@@ -25,9 +26,11 @@ fuzz_target!(|data: &[u8]| {
     };
     for now in [1_795_000_000, 0] {
         if let Ok(q) = build_query(&r.args, now) {
-            assert!(q.since < q.until, "an empty window: {q:?}");
+            assert!(0 <= q.since && q.since < q.until, "window: {q:?}");
+            // What the timeline and the chart compute from the window.
+            let span = q.until - q.since;
             if let Some(b) = q.bucket {
-                assert!(b > 0, "bucket {b}");
+                assert!(b > 0 && span.checked_add(b).is_some(), "bucket: {q:?}");
             }
         }
     }

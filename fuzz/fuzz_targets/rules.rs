@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
         "fd00::1".parse().unwrap(),
         "::ffff:192.168.1.1".parse().unwrap(),
     ];
-    let exes = ["/usr/bin/curl", "/opt/app/bin/server", "/usr/lib/systemd/systemd"];
+    let exes = [
+        "/usr/bin/curl",
+        "/opt/app/bin/server",
+        "/usr/lib/systemd/systemd",
+    ];
     for (i, remote) in remotes.iter().enumerate() {
         for (j, exe) in exes.iter().enumerate() {
             let q = Query {
@@ -69,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
                 comm: exe.rsplit('/').next().unwrap_or(""),
                 uid: if j == 0 { 1000 } else { 0 },
                 cgroup_ancestors: &cgroups[(i + j) % cgroups.len()],
-                direction: if (i + j) % 2 == 0 { Direction::Out } else { Direction::In },
+                direction: if (i + j) % 2 == 0 {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
                 proto: [6, 17, 1, 58][(i + 2 * j) % 4],
                 remote: *remote,
                 remote_port: [53, 443, 22, 2250][(i + j) % 4],

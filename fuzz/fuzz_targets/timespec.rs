@@ -7,8 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use procflow_core::timefmt;
 use procflow_store::timespec::{
-    human_time, parse_duration, parse_period, parse_rfc3339_us, parse_size, parse_time,
-    rfc3339_s,
+    human_time, parse_duration, parse_period, parse_rfc3339_us, parse_size, parse_time, rfc3339_s,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = human_time(t, true);
     let formatted = rfc3339_s(t);
     if formatted != t.to_string() {
-        assert_eq!(parse_rfc3339_us(&formatted), Some(t * 1_000_000), "{formatted}");
+        assert_eq!(
+            parse_rfc3339_us(&formatted),
+            Some(t * 1_000_000),
+            "{formatted}"
+        );
     }
 
     let Ok(s) = std::str::from_utf8(data) else {

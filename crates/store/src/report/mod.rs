@@ -151,6 +151,9 @@ impl Default for ReportArgs {
     }
 }
 
+/// The widest bucket `--bucket` takes: 100 years (5200w).
+const MAX_BUCKET_S: u64 = 5_200 * 7 * 86_400;
+
 /// Bucket widths chosen automatically, smallest first.
 const AUTO_BUCKETS: [i64; 9] = [
     10,
@@ -174,12 +177,16 @@ pub fn auto_bucket(span: i64, max: i64) -> i64 {
 }
 
 /// Builds the query of `args` at time `now_s` (seconds since the epoch).
+///
+/// The history holds nothing before the Unix epoch, so a window reaching
+/// back further (`--since 1000w`, a year 0001 timestamp) starts there: the
+/// window's span and its buckets then always fit in an i64.
 pub fn build_query(args: &ReportArgs, now_s: i64) -> Result<Query, StoreError> {
-    let since = parse_time(&args.since, now_s)?;
+    let since = parse_time(&args.since, now_s)?.max(0);
     let until = match &args.until {
-        Some(u) => parse_time(u, now_s)?,
+        Some(u) => parse_time(u, now_s)?.max(0),
         // Include the bucket now is in.
-        None => now_s + 1,
+        None => now_s.saturating_add(1),
     };
     if until <= since {
         return Err(StoreError::invalid(
@@ -209,7 +216,10 @@ pub fn build_query(args: &ReportArgs, now_s: i64) -> Result<Query, StoreError> {
                 if secs == 0 {
                     return Err(StoreError::invalid("bucket", b, "must be at least 1s"));
                 }
-                i64::try_from(secs).unwrap_or(i64::MAX)
+                if secs > MAX_BUCKET_S {
+                    return Err(StoreError::invalid("bucket", b, "must be at most 5200w"));
+                }
+                secs as i64
             }
             None => auto_bucket(until - since, if args.chart.is_some() { 150 } else { 60 }),
         })
@@ -290,4 +300,57 @@ pub fn run_report_at(args: &ReportArgs, now_s: i64, out: &mut dyn Write) -> Resu
         Format::Csv => output::write_csv(out, &report)?,
     }
     out.flush().map_err(StoreError::output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    fn timeline(since: &str, until: Option<&str>, bucket: Option<&str>) -> ReportArgs {
+        ReportArgs {
+            since: since.into(),
+            until: until.map(String::from),
+            bucket: bucket.map(String::from),
+            timeline: true,
+            ..ReportArgs::default()
+        }
+    }
+
+    /// Found by the `report_args` fuzz target: a window reaching back
+    /// further than i64 seconds from now overflowed its span.
+    #[test]
+    fn a_window_reaching_back_past_the_epoch_starts_at_the_epoch() {
+        for since in [
+            "9223372036854775807s",
+            "18446744073709551615s",
+            "0001-01-01",
+        ] {
+            let q = build_query(&timeline(since, None, None), NOW).unwrap();
+            assert_eq!((q.since, q.until), (0, NOW + 1), "{since}");
+            assert_eq!(q.bucket, Some(7 * 86_400), "{since}");
+        }
+        let q = build_query(&timeline("1h", None, None), NOW).unwrap();
+        assert_eq!(q.since, NOW - 3_600);
+        // A window wholly before the epoch is empty.
+        let err = build_query(&timeline("3000w", Some("2999w"), None), NOW).unwrap_err();
+        assert!(err.to_string().contains("--until must be later"), "{err}");
+    }
+
+    /// Found by the `report_args` fuzz target: a bucket as wide as an i64
+    /// overflowed the chart's bucket count.
+    #[test]
+    fn a_bucket_wider_than_a_hundred_years_is_refused() {
+        assert_eq!(
+            build_query(&timeline("1h", None, Some("5200w")), NOW)
+                .unwrap()
+                .bucket,
+            Some(MAX_BUCKET_S as i64)
+        );
+        for b in ["5201w", "9223372036854775807s", "18446744073709551615s"] {
+            let err = build_query(&timeline("1h", None, Some(b)), NOW).unwrap_err();
+            assert!(err.to_string().contains("at most 5200w"), "{b}: {err}");
+        }
+    }
 }
