@@ -127,6 +127,18 @@ name = "ping"
 action = "allow"
 proto = ["icmp", "icmpv6"]
 direction = "out"
+
+[[rule]]
+name = "dhcp-client-frames"
+action = "allow"
+family = "packet"
+exe = "/usr/sbin/dhclient"
+
+[[rule]]
+name = "ip-only"
+action = "allow"
+family = "ip"
+comm = "curl"
 """)
     write("rules", "comm_cgroup_v6", """[[rule]]
 name = "sshd-in"

@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
                 remote: *remote,
                 remote_port: [53, 443, 22, 2250][(i + j) % 4],
                 local_port: 40000,
+                packet: (i + j) % 5 == 4,
             };
             let decision = compiled.decide(&q);
             assert_eq!(decision, reference::decide(&rules, &q), "{q:?}\n{text}");
