@@ -3,13 +3,16 @@
 
 Measures, alternating runs without and with `procflow run` in one
 invocation, across a veth pair between two network namespaces it creates:
-  - TCP bulk throughput (iperf3), ratio with/without (target >= 0.98)
-  - 256-byte UDP datagrams (iperf3 -u -b 0), ratio (target >= 0.90), two
+  - TCP bulk throughput (iperf3), ratio with/without (target >= 0.99)
+  - 64- and 256-byte UDP datagrams (iperf3 -u -b 0), ratio (target >= 0.95), two
     figures of the same runs: the goodput the receiver gets (most datagrams
     are lost, so it swings with scheduling) and the rate the sender sends
     at (the sender's CPU also carries the veth receive path in softirq, so
     it is the per-datagram cost of both directions)
   - procflow's CPU (% of one core) and peak RSS during those transfers
+  - the kernel time of procflow's programs per datagram
+    (kernel.bpf_stats_enabled, one more 64- and 256-byte run each)
+  (iperf3 client and server are pinned to CPUs 0 and 1)
   - a connection storm for 10 s: flows recorded vs connections made, and
     procflow's CPU
 Run as root after building: cargo build --release; sudo bench/flows_bench.py
@@ -95,11 +98,13 @@ class Procflow:
 
 
 def iperf(udp):
-    srv = subprocess.Popen(ns(B, "iperf3", "-s", "-1", "-J"), stdout=subprocess.PIPE, text=True)
+    """One iperf3 run, client and server pinned to different CPUs; `udp` is
+    the datagram size (0: TCP bulk)."""
+    srv = subprocess.Popen(ns(B, "iperf3", "-s", "-1", "-J", "-A", "1"), stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
-    args = ["iperf3", "-c", B_IP, "-t", str(SECS), "-J"]
+    args = ["iperf3", "-c", B_IP, "-t", str(SECS), "-J", "-A", "0"]
     if udp:
-        args += ["-u", "-l", "256", "-b", "0"]
+        args += ["-u", "-l", str(udp), "-b", "0"]
     out = json.loads(sh(*ns(A, *args)))
     srv.wait(timeout=30)
     end = out["end"]
@@ -108,6 +113,39 @@ def iperf(udp):
         sent = s["packets"] / s["seconds"]
         return s["bytes"] * (1 - s["lost_percent"] / 100) * 8 / s["seconds"], sent
     return end["sum_received"]["bits_per_second"]
+
+
+def bpf_prog_stats():
+    """(run_time_ns, run_cnt) of every loaded procflow program, by name."""
+    out = {}
+    for p in json.loads(sh("bpftool", "prog", "show", "-j")):
+        name = p.get("name", "")
+        if name.startswith("pf_"):
+            t, c = out.get(name, (0, 0))
+            out[name] = (t + p.get("run_time_ns", 0), c + p.get("run_cnt", 0))
+    return out
+
+
+def kernel_cost(size):
+    """Kernel time of procflow's programs per datagram, from
+    kernel.bpf_stats_enabled, during one UDP run with procflow."""
+    pf = Procflow()
+    sh("sysctl", "-q", "kernel.bpf_stats_enabled=1")
+    try:
+        before = bpf_prog_stats()
+        _, sent = iperf(size)
+        after = bpf_prog_stats()
+    finally:
+        sh("sysctl", "-q", "kernel.bpf_stats_enabled=0")
+        pf.stop()
+    per_run = {}
+    for name, (t, c) in after.items():
+        t0, c0 = before.get(name, (0, 0))
+        if c - c0 > 1000:
+            per_run[name] = ((t - t0) / (c - c0), c - c0)
+    datagrams = sent * SECS
+    total = sum((t - before.get(n, (0, 0))[0]) for n, (t, _) in after.items())
+    return per_run, total / datagrams, datagrams
 
 
 def storm():
@@ -124,24 +162,34 @@ def main():
         sys.exit("run as root")
     setup()
     try:
-        results = {"tcp": ([], []), "udp": ([], []), "udp-sent": ([], [])}
+        if os.environ.get("ONLY") == "cost":
+            # Only the kernel time per datagram (quicker; not the ratios).
+            for size in (64, 256):
+                per_run, per_dgram, n = kernel_cost(size)
+                print(f"kernel time per {size}-byte datagram: {per_dgram:.0f} ns ({n / 1e6:.2f} M sent)")
+                for name, (ns_run, runs) in sorted(per_run.items()):
+                    print(f"    {name:24} {ns_run:8.1f} ns per run, {runs} runs")
+            return
+        kinds = {"tcp": 0, "udp64": 64, "udp256": 256}
+        results = {k: ([], []) for k in ("tcp", "udp64", "udp64-sent", "udp256", "udp256-sent")}
         cpu_pct, rss = [], []
         for r in range(ROUNDS):
-            for kind in ("tcp", "udp"):
+            for kind, size in kinds.items():
                 for i in (0, 1):
                     pf = Procflow() if i else None
                     t0 = time.time()
-                    got = iperf(kind == "udp")
+                    got = iperf(size)
                     wall = time.time() - t0
-                    if kind == "udp":
-                        results["udp"][i].append(got[0])
-                        results["udp-sent"][i].append(got[1])
+                    if size:
+                        results[kind][i].append(got[0])
+                        results[kind + "-sent"][i].append(got[1])
                     else:
                         results["tcp"][i].append(got)
                     if pf:
                         cpu, peak, _ = pf.stop()
                         cpu_pct.append(100 * cpu / wall)
                         rss.append(peak)
+        costs = {size: kernel_cost(size) for size in (64, 256)}
         made_base, _ = storm()
         pf = Procflow()
         t0 = time.time()
@@ -161,12 +209,19 @@ def main():
         print(f"procflow flow-tracking benchmark ({ROUNDS} alternating rounds of {SECS} s)")
         print(f"{'measure':44} {'without':>12} {'with':>12} {'ratio':>7}")
         for kind, label, target, scale in (
-                ("tcp", "TCP bulk over veth (Gbit/s)", 0.98, 1e9),
-                ("udp", "UDP 256 B, goodput received (Mbit/s)", 0.90, 1e6),
-                ("udp-sent", "UDP 256 B, datagrams sent (k/s)", 0.90, 1e3)):
+                ("tcp", "TCP bulk over veth (Gbit/s)", 0.99, 1e9),
+                ("udp64", "UDP 64 B, goodput received (Mbit/s)", 0.95, 1e6),
+                ("udp64-sent", "UDP 64 B, datagrams sent (k/s)", 0.95, 1e3),
+                ("udp256", "UDP 256 B, goodput received (Mbit/s)", 0.95, 1e6),
+                ("udp256-sent", "UDP 256 B, datagrams sent (k/s)", 0.95, 1e3)):
             wo, w = med(results[kind][0]), med(results[kind][1])
             print(f"{label:44} {wo / scale:12.2f} {w / scale:12.2f} {w / wo:7.3f}  (target >= {target})")
         print(f"{'procflow CPU during transfers (% of a core)':44} {'':12} {med(cpu_pct):12.1f}")
+        for size, (per_run, per_dgram, n) in costs.items():
+            print(f"kernel time per {size}-byte datagram (bpf_stats, {n / 1e6:.2f} M datagrams sent): "
+                  f"{per_dgram:.0f} ns in all")
+            for name, (ns_run, runs) in sorted(per_run.items()):
+                print(f"    {name:24} {ns_run:8.1f} ns per run, {runs} runs")
         print(f"{'procflow peak RSS (MiB)':44} {'':12} {max(rss):12.1f}")
         print(f"{'connection storm: connections made in 10 s':44} {made_base:12d} {made:12d} {made / made_base:7.3f}")
         print(f"{'connection storm: closed flows recorded':44} {'':12} {closed:12d}  ({made - closed} missing)")

@@ -213,6 +213,24 @@ static __always_inline void emit_ctx(__u32 kind, struct pf_sock_ctx *ctx)
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* A record of a UDP socket's slot flow (DUMP, RELEASE; the slot must be
+ * counting or released): its endpoints, start and counters (e->c, from the
+ * context), flagged PF_F_SLOT. */
+static __always_inline void event_slot(struct pf_flow_event *e, struct pf_sock_ctx *ctx)
+{
+	struct pf_slot *s = &ctx->slot;
+	__builtin_memcpy(e->addr.local, s->local, 16);
+	__builtin_memcpy(e->addr.remote, s->remote, 16);
+	e->addr.lport = s->lport;
+	e->addr.rport = s->rport;
+	e->addr.family = s->family;
+	e->addr.proto = IPPROTO_UDP;
+	e->addr.direction = s->direction;
+	e->addr.origin = s->origin;
+	e->start_ns = s->start_ns;
+	e->flags |= PF_F_SLOT;
+}
+
 /* TCP context: fills payload counters from the socket and returns the event. */
 static __always_inline void tcp_counters_into(struct pf_flow_event *e, struct sock *sk,
 					      struct pf_sock_ctx *ctx)

@@ -283,6 +283,92 @@ static __always_inline void count_pending(struct pf_sock_ctx *lctx, struct sock 
 	}
 }
 
+/* The OPEN record of a datagram flow. */
+static __always_inline void dgram_open(struct pf_sock_ctx *ctx, __u8 *remote, __u8 *local,
+				       __u16 rport, __u16 lport, __u8 family, __u8 proto,
+				       __u8 direction, __u8 origin, __u64 start_ns)
+{
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	event_from_ctx(e, PF_EV_OPEN, ctx);
+	__builtin_memcpy(e->addr.local, local, 16);
+	__builtin_memcpy(e->addr.remote, remote, 16);
+	e->addr.lport = lport;
+	e->addr.rport = rport;
+	e->addr.family = family;
+	e->addr.proto = proto;
+	e->addr.direction = direction;
+	e->addr.origin = origin;
+	e->start_ns = start_ns;
+	__builtin_memset(&e->c, 0, sizeof(e->c));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Claims a UDP socket's slot for the remote of its packet `p` (see
+ * struct pf_slot); false if another CPU got there first. */
+static __always_inline bool slot_claim(struct pf_sock_ctx *ctx, struct pkt *p, bool egress)
+{
+	struct pf_slot *s = &ctx->slot;
+	if (__sync_val_compare_and_swap(&s->state, PF_SLOT_FREE, PF_SLOT_CLAIMING) != PF_SLOT_FREE)
+		return false;
+	__builtin_memcpy(s->remote, egress ? p->dst : p->src, 16);
+	__builtin_memcpy(s->local, egress ? p->src : p->dst, 16);
+	s->rport = egress ? p->dport : p->sport;
+	s->lport = egress ? p->sport : p->dport;
+	s->family = p->version;
+	s->direction = egress ? PF_DIR_OUT : PF_DIR_IN;
+	s->origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
+	s->start_ns = now_ns();
+	/* While this CPU claimed the slot, another may have counted a packet
+	 * of the same remote in the table: the flow is announced then, and
+	 * user space adds the two. */
+	struct pf_dgram_key k = {};
+	k.cookie = ctx->cookie;
+	__builtin_memcpy(k.remote, s->remote, 16);
+	k.rport = s->rport;
+	k.family = s->family;
+	if (!bpf_map_lookup_elem(&dgram_flows, &k))
+		dgram_open(ctx, s->remote, s->local, s->rport, s->lport, s->family, IPPROTO_UDP,
+			   s->direction, s->origin, s->start_ns);
+	__sync_fetch_and_add(&s->state, PF_SLOT_COUNTING - PF_SLOT_CLAIMING);
+	return true;
+}
+
+/* A UDP socket's first remote (a connected socket's only one) is counted in
+ * the socket's own context: one compare, no table lookup. False for a packet
+ * of another remote, which the datagram table counts. */
+static __always_inline bool count_slot(struct pf_sock_ctx *ctx, struct pkt *p, bool egress,
+				       __u32 len, __u64 wire, __u64 segs)
+{
+	struct pf_slot *s = &ctx->slot;
+	__u32 state = s->state;
+	if (state == PF_SLOT_COUNTING) {
+		__u64 a[2], b[2];
+		__builtin_memcpy(a, egress ? p->dst : p->src, 16);
+		__builtin_memcpy(b, s->remote, 16);
+		if (s->rport != (egress ? p->dport : p->sport) || s->family != p->version ||
+		    a[0] != b[0] || a[1] != b[1])
+			return false;
+	} else if (state != PF_SLOT_FREE || !slot_claim(ctx, p, egress)) {
+		return false;
+	}
+	__u32 hdr = p->l3len + p->l4len;
+	__u64 payload = len > hdr ? len - hdr : 0;
+	if (egress) {
+		add(&ctx->c.tx_bytes, wire);
+		add(&ctx->c.tx_packets, segs);
+		add(&ctx->c.tx_payload, payload);
+	} else {
+		add(&ctx->c.rx_bytes, wire);
+		add(&ctx->c.rx_packets, segs);
+		add(&ctx->c.rx_payload, payload);
+	}
+	return true;
+}
+
 /* A datagram flow (socket, remote): created on its first packet. */
 static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, bool egress,
 					__u32 len, __u64 wire, __u64 segs)
@@ -335,23 +421,8 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 			if (charged)
 				__sync_fetch_and_add(charged, 1);
 			__sync_fetch_and_add(&ctx->dgram_n, 1);
-			struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-			if (e) {
-				event_from_ctx(e, PF_EV_OPEN, ctx);
-				__builtin_memcpy(e->addr.local, fresh.local, 16);
-				__builtin_memcpy(e->addr.remote, k.remote, 16);
-				e->addr.lport = fresh.lport;
-				e->addr.rport = k.rport;
-				e->addr.family = p->version;
-				e->addr.proto = p->l4;
-				e->addr.direction = fresh.direction;
-				e->addr.origin = fresh.origin;
-				e->start_ns = fresh.start_ns;
-				__builtin_memset(&e->c, 0, sizeof(e->c));
-				bpf_ringbuf_submit(e, 0);
-			} else {
-				stat_inc(PF_STAT_RB_LOST);
-			}
+			dgram_open(ctx, k.remote, fresh.local, k.rport, fresh.lport, p->version,
+				   p->l4, fresh.direction, fresh.origin, fresh.start_ns);
 		}
 		v = bpf_map_lookup_elem(&dgram_flows, &k);
 		if (!v && (k.rport || k.remote[0] || k.remote[3] || k.remote[15])) {
@@ -501,6 +572,9 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 	if ((egress ? p.dport : p.sport) == 53 && (p.l4 == IPPROTO_UDP || p.l4 == IPPROTO_TCP))
 		capture_dns(skb, &p, ctx, len, egress);
 	if (!stream) {
+		if (protocol == IPPROTO_UDP && p.l4 == IPPROTO_UDP &&
+		    count_slot(ctx, &p, egress, len, wire, segs))
+			return 1;
 		count_dgram(ctx, &p, egress, len, wire, segs);
 		return 1;
 	}

@@ -123,8 +123,40 @@ int BPF_PROG(pf_tcp_state, struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
+/* A released UDP socket's slot flow, added to its datagram table entry. */
+static __always_inline void slot_to_table(struct pf_sock_ctx *ctx)
+{
+	struct pf_slot *s = &ctx->slot;
+	struct pf_dgram_key k = {};
+	k.cookie = ctx->cookie;
+	__builtin_memcpy(k.remote, s->remote, 16);
+	k.rport = s->rport;
+	k.family = s->family;
+	/* This CPU's value of the entry. */
+	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_flows, &k);
+	if (v) {
+		v->c.tx_bytes += ctx->c.tx_bytes;
+		v->c.rx_bytes += ctx->c.rx_bytes;
+		v->c.tx_packets += ctx->c.tx_packets;
+		v->c.rx_packets += ctx->c.rx_packets;
+		v->c.tx_payload += ctx->c.tx_payload;
+		v->c.rx_payload += ctx->c.rx_payload;
+		return;
+	}
+	struct pf_dgram_val fresh = {};
+	fresh.c = ctx->c;
+	fresh.start_ns = s->start_ns;
+	__builtin_memcpy(fresh.local, s->local, 16);
+	fresh.lport = s->lport;
+	fresh.direction = s->direction;
+	fresh.origin = s->origin;
+	fresh.proto = IPPROTO_UDP;
+	if (bpf_map_update_elem(&dgram_flows, &k, &fresh, BPF_NOEXIST))
+		stat_inc(PF_STAT_DGRAM_FULL);
+}
+
 /* A datagram socket is released: user space ends its flows, reading their
- * final counters from dgram_flows. */
+ * final counters from dgram_flows, and the slot flow's from this record. */
 SEC("cgroup/sock_release")
 int pf_sock_release(struct bpf_sock *bsk)
 {
@@ -146,6 +178,25 @@ int pf_sock_release(struct bpf_sock *bsk)
 			__sync_fetch_and_sub(charged, *charged < n ? *charged : n);
 		ctx->dgram_n = 0;
 	}
-	emit_ctx(PF_EV_RELEASE, ctx);
+	/* A UDP socket's slot flow ends here: packets that still arrive go
+	 * to the table, which user space reads after this record. */
+	__u32 slot = __sync_val_compare_and_swap(&ctx->slot.state, PF_SLOT_COUNTING,
+						 PF_SLOT_RELEASED);
+	if (slot == PF_SLOT_FREE)
+		__sync_val_compare_and_swap(&ctx->slot.state, PF_SLOT_FREE, PF_SLOT_RELEASED);
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		/* No record: the slot flow's counters would go with the
+		 * socket. Into the table, where the sweep of sockets whose
+		 * release went unrecorded finds them. */
+		if (slot == PF_SLOT_COUNTING)
+			slot_to_table(ctx);
+		return 1;
+	}
+	event_from_ctx(e, PF_EV_RELEASE, ctx);
+	if (slot == PF_SLOT_COUNTING)
+		event_slot(e, ctx);
+	bpf_ringbuf_submit(e, 0);
 	return 1;
 }

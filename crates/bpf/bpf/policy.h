@@ -646,12 +646,26 @@ static __always_inline void udp_in_key(struct pf_dgram_key *k, struct __sk_buff 
 	k->family = version;
 }
 
-/* An inbound datagram (UDP, UDP-Lite, ICMP, raw): 1 when its flow exists already (a reply to what
- * the socket sent, or a flow allowed before), 0 when the rules in force
+/* An inbound datagram (UDP, UDP-Lite, ICMP, raw): 1 when its flow exists
+ * already (a reply to what the socket sent, or a flow allowed before; in
+ * the socket's slot or the datagram table), 0 when the rules in force
  * blocked its flow, -1 when it starts a flow to decide. */
-static __noinline int udp_in_known(struct __sk_buff *skb, const __u8 *src, __u16 sport,
-				   __u8 version, __u32 gen)
+static __noinline int udp_in_known(struct __sk_buff *skb, struct bpf_sock *bsk, const __u8 *src,
+				   __u32 port_version, __u32 gen)
 {
+	__u16 sport = port_version & 0xffff; /* five arguments at most */
+	__u8 version = port_version >> 16;
+	/* A UDP socket's first remote is counted in its context (its slot),
+	 * not in the table. */
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+	if (ctx && ctx->slot.state == PF_SLOT_COUNTING && ctx->slot.rport == sport &&
+	    ctx->slot.family == version) {
+		__u64 a[2], b[2];
+		__builtin_memcpy(a, src, 16);
+		__builtin_memcpy(b, ctx->slot.remote, 16);
+		if (a[0] == b[0] && a[1] == b[1])
+			return 1;
+	}
 	struct pf_dgram_key k = {};
 	udp_in_key(&k, skb, src, sport, version);
 	if (bpf_map_lookup_elem(&dgram_flows, &k))
@@ -700,7 +714,7 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		return 1;
 	__u32 gen = st->gen;
 	if (dgram) {
-		int known = udp_in_known(skb, src, sport, version, gen);
+		int known = udp_in_known(skb, bsk, src, sport | ((__u32)version << 16), gen);
 		if (known >= 0)
 			return known;
 	}

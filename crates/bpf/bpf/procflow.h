@@ -53,6 +53,7 @@ enum pf_flag {
 	PF_F_BEFORE = 0x20,     /* before_start is meaningful (start-up scan) */
 	PF_F_MPTCP = 0x40,      /* a TCP subflow of an MPTCP socket */
 	PF_F_PACKET = 0x80,     /* an AF_PACKET socket (packet.bpf.c) */
+	PF_F_SLOT = 0x100,      /* a UDP socket's first remote is counted in its context */
 };
 
 struct pf_owner {
@@ -86,11 +87,34 @@ struct pf_addr {
 	__u8 origin;     /* enum pf_origin */
 };
 
+/* A UDP socket's flow with its first remote (a connected socket's only
+ * one): counted in the socket's own context (pf_sock_ctx.c) instead of the
+ * datagram table, so that its packets need no table lookup. */
+enum pf_slot_state {
+	PF_SLOT_FREE = 0,
+	PF_SLOT_CLAIMING = 1, /* one CPU is filling it in */
+	PF_SLOT_COUNTING = 2,
+	PF_SLOT_RELEASED = 3, /* the socket was released: late packets go to the table */
+};
+
+struct pf_slot {
+	__u32 state;      /* enum pf_slot_state */
+	__u16 rport;
+	__u16 lport;
+	__u8 family;
+	__u8 direction;   /* of its first packet */
+	__u8 origin;
+	__u8 _pad[5];
+	__u64 start_ns;
+	__u8 remote[16];  /* as the packets carry it (IPv4 in the first 4 bytes) */
+	__u8 local[16];
+};
+
 /* Per-socket context, in socket storage: freed by the kernel with the socket. */
 struct pf_sock_ctx {
 	__u64 cookie;
 	__u64 start_ns;          /* boot-time ns when first met */
-	struct pf_counters c;    /* TCP: wire counters; payload derived at read time */
+	struct pf_counters c;    /* TCP: wire counters, payload derived at read time; UDP: the slot flow's */
 	__u64 base_tx;           /* TCP payload counters when first met */
 	__u64 base_rx;
 	struct pf_owner owner;
@@ -101,6 +125,7 @@ struct pf_sock_ctx {
 	__u32 dgram_n;           /* datagram table entries this socket made */
 	__u32 dgram_uid;         /* the uid they are charged to */
 	__u32 _pad;
+	struct pf_slot slot;     /* UDP: the first remote's flow, counted in c */
 };
 
 /* Key of a datagram flow: one per socket and remote. */
@@ -231,7 +256,8 @@ _Static_assert(sizeof(struct pf_addr) == 40, "pf_addr size");
 _Static_assert(sizeof(struct pf_flow_event) == 192, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 _Static_assert(sizeof(struct pf_dgram_val) == 80, "pf_dgram_val size");
-_Static_assert(sizeof(struct pf_sock_ctx) == 192, "pf_sock_ctx size");
+_Static_assert(sizeof(struct pf_slot) == 56, "pf_slot size");
+_Static_assert(sizeof(struct pf_sock_ctx) == 248, "pf_sock_ctx size");
 _Static_assert(sizeof(struct pf_exec_event) == 1584, "pf_exec_event size");
 _Static_assert(sizeof(struct pf_dns_event) == 584, "pf_dns_event size");
 #endif

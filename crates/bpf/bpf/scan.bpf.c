@@ -100,9 +100,10 @@ int pf_iter_task_file(struct bpf_iter__task_file *it)
 }
 
 /* Periodic reading, per namespace: current counters of the live TCP flows
- * (PF_EV_DUMP), and a kind-0 record with the cookie for every other socket
- * that has a context, so user space can count live contexts and end the
- * flows of UDP sockets that are gone. Creates nothing. */
+ * and of UDP sockets' slot flows (PF_EV_DUMP), and a kind-0 record with the
+ * cookie for every other socket that has a context, so user space can count
+ * live contexts and end the flows of UDP sockets that are gone. Creates
+ * nothing. */
 static __always_inline void dump_sock(struct seq_file *seq, struct sock *sk, bool tcp)
 {
 	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, sk, 0, 0);
@@ -116,6 +117,9 @@ static __always_inline void dump_sock(struct seq_file *seq, struct sock *sk, boo
 	if (tcp && (flags & PF_F_ANNOUNCED) && !(flags & PF_F_CLOSED)) {
 		event_from_ctx(&e, PF_EV_DUMP, ctx);
 		tcp_counters_into(&e, sk, ctx);
+	} else if (!tcp && ctx->slot.state == PF_SLOT_COUNTING) {
+		event_from_ctx(&e, PF_EV_DUMP, ctx);
+		event_slot(&e, ctx);
 	}
 	seq_flow(seq, &e);
 }

@@ -30,6 +30,7 @@ pub const PF_EV_FORK: u32 = pf_kind::PF_EV_FORK.0;
 pub const PF_F_OWNER: u32 = pf_flag::PF_F_OWNER.0;
 pub const PF_F_BEFORE: u32 = pf_flag::PF_F_BEFORE.0;
 pub const PF_F_MPTCP: u32 = pf_flag::PF_F_MPTCP.0;
+pub const PF_F_SLOT: u32 = pf_flag::PF_F_SLOT.0;
 pub const PF_F_PACKET: u32 = pf_flag::PF_F_PACKET.0;
 
 pub const FLOW_EVENT_SIZE: usize = 192;
@@ -41,7 +42,7 @@ const _: () = assert!(std::mem::size_of::<pf_exec_event>() == 1584);
 const _: () = assert!(std::mem::size_of::<pf_dns_event>() == 584);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_key>() == 32);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_val>() == 80);
-const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 192);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 248);
 
 /// A type that crosses the kernel boundary as bytes: one of the skeleton's
 /// `repr(C)` types made only of integers and integer arrays, with every
@@ -386,6 +387,7 @@ pub fn decode_record(data: &[u8], clock: &Clock) -> Option<Record> {
         PF_EV_RELEASE => Record::Release {
             cookie: e.cookie,
             end_ns: clock.unix_ns(e.ts_ns),
+            slot: (e.flags & PF_F_SLOT != 0).then(|| flow_view(&e, clock)),
         },
         _ => return None,
     })

@@ -32,10 +32,12 @@ pub use scan::ScanReport;
 pub enum Record {
     Event(procflow_core::FlowEvent),
     /// A datagram socket was released: its flows end; their final counters
-    /// are read from the datagram table.
+    /// are read from the datagram table, and a UDP socket's first remote's
+    /// (its slot flow, counted in the socket's context) come with it.
     Release {
         cookie: u64,
         end_ns: u64,
+        slot: Option<procflow_core::event::FlowView>,
     },
     /// A rule (or the default) decided a connection (see [`policy`]).
     Verdict(policy::KernelVerdict),

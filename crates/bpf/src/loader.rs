@@ -56,6 +56,10 @@ fn attach_kind(section: &str) -> Option<AttachKind> {
 pub struct Dump {
     /// Current counters of the live TCP flows.
     pub views: Vec<procflow_core::event::FlowView>,
+    /// Current counters of the UDP sockets' slot flows (a socket's first
+    /// remote, counted in its context; the datagram table may hold more of
+    /// the same flow, which adds to them).
+    pub slots: Vec<procflow_core::event::FlowView>,
     /// Sockets with a context.
     pub contexts: usize,
     /// Cookies of the UDP sockets alive during the reading.
@@ -461,8 +465,8 @@ impl Kernel {
         self.devices.len()
     }
 
-    /// Current counters of every live TCP flow, in every network
-    /// namespace, how many TCP and UDP sockets have a context, and which
+    /// Current counters of every live TCP flow and UDP slot flow, in every
+    /// network namespace, how many TCP and UDP sockets have a context, and which
     /// UDP sockets are alive.
     pub fn dump(&mut self) -> Result<Dump, BpfError> {
         let clock = self.clock;
@@ -497,6 +501,9 @@ impl Kernel {
                 if let Some(e) = decode::read_struct::<pf_flow_event>(rec) {
                     d.live_udp.insert(e.cookie);
                     d.live.insert(e.cookie);
+                    if e.kind == decode::PF_EV_DUMP && e.flags & decode::PF_F_SLOT != 0 {
+                        d.slots.push(decode::flow_view(&e, &clock));
+                    }
                 }
             }
         }

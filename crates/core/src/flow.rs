@@ -199,6 +199,19 @@ impl Counters {
             rx_payload: self.rx_payload.max(o.rx_payload),
         }
     }
+
+    /// Field-wise sum: one flow counted in two places (a UDP socket's slot
+    /// flow and its datagram table entry).
+    pub fn plus(self, o: Counters) -> Counters {
+        Counters {
+            tx_bytes: self.tx_bytes + o.tx_bytes,
+            rx_bytes: self.rx_bytes + o.rx_bytes,
+            tx_packets: self.tx_packets + o.tx_packets,
+            rx_packets: self.rx_packets + o.rx_packets,
+            tx_payload: self.tx_payload + o.tx_payload,
+            rx_payload: self.rx_payload + o.rx_payload,
+        }
+    }
 }
 
 /// Payload the kernel had counted on a socket before procflow started.

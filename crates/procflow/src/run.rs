@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use procflow_bpf::{Kernel, Record, ScanReport};
-use procflow_core::{FlowEvent, FlowTable};
+use procflow_core::event::FlowView;
+use procflow_core::flow::Counters;
+use procflow_core::{FlowEvent, FlowKey, FlowTable};
 use serde_json::json;
 
 use crate::sinks::Sinks;
@@ -86,9 +88,16 @@ impl Collector {
                 self.sinks.flows(&out);
                 Ok(())
             }
-            Record::Release { cookie, end_ns } => {
+            Record::Release {
+                cookie,
+                end_ns,
+                slot,
+            } => {
+                if let Some(v) = slot.as_ref() {
+                    self.announce_slot(v);
+                }
                 for key in self.table.keys_of_socket(cookie) {
-                    if let Some(c) = self.kernel.datagram_counters(&key, true) {
+                    if let Some(c) = self.datagram_total(&key, true, slot.as_ref()) {
                         self.table.update_counters(&key, c);
                     }
                     if let Some(r) = self.table.close(&key, end_ns, &mut self.sys) {
@@ -106,6 +115,31 @@ impl Collector {
         }
     }
 
+    /// A datagram flow's counters: its table entry's (deleted with
+    /// `remove`), plus those of its socket's slot flow when it is that one.
+    fn datagram_total(
+        &self,
+        key: &FlowKey,
+        remove: bool,
+        slot: Option<&FlowView>,
+    ) -> Option<Counters> {
+        let table = self.kernel.datagram_counters(key, remove);
+        let slot = slot.filter(|v| v.key == *key).map(|v| v.counters);
+        match (table, slot) {
+            (Some(t), Some(s)) => Some(t.plus(s)),
+            (t, s) => t.or(s),
+        }
+    }
+
+    /// A slot flow whose OPEN record was lost (the ring buffer was full)
+    /// becomes known from a reading or the release record.
+    fn announce_slot(&mut self, v: &FlowView) {
+        if !self.table.contains(&v.key) {
+            self.table
+                .ingest(FlowEvent::Update(v.clone()), &mut self.sys);
+        }
+    }
+
     /// Reads the current counters of every live flow from the kernel, and
     /// ends the flows of UDP sockets that are gone although their RELEASE
     /// record never arrived (and deletes such kernel entries).
@@ -115,9 +149,14 @@ impl Collector {
         for v in std::mem::take(&mut dump.views) {
             self.table.ingest(FlowEvent::Update(v), &mut self.sys);
         }
+        let mut slots = std::collections::HashMap::new();
+        for v in std::mem::take(&mut dump.slots) {
+            self.announce_slot(&v);
+            slots.insert(v.key, v);
+        }
         for key in self.table.keys() {
             if key.remote.is_some() {
-                if let Some(c) = self.kernel.datagram_counters(&key, false) {
+                if let Some(c) = self.datagram_total(&key, false, slots.get(&key)) {
                     self.table.update_counters(&key, c);
                 }
             }

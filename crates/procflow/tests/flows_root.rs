@@ -1011,3 +1011,113 @@ fn ipv6_extension_headers_are_walked_to_the_transport_header() {
     });
     assert_eq!((u(g, "rx_payload"), u(g, "rx_bytes")), (3500, by), "{g}");
 }
+
+/// A UDP socket's first remote is counted in the socket's own context (its
+/// slot), every other remote in the datagram table. One socket sends to r1
+/// unconnected, connects to r2 (sends, gets replies), then connects back
+/// to r1: both flows are exact against nftables, the periodic record of the
+/// slot flow shows what it had sent so far (the reading of live sockets
+/// carries the slot's counters), and the closed one what the release
+/// record carried.
+#[test]
+fn a_udp_sockets_first_remote_counts_in_its_context_and_the_others_in_the_table() {
+    let p = Pair::new("slot", 11);
+    let pf = Procflow::start(&["--interval", "0.3"]);
+    let b = p.b4.to_string();
+    let (r1, port1) = serve(
+        &p.b,
+        &["udp-recv", "--bind", &format!("{b}:0"), "--count", "5"],
+    );
+    let (r2, port2) = serve(
+        &p.b,
+        &[
+            "udp-recv",
+            "--bind",
+            &format!("{b}:0"),
+            "--count",
+            "4",
+            "--reply",
+            "50",
+        ],
+    );
+    let n1 = nft_counter(&p.b, "input", "s1", &format!("udp dport {port1}"));
+    let n2 = nft_counter(&p.b, "input", "s2", &format!("udp dport {port2}"));
+    let n2r = nft_counter(&p.a, "input", "s2r", &format!("udp sport {port2}"));
+    let script = format!(
+        "import socket, os, json, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(5)\n\
+         r1, r2 = ('{b}', {port1}), ('{b}', {port2})\n\
+         for i in range(3): s.sendto(b'x' * 100, r1)\n\
+         time.sleep(1.5)\n\
+         s.connect(r2)\n\
+         for i in range(4): s.send(b'y' * 200)\n\
+         for i in range(4): s.recv(2000)\n\
+         s.connect(r1)\n\
+         for i in range(2): s.send(b'z' * 300)\n\
+         print(json.dumps({{'pid': os.getpid(), 'port': s.getsockname()[1]}}))\n"
+    );
+    let out =
+        p.a.command("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&finish(r1), "received"), 900);
+    assert_eq!(u(&finish(r2), "received"), 800);
+    let lport = u(&cl, "port");
+    pf.wait_closed(&p.a, 2, "sender", |f| {
+        f["proto"] == "udp" && u(f, "local_port") == lport
+    });
+    let (w1, w2, w2r) = (n1.read(), n2.read(), n2r.read());
+    assert_eq!((w1.0, w2.0, w2r.0), (5, 4, 4), "datagrams on the wire");
+    let recs = pf.stop();
+    let ino = p.a.inode();
+    let mine = |port: u16| -> Vec<&Value> {
+        recs.iter()
+            .filter(|r| {
+                r["type"] == "flow"
+                    && r["netns"].as_u64() == Some(ino)
+                    && r["proto"] == "udp"
+                    && u(r, "local_port") == lport
+                    && port_of(r, "remote_port") == port
+            })
+            .collect()
+    };
+    let first = mine(port1);
+    let mid: Vec<u64> = first
+        .iter()
+        .filter(|r| r["state"] == "open")
+        .map(|r| u(r, "tx_payload"))
+        .collect();
+    assert!(
+        mid.contains(&300),
+        "a periodic record of the slot flow shows its first 3 datagrams: {mid:?}"
+    );
+    let flows = final_flows(&recs);
+    for (port, wire, payload, rx) in [
+        (port1, w1, 900, (0, 0, 0)),
+        (port2, w2, 800, (w2r.0, w2r.1, 200)),
+    ] {
+        let f = one_flow(&flows, &p.a, "sender", |f| {
+            f["proto"] == "udp" && u(f, "local_port") == lport && port_of(f, "remote_port") == port
+        });
+        assert_eq!(f["state"], "closed", "{f}");
+        assert_eq!(f["process"]["pid"].as_u64(), cl["pid"].as_u64(), "{f}");
+        assert_eq!(
+            (u(f, "tx_packets"), u(f, "tx_bytes"), u(f, "tx_payload")),
+            (wire.0, wire.1, payload),
+            "{f}"
+        );
+        assert_eq!(
+            (u(f, "rx_packets"), u(f, "rx_bytes"), u(f, "rx_payload")),
+            rx,
+            "{f}"
+        );
+    }
+}
