@@ -179,6 +179,17 @@ static __always_inline bool ctx_claim(struct pf_sock_ctx *ctx, __u64 cookie)
 	return __sync_val_compare_and_swap(&ctx->cookie, 0, cookie) == 0;
 }
 
+/* A context's counters, as a record carries them. */
+static __always_inline void ctx_counters(struct pf_counters *c, struct pf_sock_ctx *ctx)
+{
+	c->tx_bytes = ctx->tx.bytes;
+	c->tx_packets = ctx->tx.packets;
+	c->tx_payload = ctx->tx.payload;
+	c->rx_bytes = ctx->rx.bytes;
+	c->rx_packets = ctx->rx.packets;
+	c->rx_payload = ctx->rx.payload;
+}
+
 /* Fills the common part of a flow record from a socket context. */
 static __always_inline void event_from_ctx(struct pf_flow_event *e, __u32 kind,
 					   struct pf_sock_ctx *ctx)
@@ -192,7 +203,7 @@ static __always_inline void event_from_ctx(struct pf_flow_event *e, __u32 kind,
 	e->netns = ctx->netns;
 	e->_pad = 0;
 	e->owner = ctx->owner;
-	e->c = ctx->c;
+	ctx_counters(&e->c, ctx);
 	if (ctx->flags & PF_F_BEFORE) {
 		e->before_tx = ctx->base_tx;
 		e->before_rx = ctx->base_rx;
@@ -215,7 +226,7 @@ static __always_inline void emit_ctx(__u32 kind, struct pf_sock_ctx *ctx)
 
 /* A record of a UDP socket's slot flow (DUMP, RELEASE; the slot must be
  * counting or released): its endpoints, start and counters (e->c, from the
- * context), flagged PF_F_SLOT. */
+ * context's tx and rx), flagged PF_F_SLOT. */
 static __always_inline void event_slot(struct pf_flow_event *e, struct pf_sock_ctx *ctx)
 {
 	struct pf_slot *s = &ctx->slot;

@@ -358,13 +358,13 @@ static __always_inline bool count_slot(struct pf_sock_ctx *ctx, struct pkt *p, b
 	__u32 hdr = p->l3len + p->l4len;
 	__u64 payload = len > hdr ? len - hdr : 0;
 	if (egress) {
-		add(&ctx->c.tx_bytes, wire);
-		add(&ctx->c.tx_packets, segs);
-		add(&ctx->c.tx_payload, payload);
+		add(&ctx->tx.bytes, wire);
+		add(&ctx->tx.packets, segs);
+		add(&ctx->tx.payload, payload);
 	} else {
-		add(&ctx->c.rx_bytes, wire);
-		add(&ctx->c.rx_packets, segs);
-		add(&ctx->c.rx_payload, payload);
+		add(&ctx->rx.bytes, wire);
+		add(&ctx->rx.packets, segs);
+		add(&ctx->rx.payload, payload);
 	}
 	return true;
 }
@@ -579,11 +579,11 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 		return 1;
 	}
 	if (egress) {
-		add(&ctx->c.tx_bytes, wire);
-		add(&ctx->c.tx_packets, segs);
+		add(&ctx->tx.bytes, wire);
+		add(&ctx->tx.packets, segs);
 	} else {
-		add(&ctx->c.rx_bytes, wire);
-		add(&ctx->c.rx_packets, segs);
+		add(&ctx->rx.bytes, wire);
+		add(&ctx->rx.packets, segs);
 	}
 	if (!(ctx->flags & PF_F_ANNOUNCED) && state == BPF_TCP_ESTABLISHED)
 		tcp_announce(sk, ctx, PF_ORIGIN_PACKET, PF_DIR_UNKNOWN);

@@ -35,10 +35,10 @@ static __always_inline void adopt_pending(struct sock *sk, struct pf_sock_ctx *c
 	struct pf_pending *pe = bpf_map_lookup_elem(&pending, &t);
 	if (!pe)
 		return;
-	__sync_fetch_and_add(&ctx->c.tx_bytes, pe->tx_bytes);
-	__sync_fetch_and_add(&ctx->c.rx_bytes, pe->rx_bytes);
-	__sync_fetch_and_add(&ctx->c.tx_packets, pe->tx_packets);
-	__sync_fetch_and_add(&ctx->c.rx_packets, pe->rx_packets);
+	__sync_fetch_and_add(&ctx->tx.bytes, pe->tx_bytes);
+	__sync_fetch_and_add(&ctx->rx.bytes, pe->rx_bytes);
+	__sync_fetch_and_add(&ctx->tx.packets, pe->tx_packets);
+	__sync_fetch_and_add(&ctx->rx.packets, pe->rx_packets);
 	if (pe->has_owner && !(ctx->flags & PF_F_OWNER)) {
 		ctx->owner = pe->owner;
 		__sync_fetch_and_or(&ctx->flags, PF_F_OWNER | PF_F_OWNER_WEAK);
@@ -135,16 +135,16 @@ static __always_inline void slot_to_table(struct pf_sock_ctx *ctx)
 	/* This CPU's value of the entry. */
 	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_flows, &k);
 	if (v) {
-		v->c.tx_bytes += ctx->c.tx_bytes;
-		v->c.rx_bytes += ctx->c.rx_bytes;
-		v->c.tx_packets += ctx->c.tx_packets;
-		v->c.rx_packets += ctx->c.rx_packets;
-		v->c.tx_payload += ctx->c.tx_payload;
-		v->c.rx_payload += ctx->c.rx_payload;
+		v->c.tx_bytes += ctx->tx.bytes;
+		v->c.rx_bytes += ctx->rx.bytes;
+		v->c.tx_packets += ctx->tx.packets;
+		v->c.rx_packets += ctx->rx.packets;
+		v->c.tx_payload += ctx->tx.payload;
+		v->c.rx_payload += ctx->rx.payload;
 		return;
 	}
 	struct pf_dgram_val fresh = {};
-	fresh.c = ctx->c;
+	ctx_counters(&fresh.c, ctx);
 	fresh.start_ns = s->start_ns;
 	__builtin_memcpy(fresh.local, s->local, 16);
 	fresh.lport = s->lport;

@@ -88,7 +88,7 @@ struct pf_addr {
 };
 
 /* A UDP socket's flow with its first remote (a connected socket's only
- * one): counted in the socket's own context (pf_sock_ctx.c) instead of the
+ * one): counted in the socket's own context (pf_sock_ctx.tx, rx) instead of the
  * datagram table, so that its packets need no table lookup. */
 enum pf_slot_state {
 	PF_SLOT_FREE = 0,
@@ -110,11 +110,25 @@ struct pf_slot {
 	__u8 local[16];
 };
 
-/* Per-socket context, in socket storage: freed by the kernel with the socket. */
+/* One direction's counters of a socket, alone in a cache line. Each is
+ * written by every packet of its direction, often on another CPU than the
+ * other direction and than the hooks that only read the context (the send
+ * and receive tracepoints): apart, the writes of one never take the others'
+ * cache line away. */
+struct pf_line {
+	__u64 bytes;
+	__u64 packets;
+	__u64 payload;   /* a UDP slot flow's (TCP payload is read at record time) */
+	__u64 _pad[5];
+};
+
+/* Per-socket context, in socket storage: freed by the kernel with the socket.
+ * Socket storage puts it 8 bytes into a cache line (after the map pointer
+ * of struct bpf_local_storage_data), so `tx` (at 248) and `rx` (at 312)
+ * begin cache lines; what the other hooks read comes before. */
 struct pf_sock_ctx {
 	__u64 cookie;
 	__u64 start_ns;          /* boot-time ns when first met */
-	struct pf_counters c;    /* TCP: wire counters, payload derived at read time; UDP: the slot flow's */
 	__u64 base_tx;           /* TCP payload counters when first met */
 	__u64 base_rx;
 	struct pf_owner owner;
@@ -125,7 +139,10 @@ struct pf_sock_ctx {
 	__u32 dgram_n;           /* datagram table entries this socket made */
 	__u32 dgram_uid;         /* the uid they are charged to */
 	__u32 _pad;
-	struct pf_slot slot;     /* UDP: the first remote's flow, counted in c */
+	struct pf_slot slot;     /* UDP: the first remote's flow, counted in tx/rx */
+	__u8 _gap[48];
+	struct pf_line tx;       /* TCP: wire counters; UDP: the slot flow's */
+	struct pf_line rx;
 };
 
 /* Key of a datagram flow: one per socket and remote. */
@@ -257,7 +274,9 @@ _Static_assert(sizeof(struct pf_flow_event) == 192, "pf_flow_event size");
 _Static_assert(sizeof(struct pf_dgram_key) == 32, "pf_dgram_key size");
 _Static_assert(sizeof(struct pf_dgram_val) == 80, "pf_dgram_val size");
 _Static_assert(sizeof(struct pf_slot) == 56, "pf_slot size");
-_Static_assert(sizeof(struct pf_sock_ctx) == 248, "pf_sock_ctx size");
+_Static_assert(sizeof(struct pf_line) == 64, "pf_line size");
+_Static_assert(sizeof(struct pf_sock_ctx) == 376, "pf_sock_ctx size");
+_Static_assert(__builtin_offsetof(struct pf_sock_ctx, tx) == 248, "pf_sock_ctx.tx offset");
 _Static_assert(sizeof(struct pf_exec_event) == 1584, "pf_exec_event size");
 _Static_assert(sizeof(struct pf_dns_event) == 584, "pf_dns_event size");
 #endif

@@ -42,7 +42,7 @@ const _: () = assert!(std::mem::size_of::<pf_exec_event>() == 1584);
 const _: () = assert!(std::mem::size_of::<pf_dns_event>() == 584);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_key>() == 32);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_dgram_val>() == 80);
-const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 248);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::pf_sock_ctx>() == 376);
 
 /// A type that crosses the kernel boundary as bytes: one of the skeleton's
 /// `repr(C)` types made only of integers and integer arrays, with every
