@@ -15,6 +15,7 @@
 #define AF_UNSPEC 0
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_PACKET 17
 #define SOCK_STREAM 1
 #define PF_KTHREAD 0x00200000
 #define IPPROTO_ICMPV6 58

@@ -2,8 +2,8 @@
 /* Packet sockets (AF_PACKET): no cgroup packet hook sees what they send, so
  * their frames are counted when they are queued to a device, where the skb
  * still carries its packet socket: tp_btf/net_dev_queue (dev_queue_xmit, in
- * the sender's context), and tp_btf/net_dev_start_xmit for sockets with
- * PACKET_QDISC_BYPASS, whose frames skip dev_queue_xmit. Each frame is added
+ * the sender's context; PACKET_QDISC_BYPASS, which skips it, is turned off
+ * by pf_packet_sockopt). Each frame is added
  * to a datagram flow (socket, remote) in dgram_flows, keyed as count.bpf.c
  * keys them: for IPv4 and IPv6 frames the IP destination and port; for
  * other frames the destination MAC (remote[0..6], then ten 0xff bytes) and
@@ -25,7 +25,6 @@
 #include "common.h"
 #include "policy.h" /* rules enforcement */
 
-#define AF_PACKET 17
 #define SOCK_DGRAM 2
 #define ETH_HLEN 14
 #define ARPHRD_ETHER 1
@@ -205,17 +204,28 @@ int pf_packet_tc(struct __sk_buff *skb)
 }
 
 /* PACKET_QDISC_BYPASS sends frames straight to the driver, past tcx
- * egress, where no rule could hold them: while rules are loaded it is
- * refused (EPERM). */
+ * egress, where no rule could hold them, and past dev_queue_xmit, where
+ * frames are counted. While rules are loaded it is refused (EPERM);
+ * otherwise it is set to 0, so the socket's frames take dev_queue_xmit
+ * like any other's (they reach the same device; only the qdisc is no
+ * longer skipped). No hook or tracepoint sees the direct path
+ * (__dev_direct_xmit has none), so a socket that had it on before
+ * procflow started is not counted: the start-up scan finds such sockets
+ * and reports them (PF_STAT_BYPASS_FOUND). */
 SEC("cgroup/setsockopt")
 int pf_packet_sockopt(struct bpf_sockopt *ctx)
 {
-	if (pf_rules_on && ctx->level == SOL_PACKET && ctx->optname == PACKET_QDISC_BYPASS) {
+	if (ctx->level != SOL_PACKET || ctx->optname != PACKET_QDISC_BYPASS)
+		return 1;
+	if (pf_rules_on) {
 		__u32 zero = 0;
 		struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
 		if (st && st->enabled)
 			return 0;
 	}
+	int *v = ctx->optval;
+	if ((void *)(v + 1) <= ctx->optval_end)
+		*v = 0;
 	return 1;
 }
 
@@ -410,21 +420,6 @@ int BPF_PROG(pf_packet_queue, struct sk_buff *skb)
 {
 	struct sock *sk = skb->sk;
 	if (!is_packet_sock(sk))
-		return 0;
-	return count_frame(skb, sk);
-}
-
-/* PACKET_QDISC_BYPASS: the frame goes to the driver directly
- * (packet_direct_xmit), without dev_queue_xmit. */
-SEC("tp_btf/net_dev_start_xmit")
-int BPF_PROG(pf_packet_direct, const struct sk_buff *cskb, const struct net_device *dev)
-{
-	struct sk_buff *skb = (struct sk_buff *)cskb;
-	struct sock *sk = skb->sk;
-	if (!is_packet_sock(sk))
-		return 0;
-	struct packet_sock *po = bpf_core_cast(sk, struct packet_sock);
-	if (!(po->flags & (1UL << PACKET_SOCK_QDISC_BYPASS)))
 		return 0;
 	return count_frame(skb, sk);
 }

@@ -90,6 +90,14 @@ int pf_iter_task_file(struct bpf_iter__task_file *it)
 	if (!sk)
 		return 0;
 	__u16 family = sk->__sk_common.skc_family;
+	if (family == AF_PACKET) {
+		/* Its frames skip dev_queue_xmit, where frames are counted:
+		 * reported (packet.bpf.c, pf_packet_sockopt). */
+		struct packet_sock *po = bpf_core_cast(sk, struct packet_sock);
+		if (po->flags & (1UL << PACKET_SOCK_QDISC_BYPASS))
+			stat_inc(PF_STAT_BYPASS_FOUND);
+		return 0;
+	}
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	__u64 key = (__u64)sk;

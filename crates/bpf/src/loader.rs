@@ -104,6 +104,8 @@ pub struct KernelStats {
     /// Datagrams counted in their socket's overflow flow because the
     /// socket or its uid was over its datagram table quota.
     pub datagram_quota: u64,
+    /// Packet sockets the start-up scan found with PACKET_QDISC_BYPASS on.
+    pub bypass_sockets: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -345,6 +347,7 @@ impl Kernel {
             unwalkable_dropped: out[pf_stat::PF_STAT_UNWALKABLE.0 as usize],
             rerouted_dropped: out[pf_stat::PF_STAT_REROUTED.0 as usize],
             datagram_quota: out[pf_stat::PF_STAT_DGRAM_QUOTA.0 as usize],
+            bypass_sockets: out[pf_stat::PF_STAT_BYPASS_FOUND.0 as usize],
         }
     }
 

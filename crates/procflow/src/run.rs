@@ -277,6 +277,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     for e in &scan.failed {
         tracing::warn!("start-up scan: {e}");
     }
+    let bypass = c.kernel.stats().bypass_sockets;
+    if bypass > 0 {
+        tracing::warn!(
+            "{bypass} packet socket(s) turned PACKET_QDISC_BYPASS on before procflow started: \
+             their frames are not counted (no hook sees that path)"
+        );
+    }
     for r in found {
         c.apply(r)?;
     }
@@ -356,6 +363,7 @@ fn stats_record(
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
         "datagram_quota": k.datagram_quota,
+        "packet_bypass_sockets_at_start": k.bypass_sockets,
         "dns_queries": t.dns.queries,
         "dns_answered": t.dns.answered,
         "dns_rejected": t.dns.rejected,

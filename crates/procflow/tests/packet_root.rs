@@ -14,7 +14,7 @@ use serde_json::Value;
 /// socket with IP_HDRINCL) and prints one JSON line: pid, executable, how
 /// many sends succeeded and the errno of the first that failed.
 const SENDER: &str = r#"
-import ctypes, errno, json, os, socket, struct, sys
+import ctypes, errno, json, os, socket, struct, sys, time
 a = dict(x.split("=", 1) for x in sys.argv[1:])
 if "comm" in a:
     ctypes.CDLL(None).prctl(15, a["comm"].encode(), 0, 0, 0)
@@ -47,6 +47,12 @@ try:
         frames = [(f, None)]
     if a.get("bypass"):
         s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS
+        out["bypass"] = s.getsockopt(263, 20)
+    if "go" in a:
+        # Ready (socket made, options set): wait for the go file.
+        open(a["ready"], "w").close()
+        while not os.path.exists(a["go"]):
+            time.sleep(0.05)
     for i in range(int(a["n"])):
         f, to = frames[0]
         s.sendto(f, to) if to else s.send(f)
@@ -440,4 +446,82 @@ fn raw_ip_sockets_with_hdrincl_are_counted_and_decided() {
     assert_eq!(f["proto"], "udp");
     assert_eq!(f["process"]["pid"], ok["pid"]);
     pf.stop();
+}
+
+/// PACKET_QDISC_BYPASS sends frames past dev_queue_xmit, where frames are
+/// counted, on a path no hook sees. Set after procflow started, it is
+/// turned off (the socket reads back 0) and its frames are counted exactly
+/// (against nftables in the peer); a socket that set it before is found by
+/// the start-up scan and reported.
+#[test]
+fn packet_sockets_that_bypass_the_qdisc_are_counted_exactly() {
+    let p = Pair::new("pktbyp", 133);
+    let (d, script) = script();
+    let (dev, peer) = ("pfa133", "pfb133");
+    let dmac = mac_of(&p.b, peer);
+    let eth = netdev_counter(&p.b, peer, "ether type 0x88b5");
+    let frames = |n: u64, extra: &[String]| {
+        let mut a = vec![
+            arg("dev", dev),
+            arg("dmac", &dmac),
+            arg("kind", "eth"),
+            arg("n", n),
+            arg("bypass", 1),
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    // Before procflow: the socket is made and bypasses the qdisc, then
+    // waits.
+    let ready = d.path().join("ready");
+    let go = d.path().join("go");
+    let early =
+        p.a.command("python3")
+            .arg(&script)
+            .args(frames(
+                1,
+                &[arg("ready", ready.display()), arg("go", go.display())],
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    while !ready.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pf = Procflow::start(&[]);
+    std::fs::write(&go, "").unwrap();
+    let out = early.wait_with_output().unwrap();
+    let s1: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s1["sent"].as_u64(), s1["bypass"].as_u64()),
+        (Some(1), Some(1)),
+        "{s1}"
+    );
+    let (before, before_bytes) = eth.read();
+
+    let s2 = send(&p.a, &script, &frames(3, &[]));
+    assert_eq!(s2["sent"].as_u64(), Some(3), "{s2}");
+    assert_eq!(
+        s2["bypass"].as_u64(),
+        Some(0),
+        "turned off while procflow runs: {s2}"
+    );
+
+    let recs = pf.wait_closed(&p.a, 1, "packet socket", |f| {
+        f["origin"] == "packet_socket" && f["process"]["pid"] == s2["pid"]
+    });
+    let (ep, eb) = eth.read();
+    assert_eq!(ep - before, 3, "nftables on the peer's ingress");
+    let flows = final_flows(&recs);
+    let f = one_flow(&flows, &p.a, "packet socket", |f| {
+        f["origin"] == "packet_socket" && f["process"]["pid"] == s2["pid"]
+    });
+    // nftables' netdev ingress counts the frame after its Ethernet header.
+    assert_eq!(
+        (u(f, "tx_packets"), u(f, "tx_bytes")),
+        (3, eb - before_bytes + 14 * 3),
+        "{f}"
+    );
+    let st = stats(&pf.stop());
+    assert!(u(&st, "packet_bypass_sockets_at_start") >= 1, "{st}");
 }
