@@ -160,6 +160,11 @@ fn open(
             None => !skip.iter().any(|r| r.name == name),
         };
         p.set_autoload(keep);
+        // The verifier's statistics per program (time, instructions), in
+        // the debug log (`-vv`): PROCFLOW_VERIFIER_STATS=1.
+        if std::env::var_os("PROCFLOW_VERIFIER_STATS").is_some() {
+            p.set_log_level(4);
+        }
     }
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.pf_rules_on = u32::from(rules);
