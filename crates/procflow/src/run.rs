@@ -43,6 +43,7 @@ struct Collector {
     rules: crate::enforce::Enforcer,
     resolver: Option<crate::resolve::Resolver>,
     swept: Swept,
+    refreshes: Refreshes,
     last_refresh: Instant,
     last_packet_sweep: Instant,
     /// Rules are loaded: packet sockets are decided at every device.
@@ -59,6 +60,17 @@ struct Swept {
     flows: u64,
     /// Kernel datagram entries of such sockets, never announced, deleted.
     kernel_entries: u64,
+}
+
+/// Readings of the live sockets (`refresh`): how many, and how long the
+/// last and the longest took (kernel walk and flow table updates).
+#[derive(Debug, Default, serde::Serialize)]
+struct Refreshes {
+    count: u64,
+    last_ms: f64,
+    max_ms: f64,
+    /// Flows the flow table held after the last one.
+    flows: usize,
 }
 
 /// How often the live sockets are read even without `--interval`: the
@@ -144,6 +156,7 @@ impl Collector {
     /// ends the flows of UDP sockets that are gone although their RELEASE
     /// record never arrived (and deletes such kernel entries).
     fn refresh(&mut self) -> Result<usize> {
+        let started = Instant::now();
         let mut dump = self.kernel.dump()?;
         let contexts = dump.contexts;
         for v in std::mem::take(&mut dump.views) {
@@ -180,6 +193,12 @@ impl Collector {
             self.kernel
                 .sweep_datagram_entries(&dump, &|k| table.contains(k)) as u64;
         self.last_refresh = Instant::now();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let r = &mut self.refreshes;
+        r.count += 1;
+        r.last_ms = ms;
+        r.max_ms = r.max_ms.max(ms);
+        r.flows = self.table.len();
         Ok(contexts)
     }
 
@@ -262,6 +281,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         rules,
         resolver,
         swept: Swept::default(),
+        refreshes: Refreshes::default(),
         last_refresh: Instant::now(),
         last_packet_sweep: Instant::now(),
         rules_on: args.rules.rules.is_some(),
@@ -385,6 +405,7 @@ fn stats_record(
         "socket_contexts_at_stop": contexts_at_stop,
         "datagram_entries": c.kernel.datagram_entries(),
         "swept": c.swept,
+        "refresh": c.refreshes,
         "store": c.sinks.stats(),
         "log": c.sinks.log_stats(),
         "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),
