@@ -20,7 +20,7 @@ use crate::error::StoreError;
 pub const APPLICATION_ID: i32 = 0x5046_4C57;
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: runs, executables, processes, flows, series and samples.
 ///
@@ -159,6 +159,22 @@ CREATE TABLE rules_changes (
 CREATE INDEX rules_changes_time ON rules_changes(time_us);
 ";
 
+/// Version 4: packets and connections in the time-bucketed series. Each
+/// sample and hourly row also counts the packets of its series in its
+/// bucket, the flows first recorded there (`flows`), and of those closed
+/// there how many were folded (`folded`: short flows given no row of their
+/// own in `flows`, see `crate::store::FoldPolicy`).
+const V4: &str = "
+ALTER TABLE samples ADD COLUMN tx_packets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE samples ADD COLUMN rx_packets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE samples ADD COLUMN flows INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE samples ADD COLUMN folded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hourly ADD COLUMN tx_packets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hourly ADD COLUMN rx_packets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hourly ADD COLUMN flows INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hourly ADD COLUMN folded INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The tables procflow creates. Each must be an ordinary table without
 /// triggers: a view, a virtual table or a trigger in their place could make
 /// a report run without end or run SQL that procflow did not write.
@@ -175,7 +191,7 @@ const TABLES: [&str; 9] = [
 ];
 
 /// `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4];
 
 /// The 16 bytes every SQLite database file starts with.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

@@ -11,12 +11,13 @@
 //! writer, or when the bounded caches were emptied), so a flow is never
 //! counted twice. A batch either lands whole or not at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use std::net::IpAddr;
 
-use procflow_core::flow::{Direction, FlowRecord, FlowState, Origin, Proto, Verdict};
+use procflow_core::flow::{BeforeStart, Direction, FlowRecord, FlowState, Origin, Proto, Verdict};
 use procflow_core::ProcessIdentity;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -50,6 +51,144 @@ pub struct WriteStats {
     pub batches_failed: u64,
     /// Records that could not be written (their batch failed).
     pub records_failed: u64,
+    /// Flows given a row of their own in `flows`.
+    pub flows_kept: u64,
+    /// Short flows folded into their series, with no row of their own
+    /// (see [`FoldPolicy`]).
+    pub flows_folded: u64,
+}
+
+/// Which flows get no row of their own: a flow is *folded* when it closed
+/// less than [`shorter_than`](Self::shorter_than) after it started, was not
+/// blocked, and more than [`above_rate`](Self::above_rate) new flows a
+/// second arrive (counted over 10-second windows: the current one and the
+/// one before). Its bytes, packets and its connection still go into the
+/// samples and hourly totals of its series, which count the flows folded
+/// there too, so reports add up exactly; only its row in `flows` (its own
+/// addresses, ports and times) is not kept. Every other flow gets its row:
+/// long ones, blocked ones, and all of them while the rate is at or below
+/// `above_rate`.
+///
+/// While the rate is above `above_rate`, the row of a new flow is written
+/// only when it closes or once it has been open for `shorter_than` (a
+/// `kill -9` before then loses the row, never its traffic, which is in the
+/// samples of the batches written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoldPolicy {
+    /// Flows lasting at least this long are never folded; zero folds none.
+    pub shorter_than: Duration,
+    /// New flows per second at or below which every flow is kept.
+    pub above_rate: u64,
+}
+
+impl Default for FoldPolicy {
+    fn default() -> Self {
+        FoldPolicy {
+            shorter_than: Duration::from_secs(10),
+            above_rate: 20,
+        }
+    }
+}
+
+impl FoldPolicy {
+    /// Every flow gets its row.
+    pub const NEVER: FoldPolicy = FoldPolicy {
+        shorter_than: Duration::ZERO,
+        above_rate: u64::MAX,
+    };
+
+    fn enabled(&self) -> bool {
+        !self.shorter_than.is_zero() && self.above_rate < u64::MAX
+    }
+
+    fn shorter_than_us(&self) -> i64 {
+        i64::try_from(self.shorter_than.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Width of the windows over which new flows are counted for the
+/// [`FoldPolicy`] rate, in seconds.
+pub const RATE_WINDOW_SECONDS: i64 = 10;
+
+/// New flows per [`RATE_WINDOW_SECONDS`] window: the current one and the
+/// one before.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rate {
+    window: i64,
+    current: u64,
+    before: u64,
+}
+
+impl Rate {
+    fn roll(&mut self, now_us: i64) {
+        let w = now_us.div_euclid(RATE_WINDOW_SECONDS * 1_000_000);
+        if w != self.window {
+            self.before = if w == self.window + 1 {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.window = w;
+        }
+    }
+
+    fn count(&mut self, now_us: i64) {
+        self.roll(now_us);
+        self.current += 1;
+    }
+
+    /// Whether more than `p.above_rate` new flows a second arrived, in the
+    /// current window or the one before.
+    fn above(&mut self, now_us: i64, p: &FoldPolicy) -> bool {
+        self.roll(now_us);
+        let limit = p.above_rate.saturating_mul(RATE_WINDOW_SECONDS as u64);
+        self.current.max(self.before) > limit
+    }
+}
+
+/// Bytes, packets and flows of one series in one bucket.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) tx_bytes: u64,
+    pub(crate) rx_bytes: u64,
+    pub(crate) tx_packets: u64,
+    pub(crate) rx_packets: u64,
+    /// Flows first recorded here.
+    pub(crate) flows: u64,
+    /// Flows folded here (at their close).
+    pub(crate) folded: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.tx_bytes = self.tx_bytes.saturating_add(o.tx_bytes);
+        self.rx_bytes = self.rx_bytes.saturating_add(o.rx_bytes);
+        self.tx_packets = self.tx_packets.saturating_add(o.tx_packets);
+        self.rx_packets = self.rx_packets.saturating_add(o.rx_packets);
+        self.flows = self.flows.saturating_add(o.flows);
+        self.folded = self.folded.saturating_add(o.folded);
+    }
+
+    fn params(&self, at: i64, series: i64) -> [i64; 8] {
+        [
+            at,
+            series,
+            db_u64(self.tx_bytes),
+            db_u64(self.rx_bytes),
+            db_u64(self.tx_packets),
+            db_u64(self.rx_packets),
+            db_u64(self.flows),
+            db_u64(self.folded),
+        ]
+    }
+}
+
+/// Flows kept and folded in the batch being written.
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchCounts {
+    kept: u64,
+    folded: u64,
 }
 
 /// A fingerprint of a process identity, so that looking one up in the
@@ -84,17 +223,33 @@ struct SeriesKey {
     rule: Option<String>,
 }
 
-/// What the writer remembers of a live flow.
+/// What the writer remembers of a live flow (or one closed a moment ago).
 #[derive(Debug, Clone, Default)]
 struct LiveFlow {
-    /// `flows.flow_row`
+    /// `flows.flow_row`; 0 while it has no row.
     row: i64,
     tx_bytes: u64,
     rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
     remote_name: Option<String>,
     /// The flow's verdict and deciding rule, once known.
     verdict: Option<Verdict>,
     rule: Option<String>,
+    before_start: Option<BeforeStart>,
+    /// Counted in the `flows` of a sample (at its first traffic).
+    counted: bool,
+    /// Folded at its close.
+    folded: bool,
+    /// A flow without a row yet, that may still be folded: its latest
+    /// record, to write the row from.
+    waiting: Option<Box<Waiting>>,
+}
+
+#[derive(Debug, Clone)]
+struct Waiting {
+    record: FlowRecord,
+    process_id: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -105,12 +260,18 @@ pub(crate) struct Caches {
     /// Key -> (row id, when last_seen_us was written).
     series: HashMap<SeriesKey, (i64, i64)>,
     live: HashMap<String, LiveFlow>,
+    /// `live` has held every live flow of the current run since it
+    /// started: a flow it lacks is new (or closed), no need to look for
+    /// its row.
+    live_complete: bool,
 }
 
 impl Caches {
+    #[cfg(test)]
     fn clear(&mut self) {
         self.clear_ids();
         self.live.clear();
+        self.live_complete = false;
     }
 
     /// Forgets the row ids (after retention may have deleted rows).
@@ -135,6 +296,24 @@ pub struct Store {
     run_id: Option<i64>,
     pub(crate) caches: Caches,
     stats: WriteStats,
+    fold: FoldPolicy,
+    rate: Rate,
+    /// Flows without a row, by the time they stop being short.
+    waiting: VecDeque<(i64, String)>,
+    /// Flows closed in this batch, and in the one before (a repeated close
+    /// must not count them again).
+    closed: (HashMap<String, LiveFlow>, HashMap<String, LiveFlow>),
+    /// What the live flows without a row were before this batch: undone if
+    /// it fails, as they are in no table.
+    journal: Vec<(String, Option<LiveFlow>)>,
+    batch_counts: BatchCounts,
+}
+
+fn state_str(s: FlowState) -> &'static str {
+    match s {
+        FlowState::Open => "open",
+        FlowState::Closed => "closed",
+    }
 }
 
 /// Clamps a counter into SQLite's signed 64-bit integers.
@@ -198,7 +377,22 @@ impl Store {
             run_id: None,
             caches: Caches::default(),
             stats: WriteStats::default(),
+            fold: FoldPolicy::default(),
+            rate: Rate::default(),
+            waiting: VecDeque::new(),
+            closed: Default::default(),
+            journal: Vec::new(),
+            batch_counts: BatchCounts::default(),
         })
+    }
+
+    /// Which flows are folded from now on (default [`FoldPolicy::default`]).
+    pub fn set_fold_policy(&mut self, policy: FoldPolicy) {
+        self.fold = policy;
+    }
+
+    pub fn fold_policy(&self) -> FoldPolicy {
+        self.fold
     }
 
     pub fn path(&self) -> &Path {
@@ -222,9 +416,18 @@ impl Store {
             params![db_u64(now_unix_ns / 1_000), env!("CARGO_PKG_VERSION")],
         )?;
         let id = self.conn.last_insert_rowid();
+        self.new_run(id);
+        Ok(id)
+    }
+
+    /// Forgets the flows of the run before: flow ids are unique per run.
+    fn new_run(&mut self, id: i64) {
         self.run_id = Some(id);
         self.caches.live.clear();
-        Ok(id)
+        self.caches.live_complete = true;
+        self.waiting.clear();
+        self.closed.0.clear();
+        self.closed.1.clear();
     }
 
     /// Ends the current run: its end time and its final stats record (a
@@ -239,6 +442,10 @@ impl Store {
         let text = serde_json::to_string(stats)?;
         let now_us = db_u64(now_unix_ns / 1_000);
         let run_id = self.ensure_run(now_us)?;
+        // Flows still open and without a row get theirs.
+        if self.caches.live.values().any(|l| l.waiting.is_some()) {
+            self.batch("flow records", 0, |s| s.keep_all_waiting(run_id, now_us))?;
+        }
         self.conn.execute(
             "UPDATE runs SET ended_us = ?2, stats = ?3 WHERE run_id = ?1",
             params![run_id, now_us, text],
@@ -258,7 +465,7 @@ impl Store {
             params![now_us, env!("CARGO_PKG_VERSION")],
         )?;
         let id = self.conn.last_insert_rowid();
-        self.run_id = Some(id);
+        self.new_run(id);
         Ok(id)
     }
 
@@ -285,6 +492,8 @@ impl Store {
         write: impl FnOnce(&mut Self) -> rusqlite::Result<()>,
     ) -> Result<usize, StoreError> {
         let started_run = self.run_id.is_none();
+        self.journal.clear();
+        self.batch_counts = BatchCounts::default();
         let result = self
             .conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -294,6 +503,12 @@ impl Store {
             Ok(()) => {
                 self.stats.batches_written += 1;
                 self.stats.records_written += records as u64;
+                self.stats.flows_kept += self.batch_counts.kept;
+                self.stats.flows_folded += self.batch_counts.folded;
+                self.journal.clear();
+                if !self.closed.0.is_empty() {
+                    self.closed.1 = std::mem::take(&mut self.closed.0);
+                }
                 Ok(records)
             }
             Err(source) => {
@@ -301,8 +516,31 @@ impl Store {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 // What the caches learned in the lost transaction is not in
-                // the database: forget it all, the database is the truth.
-                self.caches.clear();
+                // the database: forget it all, the database is the truth,
+                // except for the flows without a row, which are put back
+                // as they were before the batch.
+                self.caches.clear_ids();
+                for (id, old) in self.journal.drain(..).rev() {
+                    match old {
+                        Some(l) => self.caches.live.insert(id, l),
+                        None => self.caches.live.remove(&id),
+                    };
+                }
+                self.caches.live.retain(|_, l| l.waiting.is_some());
+                self.caches.live_complete = false;
+                self.closed.0.clear();
+                let mut waiting: Vec<(i64, String)> = self
+                    .caches
+                    .live
+                    .iter()
+                    .filter_map(|(k, l)| {
+                        let w = l.waiting.as_deref()?;
+                        let start = timespec::parse_rfc3339_us(&w.record.start).unwrap_or(0);
+                        Some((start.saturating_add(self.fold.shorter_than_us()), k.clone()))
+                    })
+                    .collect();
+                waiting.sort();
+                self.waiting = waiting.into();
                 if started_run {
                     self.run_id = None;
                 }
@@ -320,37 +558,198 @@ impl Store {
     fn write_batch(&mut self, records: &[FlowRecord], now_unix_ns: u64) -> rusqlite::Result<()> {
         let now_us = db_u64(now_unix_ns / 1_000);
         let run_id = self.ensure_run(now_us)?;
-        let mut samples: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+        let mut samples: HashMap<(i64, i64), Counts> = HashMap::new();
         for r in records {
             self.write_record(run_id, r, now_us, &mut samples)?;
         }
-        let mut hours: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+        self.keep_aged(run_id, now_us)?;
+        self.write_samples(samples)
+    }
+
+    /// Adds `samples` (per bucket and series) to the 10-second samples and
+    /// to the hourly totals.
+    fn write_samples(&mut self, samples: HashMap<(i64, i64), Counts>) -> rusqlite::Result<()> {
+        let mut hours: HashMap<(i64, i64), Counts> = HashMap::new();
         let mut up = self.conn.prepare_cached(
-            "INSERT INTO samples (bucket, series_id, tx_bytes, rx_bytes)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO samples (bucket, series_id, tx_bytes, rx_bytes, tx_packets, rx_packets,
+                flows, folded)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (bucket, series_id) DO UPDATE SET
                 tx_bytes = tx_bytes + excluded.tx_bytes,
-                rx_bytes = rx_bytes + excluded.rx_bytes",
+                rx_bytes = rx_bytes + excluded.rx_bytes,
+                tx_packets = tx_packets + excluded.tx_packets,
+                rx_packets = rx_packets + excluded.rx_packets,
+                flows = flows + excluded.flows,
+                folded = folded + excluded.folded",
         )?;
-        for ((bucket, series), (tx, rx)) in samples {
-            up.execute(params![bucket, series, db_u64(tx), db_u64(rx)])?;
-            let h = hours
+        for ((bucket, series), c) in samples {
+            up.execute(c.params(bucket, series))?;
+            hours
                 .entry((bucket_start(bucket, HOUR_SECONDS), series))
-                .or_default();
-            h.0 += tx;
-            h.1 += rx;
+                .or_default()
+                .add(&c);
         }
         let mut up = self.conn.prepare_cached(
-            "INSERT INTO hourly (hour, series_id, tx_bytes, rx_bytes)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO hourly (hour, series_id, tx_bytes, rx_bytes, tx_packets, rx_packets,
+                flows, folded)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (hour, series_id) DO UPDATE SET
                 tx_bytes = tx_bytes + excluded.tx_bytes,
-                rx_bytes = rx_bytes + excluded.rx_bytes",
+                rx_bytes = rx_bytes + excluded.rx_bytes,
+                tx_packets = tx_packets + excluded.tx_packets,
+                rx_packets = rx_packets + excluded.rx_packets,
+                flows = flows + excluded.flows,
+                folded = folded + excluded.folded",
         )?;
-        for ((hour, series), (tx, rx)) in hours {
-            up.execute(params![hour, series, db_u64(tx), db_u64(rx)])?;
+        for ((hour, series), c) in hours {
+            up.execute(c.params(hour, series))?;
         }
         Ok(())
+    }
+
+    /// Gives a row to every flow still without one that has been open for
+    /// [`FoldPolicy::shorter_than`] (it can no longer be folded), so that a
+    /// long flow's row is in the database within a batch of that age.
+    fn keep_aged(&mut self, run_id: i64, now_us: i64) -> rusqlite::Result<()> {
+        while let Some((deadline, _)) = self.waiting.front() {
+            if *deadline > now_us {
+                break;
+            }
+            let (_, id) = self.waiting.pop_front().unwrap_or_default();
+            self.keep_waiting(run_id, &id, now_us)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the row of the live flow `id` if it has none yet.
+    fn keep_waiting(&mut self, run_id: i64, id: &str, now_us: i64) -> rusqlite::Result<()> {
+        let Some((key, old)) = self.caches.live.remove_entry(id) else {
+            return Ok(());
+        };
+        let Some(w) = old.waiting.as_deref() else {
+            self.caches.live.insert(key, old);
+            return Ok(());
+        };
+        let row = self
+            .insert_row(run_id, &w.record, w.process_id, &old, now_us)?
+            .unwrap_or(0);
+        self.batch_counts.kept += 1;
+        let kept = LiveFlow {
+            row,
+            waiting: None,
+            ..old.clone()
+        };
+        self.journal.push((key.clone(), Some(old)));
+        if row != 0 {
+            self.caches.live.insert(key, kept);
+        }
+        Ok(())
+    }
+
+    /// Gives a row to every live flow that has none (before the cache of
+    /// live flows is emptied, or at the end of a run).
+    fn keep_all_waiting(&mut self, run_id: i64, now_us: i64) -> rusqlite::Result<()> {
+        let ids: Vec<String> = self
+            .caches
+            .live
+            .iter()
+            .filter(|(_, l)| l.waiting.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.keep_waiting(run_id, &id, now_us)?;
+        }
+        self.waiting.clear();
+        Ok(())
+    }
+
+    /// Inserts the row of flow `r` (with what `known` already says of it).
+    /// `None` if the flow already has a row in this run (a record after its
+    /// close): the caller updates that row instead.
+    fn insert_row(
+        &mut self,
+        run_id: i64,
+        r: &FlowRecord,
+        process_id: Option<i64>,
+        known: &LiveFlow,
+        now_us: i64,
+    ) -> rusqlite::Result<Option<i64>> {
+        let start_us = timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us);
+        let end_us = r.end.as_deref().and_then(timespec::parse_rfc3339_us);
+        let c = &r.counters;
+        let before = r.before_start.or(known.before_start);
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO flows (run_id, flow_id, process_id, state, proto, family,
+                    direction, local_ip, local_port, remote_ip, remote_port, netns,
+                    start_us, end_us, last_us, tx_bytes, rx_bytes, tx_packets,
+                    rx_packets, tx_payload, rx_payload, before_tx_payload,
+                    before_rx_payload, origin, verdict, rule, remote_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)
+                 ON CONFLICT (run_id, flow_id) DO NOTHING",
+            )?
+            .execute(params![
+                run_id,
+                r.flow_id,
+                process_id,
+                state_str(r.state),
+                r.proto.to_string(),
+                r.family,
+                direction_str(r.direction),
+                r.local_ip.to_string(),
+                r.local_port,
+                r.remote_ip.to_string(),
+                r.remote_port,
+                db_u64(r.netns),
+                start_us,
+                end_us,
+                now_us,
+                db_u64(c.tx_bytes),
+                db_u64(c.rx_bytes),
+                db_u64(c.tx_packets),
+                db_u64(c.rx_packets),
+                db_u64(c.tx_payload),
+                db_u64(c.rx_payload),
+                before.map(|b| db_u64(b.tx_payload)),
+                before.map(|b| db_u64(b.rx_payload)),
+                origin_str(r.origin),
+                known.verdict.map(verdict_str),
+                known.rule,
+                known.remote_name,
+            ])?;
+        Ok((n > 0).then(|| self.conn.last_insert_rowid()))
+    }
+
+    /// What the store holds of flow `flow_id`'s row in this run.
+    fn read_row(&self, run_id: i64, flow_id: &str) -> rusqlite::Result<Option<LiveFlow>> {
+        self.conn
+            .prepare_cached(
+                "SELECT flow_row, tx_bytes, rx_bytes, tx_packets, rx_packets, remote_name,
+                    verdict, rule FROM flows
+                 WHERE run_id = ?1 AND flow_id = ?2",
+            )?
+            .query_row(params![run_id, flow_id], |row| {
+                let n = |i| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok(LiveFlow {
+                    row: row.get(0)?,
+                    tx_bytes: n(1)?,
+                    rx_bytes: n(2)?,
+                    tx_packets: n(3)?,
+                    rx_packets: n(4)?,
+                    remote_name: row.get(5)?,
+                    verdict: parse_verdict(row.get(6)?),
+                    rule: row.get(7)?,
+                    ..Default::default()
+                })
+                .map(|mut l| {
+                    l.counted =
+                        (l.tx_bytes, l.rx_bytes, l.tx_packets, l.rx_packets) != (0, 0, 0, 0);
+                    l
+                })
+            })
+            .optional()
     }
 
     fn write_record(
@@ -358,144 +757,142 @@ impl Store {
         run_id: i64,
         r: &FlowRecord,
         now_us: i64,
-        samples: &mut HashMap<(i64, i64), (u64, u64)>,
+        samples: &mut HashMap<(i64, i64), Counts>,
     ) -> rusqlite::Result<()> {
         let process_id = match &r.process {
             Some(p) => Some(self.process_id(run_id, p, now_us)?),
             None => None,
         };
-        let prev = match self.caches.live.get(&r.flow_id) {
-            Some(l) => Some(l.clone()),
-            None => self
-                .conn
-                .prepare_cached(
-                    "SELECT flow_row, tx_bytes, rx_bytes, remote_name, verdict, rule FROM flows
-                     WHERE run_id = ?1 AND flow_id = ?2",
-                )?
-                .query_row(params![run_id, r.flow_id], |row| {
-                    Ok(LiveFlow {
-                        row: row.get(0)?,
-                        tx_bytes: row.get::<_, i64>(1)?.max(0) as u64,
-                        rx_bytes: row.get::<_, i64>(2)?.max(0) as u64,
-                        remote_name: row.get(3)?,
-                        verdict: parse_verdict(row.get(4)?),
-                        rule: row.get(5)?,
-                    })
-                })
-                .optional()?,
+        // What is known of the flow: the cache of live flows (which holds
+        // every live flow of this run that has no row), the flows closed in
+        // this batch and the one before, or its row.
+        let (mut was_waiting, mut waiting_pid) = (false, None);
+        let (key, cached) = match self.caches.live.remove_entry(&r.flow_id) {
+            Some((k, mut l)) => {
+                if let Some(w) = l.waiting.take() {
+                    // Its state before this batch, should the batch fail.
+                    let mut old = l.clone();
+                    was_waiting = true;
+                    waiting_pid = w.process_id;
+                    l.before_start = l.before_start.or(w.record.before_start);
+                    old.waiting = Some(w);
+                    self.journal.push((k.clone(), Some(old)));
+                }
+                (k, Some(l))
+            }
+            None => {
+                let closed = self
+                    .closed
+                    .0
+                    .get(&r.flow_id)
+                    .or_else(|| self.closed.1.get(&r.flow_id))
+                    .cloned();
+                (r.flow_id.clone(), closed)
+            }
+        };
+        let known = match cached {
+            Some(l) => Some(l),
+            None if self.caches.live_complete => None,
+            None => self.read_row(run_id, &r.flow_id)?,
         };
         let start_us = timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us);
         let end_us = r.end.as_deref().and_then(timespec::parse_rfc3339_us);
         let c = &r.counters;
-        let state = match r.state {
-            FlowState::Open => "open",
-            FlowState::Closed => "closed",
-        };
-        let row = match &prev {
-            // Known flow: update its row.
-            Some(l) => {
-                self.conn
-                    .prepare_cached(
-                        "UPDATE flows SET
-                            process_id = coalesce(?2, process_id),
-                            state = ?3, end_us = ?4, last_us = ?5,
-                            tx_bytes = ?6, rx_bytes = ?7, tx_packets = ?8, rx_packets = ?9,
-                            tx_payload = ?10, rx_payload = ?11,
-                            before_tx_payload = coalesce(?12, before_tx_payload),
-                            before_rx_payload = coalesce(?13, before_rx_payload),
-                            verdict = coalesce(?14, verdict),
-                            rule = coalesce(?15, rule)
-                         WHERE flow_row = ?1",
-                    )?
-                    .execute(params![
-                        l.row,
-                        process_id,
-                        state,
-                        end_us,
-                        now_us,
-                        db_u64(c.tx_bytes),
-                        db_u64(c.rx_bytes),
-                        db_u64(c.tx_packets),
-                        db_u64(c.rx_packets),
-                        db_u64(c.tx_payload),
-                        db_u64(c.rx_payload),
-                        r.before_start.map(|b| db_u64(b.tx_payload)),
-                        r.before_start.map(|b| db_u64(b.rx_payload)),
-                        r.verdict.map(verdict_str),
-                        r.rule,
-                    ])?;
-                l.row
-            }
-            None => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO flows (run_id, flow_id, process_id, state, proto, family,
-                            direction, local_ip, local_port, remote_ip, remote_port, netns,
-                            start_us, end_us, last_us, tx_bytes, rx_bytes, tx_packets,
-                            rx_packets, tx_payload, rx_payload, before_tx_payload,
-                            before_rx_payload, origin, verdict, rule)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                            ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
-                    )?
-                    .execute(params![
-                        run_id,
-                        r.flow_id,
-                        process_id,
-                        state,
-                        r.proto.to_string(),
-                        r.family,
-                        direction_str(r.direction),
-                        r.local_ip.to_string(),
-                        r.local_port,
-                        r.remote_ip.to_string(),
-                        r.remote_port,
-                        db_u64(r.netns),
-                        start_us,
-                        end_us,
-                        now_us,
-                        db_u64(c.tx_bytes),
-                        db_u64(c.rx_bytes),
-                        db_u64(c.tx_packets),
-                        db_u64(c.rx_packets),
-                        db_u64(c.tx_payload),
-                        db_u64(c.rx_payload),
-                        r.before_start.map(|b| db_u64(b.tx_payload)),
-                        r.before_start.map(|b| db_u64(b.rx_payload)),
-                        origin_str(r.origin),
-                        r.verdict.map(verdict_str),
-                        r.rule,
-                    ])?;
-                self.conn.last_insert_rowid()
-            }
-        };
 
-        let mut prev = prev.unwrap_or_default();
+        let new = known.is_none();
+        let mut l = known.unwrap_or_default();
         // A record without a verdict keeps the one the flow already has
-        // (the row does the same with coalesce).
+        // (the row does the same with coalesce); the first name learned stays.
         if r.verdict.is_some() {
-            prev.verdict = r.verdict;
-            prev.rule = r.rule.clone();
+            l.verdict = r.verdict;
+            l.rule = r.rule.clone();
         }
-        if prev.remote_name.is_none() {
-            if let Some(name) = &r.remote_name {
-                self.conn
-                    .prepare_cached("UPDATE flows SET remote_name = ?2 WHERE flow_row = ?1")?
-                    .execute(params![row, name])?;
-                prev.remote_name = Some(name.clone());
+        let mut named = false;
+        if l.remote_name.is_none() && r.remote_name.is_some() {
+            l.remote_name = r.remote_name.clone();
+            named = true;
+        }
+        if new {
+            self.rate.count(now_us);
+        }
+        let process_id = process_id.or(waiting_pid);
+        let short = self.fold.shorter_than_us();
+        let young = |until_us: i64| until_us.saturating_sub(start_us) < short;
+        let may_fold = l.verdict != Some(Verdict::Block)
+            && self.fold.enabled()
+            && self.rate.above(now_us, &self.fold);
+        let mut folded_now = false;
+        if l.row == 0 && !l.folded {
+            match r.state {
+                FlowState::Closed if may_fold && young(end_us.unwrap_or(now_us)) => {
+                    folded_now = true;
+                    l.folded = true;
+                    self.batch_counts.folded += 1;
+                }
+                FlowState::Open if may_fold && young(now_us) => {
+                    if !was_waiting {
+                        self.waiting
+                            .push_back((start_us.saturating_add(short), key.clone()));
+                        // It goes with the batch, should the batch fail.
+                        self.journal.push((key.clone(), None));
+                    }
+                    l.waiting = Some(Box::new(Waiting {
+                        record: r.clone(),
+                        process_id,
+                    }));
+                }
+                _ => {
+                    match self.insert_row(run_id, r, process_id, &l, now_us)? {
+                        Some(row) => {
+                            l.row = row;
+                            self.batch_counts.kept += 1;
+                        }
+                        None => {
+                            // A record after the flow's close, forgotten
+                            // since: its row has what was counted.
+                            if let Some(old) = self.read_row(run_id, &r.flow_id)? {
+                                l = LiveFlow {
+                                    verdict: l.verdict.or(old.verdict),
+                                    rule: l.rule.take().or(old.rule.clone()),
+                                    remote_name: old.remote_name.clone().or(l.remote_name.take()),
+                                    ..old
+                                };
+                                self.update_row(&l, r, process_id, end_us, now_us, true)?;
+                            }
+                        }
+                    }
+                }
             }
+        } else if l.row != 0 {
+            self.update_row(&l, r, process_id, end_us, now_us, named)?;
         }
-        let dtx = c.tx_bytes.saturating_sub(prev.tx_bytes);
-        let drx = c.rx_bytes.saturating_sub(prev.rx_bytes);
-        if dtx > 0 || drx > 0 {
+        let mut d = Counts {
+            tx_bytes: c.tx_bytes.saturating_sub(l.tx_bytes),
+            rx_bytes: c.rx_bytes.saturating_sub(l.rx_bytes),
+            tx_packets: c.tx_packets.saturating_sub(l.tx_packets),
+            rx_packets: c.rx_packets.saturating_sub(l.rx_packets),
+            ..Default::default()
+        };
+        // A flow is counted where its first traffic is, and if folded,
+        // counted as folded where it closed: a flow that never moved a
+        // packet is in no group.
+        if !l.counted && d != Counts::default() {
+            d.flows = 1;
+            l.counted = true;
+        }
+        if folded_now && l.counted {
+            d.folded = 1;
+        }
+        if d != Counts::default() {
             let key = SeriesKey {
                 process_id,
                 remote_ip: r.remote_ip,
                 port: service_port(r),
                 proto: r.proto,
                 direction: r.direction,
-                remote_name: prev.remote_name.clone(),
-                verdict: prev.verdict.map(verdict_str),
-                rule: prev.rule.clone(),
+                remote_name: l.remote_name.clone(),
+                verdict: l.verdict.map(verdict_str),
+                rule: l.rule.clone(),
             };
             let series = self.series_id(key, now_us)?;
             // Traffic up to a close belongs to the close; the rest to now.
@@ -504,28 +901,79 @@ impl Store {
                 _ => now_us,
             };
             let bucket = bucket_start(at_us.div_euclid(1_000_000), SAMPLE_SECONDS);
-            let s = samples.entry((bucket, series)).or_default();
-            s.0 += dtx;
-            s.1 += drx;
+            samples.entry((bucket, series)).or_default().add(&d);
         }
-        let live = &mut self.caches.live;
+        l.tx_bytes = l.tx_bytes.max(c.tx_bytes);
+        l.rx_bytes = l.rx_bytes.max(c.rx_bytes);
+        l.tx_packets = l.tx_packets.max(c.tx_packets);
+        l.rx_packets = l.rx_packets.max(c.rx_packets);
         match r.state {
             FlowState::Closed => {
-                live.remove(&r.flow_id);
+                // Remembered a little while, in case of a repeated close.
+                self.closed.0.insert(key, l);
             }
             FlowState::Open => {
-                bound(live, LIVE_LIMIT);
-                live.insert(
-                    r.flow_id.clone(),
-                    LiveFlow {
-                        row,
-                        tx_bytes: c.tx_bytes.max(prev.tx_bytes),
-                        rx_bytes: c.rx_bytes.max(prev.rx_bytes),
-                        remote_name: prev.remote_name,
-                        verdict: prev.verdict,
-                        rule: prev.rule,
-                    },
-                );
+                if self.caches.live.len() >= LIVE_LIMIT {
+                    // Flows without a row are known only here: give them
+                    // one before forgetting.
+                    self.keep_all_waiting(run_id, now_us)?;
+                    self.caches.live.clear();
+                    self.caches.live_complete = false;
+                }
+                self.caches.live.insert(key, l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Updates the row of a flow from its record `r`.
+    fn update_row(
+        &self,
+        l: &LiveFlow,
+        r: &FlowRecord,
+        process_id: Option<i64>,
+        end_us: Option<i64>,
+        now_us: i64,
+        named: bool,
+    ) -> rusqlite::Result<()> {
+        let c = &r.counters;
+        self.conn
+            .prepare_cached(
+                "UPDATE flows SET
+                    process_id = coalesce(?2, process_id),
+                    state = ?3, end_us = ?4, last_us = ?5,
+                    tx_bytes = ?6, rx_bytes = ?7, tx_packets = ?8, rx_packets = ?9,
+                    tx_payload = ?10, rx_payload = ?11,
+                    before_tx_payload = coalesce(?12, before_tx_payload),
+                    before_rx_payload = coalesce(?13, before_rx_payload),
+                    verdict = coalesce(?14, verdict),
+                    rule = coalesce(?15, rule)
+                 WHERE flow_row = ?1",
+            )?
+            .execute(params![
+                l.row,
+                process_id,
+                state_str(r.state),
+                end_us,
+                now_us,
+                db_u64(c.tx_bytes),
+                db_u64(c.rx_bytes),
+                db_u64(c.tx_packets),
+                db_u64(c.rx_packets),
+                db_u64(c.tx_payload),
+                db_u64(c.rx_payload),
+                r.before_start.map(|b| db_u64(b.tx_payload)),
+                r.before_start.map(|b| db_u64(b.rx_payload)),
+                r.verdict.map(verdict_str),
+                r.rule,
+            ])?;
+        if named {
+            if let Some(name) = &l.remote_name {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE flows SET remote_name = ?2 WHERE flow_row = ?1 AND remote_name IS NULL",
+                    )?
+                    .execute(params![l.row, name])?;
             }
         }
         Ok(())
@@ -716,10 +1164,12 @@ impl Store {
             "UPDATE flows SET remote_name = ?3 WHERE run_id = ?1 AND flow_id = ?2",
             params![run_id, flow_id, name],
         )?;
+        let mut waiting = false;
         if let Some(l) = self.caches.live.get_mut(flow_id) {
             l.remote_name = Some(name.to_string());
+            waiting = l.waiting.is_some();
         }
-        Ok(n > 0)
+        Ok(n > 0 || waiting)
     }
 
     /// Runs SQLite's own consistency check; `Ok(())` when it says "ok".
