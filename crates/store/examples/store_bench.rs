@@ -8,7 +8,18 @@
 //! ```text
 //! cargo run --release -p procflow-store --example store_bench [-- --flows N --db PATH --spread]
 //! cargo run --release -p procflow-store --example store_bench -- --db PATH --reports-only [--only NAME]
+//! cargo run --release -p procflow-store --example store_bench -- --storm [--rate N --seconds S]
 //! ```
+//!
+//! `--storm` feeds a connection storm instead, with simulated timestamps:
+//! `--rate` new TCP connections a second (default 10,000) from
+//! STORM_PROCESSES worker processes to STORM_REMOTES remotes on port 443,
+//! each closed in the next batch (100 ms later) after a request and an
+//! answer, plus one connection a second that lasts STORM_LONG_S seconds,
+//! for `--seconds` of simulated time (default 600), in batches of 100 ms.
+//! The database then holds the rows of the long flows, and for the short
+//! ones only the samples of their series: its size depends on the series,
+//! the buckets and the long flows, not on the number of short flows.
 //!
 //! The database at `--db` is left as the reports saw it (the retention pass
 //! runs on a copy), so `--reports-only` can time reports on it again.
@@ -147,8 +158,203 @@ fn flow(i: u64, rng: &mut Rng, start_s: i64, spread: bool) -> FlowRecord {
     }
 }
 
+const STORM_PROCESSES: u64 = 4;
+const STORM_REMOTES: u64 = 10;
+/// How long the one long connection a second of a storm lasts.
+const STORM_LONG_S: u64 = 30;
+/// Batches of a storm per simulated second.
+const STORM_BATCHES_PER_S: u64 = 10;
+
+/// A connection of the storm: flow `i`, opened at `start_ns`.
+fn storm_flow(i: u64, start_ns: u64) -> FlowRecord {
+    let p = i % STORM_PROCESSES;
+    let r = (i / STORM_PROCESSES) % STORM_REMOTES;
+    FlowRecord {
+        kind: "flow",
+        flow_id: i.to_string(),
+        state: FlowState::Open,
+        proto: Proto::Tcp,
+        family: 4,
+        direction: Direction::Out,
+        local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        local_port: 20_000 + (i % 40_000) as u16,
+        remote_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 10 + r as u8)),
+        remote_port: 443,
+        remote_name: None,
+        process: Some(ProcessIdentity {
+            pid: 2_000 + p as u32,
+            ppid: 1,
+            uid: 33,
+            user: Some("www-data".into()),
+            comm: "proxy".into(),
+            exe: Some("/usr/sbin/proxy".into()),
+            cmdline: Some(format!("/usr/sbin/proxy --worker {p}")),
+            cgroup: Some("/system.slice/proxy.service".into()),
+            exe_unknown: None,
+        }),
+        netns: 4_026_531_840,
+        start: rfc3339(start_ns),
+        end: None,
+        counters: Counters::default(),
+        before_start: None,
+        origin: Origin::Connect,
+        link: None,
+        verdict: None,
+        rule: None,
+    }
+}
+
+/// What a storm fed in.
+#[derive(Default)]
+struct Fed {
+    flows: u64,
+    records: u64,
+    bytes: u64,
+    packets: u64,
+}
+
+/// Feeds a storm of `rate` connections a second for `seconds` simulated
+/// seconds ending at END_S; see the module header.
+fn storm(db: &std::path::Path, rate: u64, seconds: u64) {
+    let _ = std::fs::remove_file(db);
+    let mut store = Store::open(db).expect("open the store");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let per_batch = rate / STORM_BATCHES_PER_S;
+    let step_ns = 1_000_000_000 / STORM_BATCHES_PER_S;
+    let start_ns = (END_S as u64 - seconds) * 1_000_000_000;
+    let batches = seconds * STORM_BATCHES_PER_S;
+    let mut fed = Fed::default();
+    let mut short: Vec<FlowRecord> = Vec::new();
+    let mut long: Vec<(FlowRecord, u64)> = Vec::new();
+    let mut next_id = 0u64;
+    let t0 = Instant::now();
+    let c0 = cpu_s();
+    let mut b = 0u64;
+    let mut batch = Vec::new();
+    let (mut in_store, mut in_store_cpu) = (0.0, 0.0);
+    while b < batches || !short.is_empty() || !long.is_empty() {
+        let now_ns = start_ns + b * step_ns;
+        batch.clear();
+        for mut f in short.drain(..) {
+            f.state = FlowState::Closed;
+            f.end = Some(rfc3339(now_ns - rng.below(step_ns)));
+            let c = &mut f.counters;
+            c.tx_bytes = 300 + rng.below(500);
+            c.rx_bytes = 1_000 + rng.below(20_000);
+            c.tx_packets = 5 + rng.below(3);
+            c.rx_packets = 5 + c.rx_bytes / 1_448;
+            fed.bytes += c.tx_bytes + c.rx_bytes;
+            fed.packets += c.tx_packets + c.rx_packets;
+            batch.push(f);
+        }
+        // The long connections report every second.
+        if b % STORM_BATCHES_PER_S == 0 {
+            for (f, left) in long.iter_mut() {
+                let c = &mut f.counters;
+                let (tx, rx) = (1_000 + rng.below(1_000), 50_000 + rng.below(50_000));
+                let (txp, rxp) = (2 + rng.below(2), rx / 1_448 + 1);
+                c.tx_bytes += tx;
+                c.rx_bytes += rx;
+                c.tx_packets += txp;
+                c.rx_packets += rxp;
+                fed.bytes += tx + rx;
+                fed.packets += txp + rxp;
+                *left -= 1;
+                if *left == 0 {
+                    f.state = FlowState::Closed;
+                    f.end = Some(rfc3339(now_ns));
+                }
+                batch.push(f.clone());
+            }
+            long.retain(|(_, left)| *left > 0);
+        }
+        if b < batches {
+            for k in 0..per_batch {
+                let f = storm_flow(next_id, now_ns + k * step_ns / per_batch.max(1) / 2);
+                next_id += 1;
+                if b % STORM_BATCHES_PER_S == 0 && k == 0 {
+                    long.push((f.clone(), STORM_LONG_S));
+                } else {
+                    short.push(f.clone());
+                }
+                batch.push(f);
+            }
+        }
+        fed.records += batch.len() as u64;
+        let (t, c) = (Instant::now(), cpu_s());
+        store.write(&batch, now_ns).expect("write a batch");
+        in_store += t.elapsed().as_secs_f64();
+        in_store_cpu += cpu_s() - c;
+        b += 1;
+    }
+    fed.flows = next_id;
+    let all = t0.elapsed().as_secs_f64();
+    let all_cpu = cpu_s() - c0;
+    println!("feeding took {all:.2} s wall, {all_cpu:.2} s CPU, of which in Store::write:");
+    let (ingest, ingest_cpu) = (in_store, in_store_cpu);
+    let st = store.stats();
+    store.checkpoint().expect("checkpoint");
+    let size = std::fs::metadata(db).expect("database size").len();
+    drop(store);
+    println!(
+        "procflow-store storm: {} connections a second to {STORM_REMOTES} remotes from {STORM_PROCESSES} processes for {seconds} s (simulated): {} flows, {} records in batches of 100 ms",
+        rate, fed.flows, fed.records
+    );
+    println!(
+        "ingestion: {ingest:.2} s wall, {ingest_cpu:.2} s CPU; {:.0} flows/s ({:.0} per CPU second), {:.0} records/s",
+        fed.flows as f64 / ingest,
+        fed.flows as f64 / ingest_cpu,
+        fed.records as f64 / ingest
+    );
+    println!(
+        "flows kept {} (with a row), folded {}",
+        st.flows_kept, st.flows_folded
+    );
+    println!(
+        "database: {:.2} MiB ({size} bytes), {:.1} bytes per simulated second; a day at this rate: {:.1} MiB",
+        size as f64 / 1_048_576.0,
+        size as f64 / seconds as f64,
+        size as f64 / seconds as f64 * DAY as f64 / 1_048_576.0
+    );
+    table_rows(db);
+    let window = Window {
+        since: END_S - seconds as i64,
+        until: END_S + STORM_LONG_S as i64 + 10,
+        now: END_S + STORM_LONG_S as i64 + 60,
+    };
+    reports(db, Some(&fed), None, &window);
+}
+
+/// Rows per table.
+fn table_rows(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).expect("open");
+    for t in [
+        "flows",
+        "series",
+        "samples",
+        "hourly",
+        "processes",
+        "executables",
+    ] {
+        let n: i64 = c
+            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap();
+        println!("  {t}: {n} rows");
+    }
+}
+
+/// The window of the reports, and the time they are run at.
+struct Window {
+    since: i64,
+    until: i64,
+    now: i64,
+}
+
 fn main() {
     let mut flows: u64 = 1_000_000;
+    let mut storm_mode = false;
+    let mut rate: u64 = 10_000;
+    let mut seconds: u64 = 600;
     let mut db: Option<PathBuf> = None;
     let mut reports_only = false;
     let mut only: Option<String> = None;
@@ -163,11 +369,28 @@ fn main() {
             // Time only the reports whose name contains this text.
             "--only" => only = args.next(),
             "--spread" => spread = true,
+            "--storm" => storm_mode = true,
+            "--rate" => rate = args.next().and_then(|v| v.parse().ok()).expect("--rate N"),
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--seconds S")
+            }
             other => panic!("unknown argument {other}"),
         }
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = db.unwrap_or_else(|| dir.path().join("bench.db"));
+    if storm_mode {
+        storm(&db, rate, seconds);
+        return;
+    }
+    let day = Window {
+        since: END_S - DAY,
+        until: END_S + DAY,
+        now: END_S + 60,
+    };
     if reports_only {
         // The final counters of the flow rows add up to the bytes fed in.
         let c =
@@ -179,7 +402,11 @@ fn main() {
             })
             .expect("sum of the flows");
         drop(c);
-        reports(&db, Some(wire as u64), only.as_deref());
+        let fed = Fed {
+            bytes: wire as u64,
+            ..Default::default()
+        };
+        reports(&db, Some(&fed), only.as_deref(), &day);
         return;
     }
     let _ = std::fs::remove_file(&db);
@@ -201,6 +428,7 @@ fn main() {
     let t0 = Instant::now();
     let c0 = cpu_s();
     let mut b = 0u64;
+    let (mut in_store, mut in_store_cpu) = (0.0, 0.0);
     while b < batches || !short.is_empty() || !long.is_empty() {
         let now_ns = start_ns + b * step_ns;
         let now_s = (now_ns / 1_000_000_000) as i64;
@@ -239,11 +467,17 @@ fn main() {
             }
         }
         records += batch.len() as u64;
+        let (t, c) = (Instant::now(), cpu_s());
         store.write(&batch, now_ns).expect("write a batch");
+        in_store += t.elapsed().as_secs_f64();
+        in_store_cpu += cpu_s() - c;
         b += 1;
     }
-    let ingest = t0.elapsed().as_secs_f64();
-    let ingest_cpu = cpu_s() - c0;
+    let all = t0.elapsed().as_secs_f64();
+    let all_cpu = cpu_s() - c0;
+    println!("feeding took {all:.2} s wall, {all_cpu:.2} s CPU, of which in Store::write:");
+    let (ingest, ingest_cpu) = (in_store, in_store_cpu);
+    let st = store.stats();
     store.checkpoint().expect("checkpoint");
     let size = std::fs::metadata(&db).expect("database size").len();
     drop(store);
@@ -265,22 +499,17 @@ fn main() {
         size as f64 / flows as f64,
         size as f64 / flows as f64 * 1e6 / 1_048_576.0
     );
-    let c = rusqlite::Connection::open(&db).expect("open");
-    for t in [
-        "flows",
-        "series",
-        "samples",
-        "hourly",
-        "processes",
-        "executables",
-    ] {
-        let n: i64 = c
-            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-            .unwrap();
-        println!("  {t}: {n} rows");
-    }
-    drop(c);
-    reports(&db, Some(wire_bytes), only.as_deref());
+    println!(
+        "flows kept {} (with a row), folded {}",
+        st.flows_kept, st.flows_folded
+    );
+    table_rows(&db);
+    let fed = Fed {
+        flows,
+        bytes: wire_bytes,
+        ..Default::default()
+    };
+    reports(&db, Some(&fed), only.as_deref(), &day);
 
     // Three days later the 10-second samples of these flows have aged out;
     // what is left per flow is its row, its series and the hourly totals.
@@ -319,7 +548,7 @@ fn main() {
 
 /// Times reports over the whole database (those whose name contains
 /// `only`, when given); checks the totals of the JSON ones when known.
-fn reports(db: &std::path::Path, wire_bytes: Option<u64>, only: Option<&str>) {
+fn reports(db: &std::path::Path, fed: Option<&Fed>, only: Option<&str>, w: &Window) {
     struct Case {
         name: &'static str,
         by: Vec<GroupBy>,
@@ -372,8 +601,8 @@ fn reports(db: &std::path::Path, wire_bytes: Option<u64>, only: Option<&str>) {
             top,
             bucket: timeline.then(|| "1h".to_string()),
             // All of it: the last long-lived flows close after END_S.
-            since: "25h".into(),
-            until: Some(procflow_store::timespec::rfc3339_s(END_S + DAY)),
+            since: procflow_store::timespec::rfc3339_s(w.since),
+            until: Some(procflow_store::timespec::rfc3339_s(w.until)),
             ..Default::default()
         };
         let (mut best, mut best_cpu) = (f64::MAX, f64::MAX);
@@ -381,15 +610,30 @@ fn reports(db: &std::path::Path, wire_bytes: Option<u64>, only: Option<&str>) {
         for _ in 0..3 {
             out.clear();
             let (t, c) = (Instant::now(), cpu_s());
-            run_report_at(&args, END_S + 60, &mut out).expect("report");
+            run_report_at(&args, w.now, &mut out).expect("report");
             best = best.min(t.elapsed().as_secs_f64());
             best_cpu = best_cpu.min(cpu_s() - c);
         }
         let rows = if format == Format::Json {
             let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            let total = doc["total"]["total_bytes"].as_u64().unwrap();
-            if let Some(w) = wire_bytes {
-                assert_eq!(total, w, "report total equals the bytes fed in");
+            let total = &doc["total"];
+            if let Some(f) = fed {
+                let n = |k: &str| total[k].as_u64().unwrap_or(0);
+                assert_eq!(
+                    n("total_bytes"),
+                    f.bytes,
+                    "report total equals the bytes fed in"
+                );
+                if f.packets > 0 {
+                    assert_eq!(
+                        n("tx_packets") + n("rx_packets"),
+                        f.packets,
+                        "packets fed in"
+                    );
+                }
+                if f.flows > 0 {
+                    assert_eq!(n("flows"), f.flows, "report counts every flow fed in");
+                }
             }
             doc["rows"].as_array().unwrap().len()
         } else {

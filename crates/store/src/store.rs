@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
-use procflow_core::flow::{BeforeStart, Direction, FlowRecord, FlowState, Origin, Proto, Verdict};
+use procflow_core::flow::{
+    BeforeStart, Counters, Direction, FlowRecord, FlowState, Origin, Proto, Verdict,
+};
 use procflow_core::ProcessIdentity;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -42,6 +44,9 @@ const LIVE_LIMIT: usize = 1 << 18;
 /// least this often (microseconds); retention leaves them hours of margin.
 const TOUCH_EVERY_US: i64 = 600 * 1_000_000;
 const ID_LIMIT: usize = 1 << 16;
+
+/// How many processes of recent records are looked up without hashing.
+const RECENT_PROCESSES: usize = 8;
 
 /// Counters of the writer, for the daemon's stats.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -248,8 +253,49 @@ struct LiveFlow {
 
 #[derive(Debug, Clone)]
 struct Waiting {
-    record: FlowRecord,
+    row: RowData,
     process_id: Option<i64>,
+}
+
+/// What a flow's row holds of its latest record, without the text fields
+/// (so keeping it copies nothing).
+#[derive(Debug, Clone, Copy)]
+struct RowData {
+    state: FlowState,
+    proto: Proto,
+    family: u8,
+    direction: Direction,
+    local_ip: IpAddr,
+    local_port: u16,
+    remote_ip: IpAddr,
+    remote_port: u16,
+    netns: u64,
+    start_us: i64,
+    end_us: Option<i64>,
+    counters: Counters,
+    before_start: Option<BeforeStart>,
+    origin: Origin,
+}
+
+impl RowData {
+    fn new(r: &FlowRecord, start_us: i64, end_us: Option<i64>) -> RowData {
+        RowData {
+            state: r.state,
+            proto: r.proto,
+            family: r.family,
+            direction: r.direction,
+            local_ip: r.local_ip,
+            local_port: r.local_port,
+            remote_ip: r.remote_ip,
+            remote_port: r.remote_port,
+            netns: r.netns,
+            start_us,
+            end_us,
+            counters: r.counters,
+            before_start: r.before_start,
+            origin: r.origin,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -257,6 +303,9 @@ pub(crate) struct Caches {
     exes: HashMap<String, i64>,
     /// Fingerprint -> (identity, row id, when last_seen_us was written).
     processes: HashMap<u64, Vec<(ProcessIdentity, i64, i64)>>,
+    /// The processes of the last records, compared before any hashing:
+    /// (identity, row id, when last_seen_us was written).
+    recent: Vec<(ProcessIdentity, i64, i64)>,
     /// Key -> (row id, when last_seen_us was written).
     series: HashMap<SeriesKey, (i64, i64)>,
     live: HashMap<String, LiveFlow>,
@@ -278,6 +327,7 @@ impl Caches {
     pub(crate) fn clear_ids(&mut self) {
         self.exes.clear();
         self.processes.clear();
+        self.recent.clear();
         self.series.clear();
     }
 }
@@ -535,7 +585,7 @@ impl Store {
                     .iter()
                     .filter_map(|(k, l)| {
                         let w = l.waiting.as_deref()?;
-                        let start = timespec::parse_rfc3339_us(&w.record.start).unwrap_or(0);
+                        let start = w.row.start_us;
                         Some((start.saturating_add(self.fold.shorter_than_us()), k.clone()))
                     })
                     .collect();
@@ -631,7 +681,7 @@ impl Store {
             return Ok(());
         };
         let row = self
-            .insert_row(run_id, &w.record, w.process_id, &old, now_us)?
+            .insert_row(run_id, &key, &w.row, w.process_id, &old, now_us)?
             .unwrap_or(0);
         self.batch_counts.kept += 1;
         let kept = LiveFlow {
@@ -669,13 +719,12 @@ impl Store {
     fn insert_row(
         &mut self,
         run_id: i64,
-        r: &FlowRecord,
+        flow_id: &str,
+        r: &RowData,
         process_id: Option<i64>,
         known: &LiveFlow,
         now_us: i64,
     ) -> rusqlite::Result<Option<i64>> {
-        let start_us = timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us);
-        let end_us = r.end.as_deref().and_then(timespec::parse_rfc3339_us);
         let c = &r.counters;
         let before = r.before_start.or(known.before_start);
         let n = self
@@ -692,7 +741,7 @@ impl Store {
             )?
             .execute(params![
                 run_id,
-                r.flow_id,
+                flow_id,
                 process_id,
                 state_str(r.state),
                 r.proto.to_string(),
@@ -703,8 +752,8 @@ impl Store {
                 r.remote_ip.to_string(),
                 r.remote_port,
                 db_u64(r.netns),
-                start_us,
-                end_us,
+                r.start_us,
+                r.end_us,
                 now_us,
                 db_u64(c.tx_bytes),
                 db_u64(c.rx_bytes),
@@ -774,7 +823,7 @@ impl Store {
                     let mut old = l.clone();
                     was_waiting = true;
                     waiting_pid = w.process_id;
-                    l.before_start = l.before_start.or(w.record.before_start);
+                    l.before_start = l.before_start.or(w.row.before_start);
                     old.waiting = Some(w);
                     self.journal.push((k.clone(), Some(old)));
                 }
@@ -837,12 +886,13 @@ impl Store {
                         self.journal.push((key.clone(), None));
                     }
                     l.waiting = Some(Box::new(Waiting {
-                        record: r.clone(),
+                        row: RowData::new(r, start_us, end_us),
                         process_id,
                     }));
                 }
                 _ => {
-                    match self.insert_row(run_id, r, process_id, &l, now_us)? {
+                    let data = RowData::new(r, start_us, end_us);
+                    match self.insert_row(run_id, &key, &data, process_id, &l, now_us)? {
                         Some(row) => {
                             l.row = row;
                             self.batch_counts.kept += 1;
@@ -996,6 +1046,39 @@ impl Store {
     }
 
     pub(crate) fn process_id(
+        &mut self,
+        run_id: i64,
+        p: &ProcessIdentity,
+        now_us: i64,
+    ) -> rusqlite::Result<i64> {
+        if let Some((_, id, touched)) = self
+            .caches
+            .recent
+            .iter()
+            .find(|(q, _, _)| q.pid == p.pid && q == p)
+        {
+            if now_us - touched < TOUCH_EVERY_US {
+                return Ok(*id);
+            }
+        }
+        let id = self.process_id_slow(run_id, p, now_us)?;
+        let recent = &mut self.caches.recent;
+        match recent.iter_mut().find(|(q, _, _)| q.pid == p.pid && q == p) {
+            Some(e) => {
+                e.1 = id;
+                e.2 = now_us;
+            }
+            None => {
+                if recent.len() >= RECENT_PROCESSES {
+                    recent.remove(0);
+                }
+                recent.push((p.clone(), id, now_us));
+            }
+        }
+        Ok(id)
+    }
+
+    fn process_id_slow(
         &mut self,
         run_id: i64,
         p: &ProcessIdentity,

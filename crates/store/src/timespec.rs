@@ -11,8 +11,86 @@ use crate::error::StoreError;
 
 /// Parses an RFC 3339 timestamp into microseconds since the Unix epoch.
 pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    if let Some(us) = parse_utc_us(s.as_bytes()) {
+        return Some(us);
+    }
     let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000).ok()
+}
+
+/// The form the daemon writes, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, parsed
+/// without the general parser (twice per flow record); `None` for any
+/// other form, which the general parser then reads.
+fn parse_utc_us(b: &[u8]) -> Option<i64> {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |a, d| {
+            d.is_ascii_digit().then(|| a * 10 + i64::from(d - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in = [
+        31,
+        28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&mo)
+        || d < 1
+        || d > days_in[mo as usize - 1]
+        || h > 23
+        || mi > 59
+        || sec > 59
+    {
+        return None;
+    }
+    let mut frac_us = 0i64;
+    let rest = &b[19..];
+    let rest = match rest.split_first() {
+        Some((b'.', f)) => {
+            let digits = f.iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 {
+                return None;
+            }
+            for (i, c) in f[..digits].iter().enumerate().take(6) {
+                frac_us += i64::from(c - b'0') * 10i64.pow(5 - i as u32);
+            }
+            &f[digits..]
+        }
+        _ => rest,
+    };
+    if rest != b"Z" {
+        return None;
+    }
+    // Days since the epoch of a civil date (H. Hinnant's algorithm).
+    let (yy, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3_600 + mi * 60 + sec) * 1_000_000) + frac_us)
 }
 
 /// Parses a duration: a sequence of `<number><unit>` with units `s`, `m`,
@@ -250,5 +328,30 @@ mod tests {
         assert_eq!(bucket_start(1_795_000_000, 420), 1_794_999_780);
         assert_eq!(bucket_start(1_794_999_780, 420), 1_794_999_780);
         assert_eq!(bucket_start(-1, 10), -10);
+    }
+
+    #[test]
+    fn the_daemons_timestamps_parse_as_the_general_parser_reads_them() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2026-11-18T10:36:40Z",
+            "2026-11-18T10:36:40.123456Z",
+            "2026-11-18T10:36:40.5Z",
+            "2024-02-29T23:59:59.999999999Z",
+            "2000-03-01T00:00:00.000001Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let t = OffsetDateTime::parse(s, &Rfc3339).unwrap();
+            let want = i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap();
+            assert_eq!(parse_utc_us(s.as_bytes()), Some(want), "{s}");
+        }
+        for s in [
+            "2026-02-30T00:00:00Z",
+            "2026-11-18T10:36:40+01:00",
+            "2026-11-18T24:00:00Z",
+            "2026-11-18T10:36:40.Z",
+        ] {
+            assert_eq!(parse_utc_us(s.as_bytes()), None, "{s}");
+        }
     }
 }

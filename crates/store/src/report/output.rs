@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::StoreError;
 use crate::report::escape;
 use crate::report::filters::DEFAULT_RULE;
-use crate::report::query::{Cell, GroupBy, Query, Row};
+use crate::report::query::{Cell, GroupBy, Query, Row, Sums};
 use crate::services;
 use crate::timespec::{human_time, rfc3339_s};
 
@@ -44,9 +44,9 @@ pub struct Report<'a> {
     /// Rows shown (after `--top`).
     pub rows: &'a [Row],
     /// All traffic that matched, including groups left out by `--top`.
-    pub total: (u64, u64),
+    pub total: Sums,
     /// Groups left out by `--top`, and their traffic.
-    pub other: Option<(usize, u64, u64)>,
+    pub other: Option<(usize, Sums)>,
 }
 
 fn columns(by: &[GroupBy]) -> Vec<&'static str> {
@@ -119,6 +119,10 @@ impl Serialize for JsonRow<'_> {
         m.serialize_entry("tx_bytes", &row.tx_bytes)?;
         m.serialize_entry("rx_bytes", &row.rx_bytes)?;
         m.serialize_entry("total_bytes", &row.total())?;
+        m.serialize_entry("tx_packets", &row.tx_packets)?;
+        m.serialize_entry("rx_packets", &row.rx_packets)?;
+        m.serialize_entry("flows", &row.flows)?;
+        m.serialize_entry("flows_folded", &row.folded)?;
         m.end()
     }
 }
@@ -159,9 +163,13 @@ pub fn write_json(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError>
     doc.push((
         "total",
         Node::Object(Ordered(vec![
-            ("tx_bytes", v(json!(r.total.0))),
-            ("rx_bytes", v(json!(r.total.1))),
-            ("total_bytes", v(json!(r.total.0.saturating_add(r.total.1)))),
+            ("tx_bytes", v(json!(r.total.tx_bytes))),
+            ("rx_bytes", v(json!(r.total.rx_bytes))),
+            ("total_bytes", v(json!(r.total.total()))),
+            ("tx_packets", v(json!(r.total.tx_packets))),
+            ("rx_packets", v(json!(r.total.rx_packets))),
+            ("flows", v(json!(r.total.flows))),
+            ("flows_folded", v(json!(r.total.folded))),
         ])),
     ));
     serde_json::to_writer_pretty(&mut *out, &Ordered(doc))?;
@@ -387,7 +395,8 @@ pub fn write_table(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError
             cells.push_bytes(n);
         }
     }
-    let mut footer = |first: &str, (tx, rx): (u64, u64)| {
+    let mut footer = |first: &str, s: &Sums| {
+        let (tx, rx) = (s.tx_bytes, s.rx_bytes);
         cells.push(first);
         for _ in 1..key_cols {
             cells.push("");
@@ -396,10 +405,10 @@ pub fn write_table(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError
             cells.push_bytes(n);
         }
     };
-    if let Some((n, tx, rx)) = r.other {
-        footer(&format!("({n} more)"), (tx, rx));
+    if let Some((n, rest)) = &r.other {
+        footer(&format!("({n} more)"), rest);
     }
-    footer("TOTAL", r.total);
+    footer("TOTAL", &r.total);
 
     let width = |s: &str| {
         if s.is_ascii() {
@@ -431,6 +440,15 @@ pub fn write_table(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError
             }
         }
         writeln!(out, "{}", line.trim_end()).map_err(out_err)?;
+    }
+    if r.total.folded > 0 {
+        // The flows table lacks their rows: say so where flows are counted.
+        writeln!(
+            out,
+            "{} flows, {} of them folded into their series (short flows while many arrived: no rows of their own)",
+            r.total.flows, r.total.folded
+        )
+        .map_err(out_err)?;
     }
     Ok(())
 }

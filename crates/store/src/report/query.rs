@@ -142,6 +142,34 @@ impl SeriesInfo<'_> {
     }
 }
 
+/// What a series moved in a bucket, or a group over a window: bytes,
+/// packets, flows (counted where their first traffic is) and of those, the
+/// flows folded (counted where they closed; they have no row in `flows`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub flows: u64,
+    pub folded: u64,
+}
+
+impl Sums {
+    pub fn add(&mut self, o: &Sums) {
+        self.tx_bytes = self.tx_bytes.saturating_add(o.tx_bytes);
+        self.rx_bytes = self.rx_bytes.saturating_add(o.rx_bytes);
+        self.tx_packets = self.tx_packets.saturating_add(o.tx_packets);
+        self.rx_packets = self.rx_packets.saturating_add(o.rx_packets);
+        self.flows = self.flows.saturating_add(o.flows);
+        self.folded = self.folded.saturating_add(o.folded);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.tx_bytes.saturating_add(self.rx_bytes)
+    }
+}
+
 /// Totals of one group (and one time bucket, in a timeline).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -150,6 +178,25 @@ pub struct Row {
     pub key: Vec<Cell>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+    pub flows: u64,
+    pub folded: u64,
+}
+
+impl Row {
+    fn new(bucket: Option<i64>, key: Vec<Cell>, s: &Sums) -> Row {
+        Row {
+            bucket,
+            key,
+            tx_bytes: s.tx_bytes,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            rx_packets: s.rx_packets,
+            flows: s.flows,
+            folded: s.folded,
+        }
+    }
 }
 
 impl Row {
@@ -344,30 +391,34 @@ impl SeriesColumns {
 }
 
 /// The traffic of the window per series (and time bucket, in a timeline):
-/// `(series, bucket, tx, rx)`, sorted by series and bucket.
+/// `(series, bucket, sums)`, sorted by series and bucket.
 fn window_sums(
     conn: &Connection,
     q: &Query,
     width: i64,
-) -> Result<Vec<(i64, i64, u64, u64)>, StoreError> {
-    let mut sums: Vec<(i64, i64, u64, u64)> = Vec::new();
+) -> Result<Vec<(i64, i64, Sums)>, StoreError> {
+    let mut sums: Vec<(i64, i64, Sums)> = Vec::new();
     for (table, lo, hi) in plan(conn, q.since, q.until, width)? {
         // The time of a row is read only for a timeline.
         let sql = match (table, width > 0) {
             (Table::Samples, true) => {
-                "SELECT series_id, tx_bytes, rx_bytes, bucket FROM samples
+                "SELECT series_id, tx_bytes, rx_bytes, tx_packets, rx_packets, flows, folded,
+                    bucket FROM samples
                  WHERE bucket >= ?1 AND bucket < ?2"
             }
             (Table::Samples, false) => {
-                "SELECT series_id, tx_bytes, rx_bytes FROM samples
+                "SELECT series_id, tx_bytes, rx_bytes, tx_packets, rx_packets, flows, folded
+                 FROM samples
                  WHERE bucket >= ?1 AND bucket < ?2"
             }
             (Table::Hourly, true) => {
-                "SELECT series_id, tx_bytes, rx_bytes, hour FROM hourly
+                "SELECT series_id, tx_bytes, rx_bytes, tx_packets, rx_packets, flows, folded,
+                    hour FROM hourly
                  WHERE hour >= ?1 AND hour < ?2"
             }
             (Table::Hourly, false) => {
-                "SELECT series_id, tx_bytes, rx_bytes FROM hourly
+                "SELECT series_id, tx_bytes, rx_bytes, tx_packets, rx_packets, flows, folded
+                 FROM hourly
                  WHERE hour >= ?1 AND hour < ?2"
             }
         };
@@ -377,15 +428,22 @@ fn window_sums(
         let int = |r: &rusqlite::Row<'_>, i| r.get_ref_unwrap(i).as_i64().unwrap_or(0);
         while let Some(r) = rows.next()? {
             let b = if width > 0 {
-                bucket_start(int(r, 3), width)
+                bucket_start(int(r, 7), width)
             } else {
                 0
             };
+            let n = |i| int(r, i).max(0) as u64;
             sums.push((
                 int(r, 0),
                 b,
-                int(r, 1).max(0) as u64,
-                int(r, 2).max(0) as u64,
+                Sums {
+                    tx_bytes: n(1),
+                    rx_bytes: n(2),
+                    tx_packets: n(3),
+                    rx_packets: n(4),
+                    flows: n(5),
+                    folded: n(6),
+                },
             ));
         }
     }
@@ -398,11 +456,10 @@ fn window_sums(
 
 /// Adds up neighbours with the same key (the first two fields) of a list
 /// sorted by it, keeping one entry per key.
-fn add_up_runs<A: PartialEq, B: PartialEq>(v: &mut Vec<(A, B, u64, u64)>) {
+fn add_up_runs<A: PartialEq, B: PartialEq>(v: &mut Vec<(A, B, Sums)>) {
     v.dedup_by(|next, kept| {
         if (&next.0, &next.1) == (&kept.0, &kept.1) {
-            kept.2 = kept.2.saturating_add(next.2);
-            kept.3 = kept.3.saturating_add(next.3);
+            kept.2.add(&next.2);
             true
         } else {
             false
@@ -417,9 +474,9 @@ pub struct Grouped {
     /// (largest first), then by key.
     pub rows: Vec<Row>,
     /// All traffic that matched, the groups left out included.
-    pub total: (u64, u64),
+    pub total: Sums,
     /// How many groups were left out, and their traffic.
-    pub other: Option<(usize, u64, u64)>,
+    pub other: Option<(usize, Sums)>,
 }
 
 /// Runs `q`: one row per group (per time bucket in a timeline), sorted by
@@ -448,20 +505,19 @@ pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Group
     };
     let mut grouper = Grouper::new(q, procs);
     // Per group, over the window.
-    let mut totals: Vec<(u64, u64)> = Vec::new();
-    // (time bucket, group, tx, rx), in a timeline.
-    let mut cells: Vec<(i64, u32, u64, u64)> = Vec::new();
-    let mut add = |group: Option<u32>, mine: &[(i64, i64, u64, u64)]| {
+    let mut totals: Vec<Sums> = Vec::new();
+    // (time bucket, group, sums), in a timeline.
+    let mut cells: Vec<(i64, u32, Sums)> = Vec::new();
+    let mut add = |group: Option<u32>, mine: &[(i64, i64, Sums)]| {
         let Some(g) = group else { return };
         if totals.len() <= g as usize {
-            totals.resize(g as usize + 1, (0, 0));
+            totals.resize(g as usize + 1, Sums::default());
         }
         let t = &mut totals[g as usize];
-        for (_, b, tx, rx) in mine {
-            t.0 = t.0.saturating_add(*tx);
-            t.1 = t.1.saturating_add(*rx);
+        for (_, b, s) in mine {
+            t.add(s);
             if width > 0 {
-                cells.push((*b, g, *tx, *rx));
+                cells.push((*b, g, *s));
             }
         }
     };
@@ -498,14 +554,11 @@ pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Group
             }
         }
     }
-    totals.resize(grouper.len(), (0, 0));
+    totals.resize(grouper.len(), Sums::default());
 
     let n = totals.len();
     let keep = top.unwrap_or(n).min(n);
-    let size = |g: u32| {
-        let t = totals[g as usize];
-        t.0.saturating_add(t.1)
-    };
+    let size = |g: u32| totals[g as usize].total();
     // Only the groups at least as large as the keep-th largest can be
     // kept; their keys decide ties.
     let mut ranked: Vec<(u64, u32, Vec<Cell>)> = Vec::new();
@@ -522,32 +575,28 @@ pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Group
         ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
         ranked.truncate(keep);
     }
-    let total = totals.iter().fold((0u64, 0u64), |a, t| {
-        (a.0.saturating_add(t.0), a.1.saturating_add(t.1))
+    let total = totals.iter().fold(Sums::default(), |mut a, t| {
+        a.add(t);
+        a
     });
     let mut kept = vec![false; n];
     for (_, g, _) in &ranked {
         kept[*g as usize] = true;
     }
     let other = (keep < n).then(|| {
-        let (tx, rx) = (0..n).filter(|g| !kept[*g]).fold((0u64, 0u64), |a, g| {
-            (
-                a.0.saturating_add(totals[g].0),
-                a.1.saturating_add(totals[g].1),
-            )
-        });
-        (n - keep, tx, rx)
+        let rest = (0..n)
+            .filter(|g| !kept[*g])
+            .fold(Sums::default(), |mut a, g| {
+                a.add(&totals[g]);
+                a
+            });
+        (n - keep, rest)
     });
 
     let rows = if width == 0 {
         ranked
             .into_iter()
-            .map(|(_, g, key)| Row {
-                bucket: None,
-                key,
-                tx_bytes: totals[g as usize].0,
-                rx_bytes: totals[g as usize].1,
-            })
+            .map(|(_, g, key)| Row::new(None, key, &totals[g as usize]))
             .collect()
     } else {
         cells.retain(|c| kept[c.1 as usize]);
@@ -559,12 +608,7 @@ pub fn run_top(conn: &Connection, q: &Query, top: Option<usize>) -> Result<Group
         }
         let mut rows: Vec<Row> = cells
             .into_iter()
-            .map(|(b, g, tx, rx)| Row {
-                bucket: Some(b),
-                key: keys[g as usize].clone().unwrap_or_default(),
-                tx_bytes: tx,
-                rx_bytes: rx,
-            })
+            .map(|(b, g, s)| Row::new(Some(b), keys[g as usize].clone().unwrap_or_default(), &s))
             .collect();
         rows.sort_by(|a, b| {
             a.bucket
