@@ -35,6 +35,15 @@ pub struct SinkArgs {
     /// two days are rolled up into hourly totals.
     #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age, conflicts_with = "no_db")]
     retain: Duration,
+    /// Fold flows shorter than this into their series (no row of their own
+    /// in the history, their bytes, packets and count still in every
+    /// report) while more than --fold-above new flows a second arrive;
+    /// 0s keeps a row for every flow. Blocked flows are never folded.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_age, conflicts_with = "no_db")]
+    fold_under: Duration,
+    /// New flows a second at or below which every flow keeps its row.
+    #[arg(long, value_name = "N", default_value_t = 20, conflicts_with = "no_db")]
+    fold_above: u64,
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -86,6 +95,10 @@ impl Sinks {
             // holds every user's command lines) and the file (0600).
             let mut s = Store::open(&args.db)
                 .with_context(|| format!("opening the flow history {}", args.db.display()))?;
+            s.set_fold_policy(procflow_store::FoldPolicy {
+                shorter_than: args.fold_under,
+                above_rate: args.fold_above,
+            });
             s.start_run(now_ns())
                 .context("starting a run in the flow history")?;
             Some(s)
@@ -243,6 +256,8 @@ impl Sinks {
                     "records_written": st.records_written,
                     "records_failed": st.records_failed,
                     "batches_failed": st.batches_failed,
+                    "flows_kept": st.flows_kept,
+                    "flows_folded": st.flows_folded,
                 })
             }
         }

@@ -21,4 +21,4 @@ pub use error::StoreError;
 pub use json_log::{JsonLog, LogStats};
 pub use report::{run_report, ReportArgs, DEFAULT_DB_PATH};
 pub use retention::RetentionSummary;
-pub use store::{Store, WriteStats};
+pub use store::{FoldPolicy, Store, WriteStats};
