@@ -248,7 +248,7 @@ fn storm(db: &std::path::Path, rate: u64, seconds: u64) {
             batch.push(f);
         }
         // The long connections report every second.
-        if b % STORM_BATCHES_PER_S == 0 {
+        if b.is_multiple_of(STORM_BATCHES_PER_S) {
             for (f, left) in long.iter_mut() {
                 let c = &mut f.counters;
                 let (tx, rx) = (1_000 + rng.below(1_000), 50_000 + rng.below(50_000));
@@ -272,7 +272,7 @@ fn storm(db: &std::path::Path, rate: u64, seconds: u64) {
             for k in 0..per_batch {
                 let f = storm_flow(next_id, now_ns + k * step_ns / per_batch.max(1) / 2);
                 next_id += 1;
-                if b % STORM_BATCHES_PER_S == 0 && k == 0 {
+                if b.is_multiple_of(STORM_BATCHES_PER_S) && k == 0 {
                     long.push((f.clone(), STORM_LONG_S));
                 } else {
                     short.push(f.clone());
@@ -317,8 +317,10 @@ fn storm(db: &std::path::Path, rate: u64, seconds: u64) {
         size as f64 / seconds as f64 * DAY as f64 / 1_048_576.0
     );
     table_rows(db);
+    let first = END_S - seconds as i64;
     let window = Window {
-        since: END_S - seconds as i64,
+        // From the hour of the first sample.
+        since: first - first.rem_euclid(3_600),
         until: END_S + STORM_LONG_S as i64 + 10,
         now: END_S + STORM_LONG_S as i64 + 60,
     };

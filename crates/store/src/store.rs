@@ -11,7 +11,7 @@
 //! writer, or when the bounded caches were emptied), so a flow is never
 //! counted twice. A batch either lands whole or not at all.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -255,6 +255,8 @@ struct LiveFlow {
 struct Waiting {
     row: RowData,
     process_id: Option<i64>,
+    /// The batch in which it began to wait.
+    since_batch: u64,
 }
 
 /// What a flow's row holds of its latest record, without the text fields
@@ -348,14 +350,21 @@ pub struct Store {
     stats: WriteStats,
     fold: FoldPolicy,
     rate: Rate,
-    /// Flows without a row, by the time they stop being short.
-    waiting: VecDeque<(i64, String)>,
+    /// When the live flows without a row are next looked at, to give a
+    /// row to those no longer short.
+    next_aged_us: i64,
+    /// Batches begun, to tell the flows that began to wait in this one.
+    batch_no: u64,
     /// Flows closed in this batch, and in the one before (a repeated close
-    /// must not count them again).
-    closed: (HashMap<String, LiveFlow>, HashMap<String, LiveFlow>),
-    /// What the live flows without a row were before this batch: undone if
-    /// it fails, as they are in no table.
-    journal: Vec<(String, Option<LiveFlow>)>,
+    /// must not count them again); with what a flow closed in this batch
+    /// was before it, if it was waiting for a row.
+    closed: (
+        HashMap<String, (LiveFlow, Option<LiveFlow>)>,
+        HashMap<String, (LiveFlow, Option<LiveFlow>)>,
+    ),
+    /// What other live flows without a row were before this batch: put
+    /// back if it fails, as they are in no table.
+    journal: Vec<(String, LiveFlow)>,
     batch_counts: BatchCounts,
 }
 
@@ -429,7 +438,8 @@ impl Store {
             stats: WriteStats::default(),
             fold: FoldPolicy::default(),
             rate: Rate::default(),
-            waiting: VecDeque::new(),
+            next_aged_us: 0,
+            batch_no: 0,
             closed: Default::default(),
             journal: Vec::new(),
             batch_counts: BatchCounts::default(),
@@ -475,7 +485,6 @@ impl Store {
         self.run_id = Some(id);
         self.caches.live.clear();
         self.caches.live_complete = true;
-        self.waiting.clear();
         self.closed.0.clear();
         self.closed.1.clear();
     }
@@ -544,6 +553,7 @@ impl Store {
         let started_run = self.run_id.is_none();
         self.journal.clear();
         self.batch_counts = BatchCounts::default();
+        self.batch_no += 1;
         let result = self
             .conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -557,7 +567,8 @@ impl Store {
                 self.stats.flows_folded += self.batch_counts.folded;
                 self.journal.clear();
                 if !self.closed.0.is_empty() {
-                    self.closed.1 = std::mem::take(&mut self.closed.0);
+                    std::mem::swap(&mut self.closed.0, &mut self.closed.1);
+                    self.closed.0.clear();
                 }
                 Ok(records)
             }
@@ -570,27 +581,18 @@ impl Store {
                 // except for the flows without a row, which are put back
                 // as they were before the batch.
                 self.caches.clear_ids();
-                for (id, old) in self.journal.drain(..).rev() {
-                    match old {
-                        Some(l) => self.caches.live.insert(id, l),
-                        None => self.caches.live.remove(&id),
-                    };
+                let batch = self.batch_no;
+                let live = &mut self.caches.live;
+                live.retain(|_, l| l.waiting.as_ref().is_some_and(|w| w.since_batch != batch));
+                for (id, (_, old)) in self.closed.0.drain() {
+                    if let Some(l) = old {
+                        live.insert(id, l);
+                    }
                 }
-                self.caches.live.retain(|_, l| l.waiting.is_some());
+                for (id, l) in self.journal.drain(..).rev() {
+                    live.insert(id, l);
+                }
                 self.caches.live_complete = false;
-                self.closed.0.clear();
-                let mut waiting: Vec<(i64, String)> = self
-                    .caches
-                    .live
-                    .iter()
-                    .filter_map(|(k, l)| {
-                        let w = l.waiting.as_deref()?;
-                        let start = w.row.start_us;
-                        Some((start.saturating_add(self.fold.shorter_than_us()), k.clone()))
-                    })
-                    .collect();
-                waiting.sort();
-                self.waiting = waiting.into();
                 if started_run {
                     self.run_id = None;
                 }
@@ -661,11 +663,24 @@ impl Store {
     /// [`FoldPolicy::shorter_than`] (it can no longer be folded), so that a
     /// long flow's row is in the database within a batch of that age.
     fn keep_aged(&mut self, run_id: i64, now_us: i64) -> rusqlite::Result<()> {
-        while let Some((deadline, _)) = self.waiting.front() {
-            if *deadline > now_us {
-                break;
-            }
-            let (_, id) = self.waiting.pop_front().unwrap_or_default();
+        if now_us < self.next_aged_us {
+            return Ok(());
+        }
+        // Once a second: a long flow's row is late by at most that.
+        self.next_aged_us = now_us.saturating_add(1_000_000);
+        let short = self.fold.shorter_than_us();
+        let aged: Vec<String> = self
+            .caches
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                l.waiting
+                    .as_ref()
+                    .is_some_and(|w| w.row.start_us.saturating_add(short) <= now_us)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in aged {
             self.keep_waiting(run_id, &id, now_us)?;
         }
         Ok(())
@@ -689,7 +704,7 @@ impl Store {
             waiting: None,
             ..old.clone()
         };
-        self.journal.push((key.clone(), Some(old)));
+        self.journal.push((key.clone(), old));
         if row != 0 {
             self.caches.live.insert(key, kept);
         }
@@ -709,7 +724,6 @@ impl Store {
         for id in ids {
             self.keep_waiting(run_id, &id, now_us)?;
         }
-        self.waiting.clear();
         Ok(())
     }
 
@@ -815,17 +829,25 @@ impl Store {
         // What is known of the flow: the cache of live flows (which holds
         // every live flow of this run that has no row), the flows closed in
         // this batch and the one before, or its row.
-        let (mut was_waiting, mut waiting_pid) = (false, None);
+        // A flow waiting for a row: what it was before this batch, and
+        // since which batch it waits.
+        let mut before: Option<LiveFlow> = None;
+        let mut waiting_since = self.batch_no;
+        let mut waiting_pid = None;
+        let mut start_known = None;
         let (key, cached) = match self.caches.live.remove_entry(&r.flow_id) {
             Some((k, mut l)) => {
                 if let Some(w) = l.waiting.take() {
-                    // Its state before this batch, should the batch fail.
-                    let mut old = l.clone();
-                    was_waiting = true;
                     waiting_pid = w.process_id;
+                    waiting_since = w.since_batch;
+                    start_known = Some(w.row.start_us);
                     l.before_start = l.before_start.or(w.row.before_start);
-                    old.waiting = Some(w);
-                    self.journal.push((k.clone(), Some(old)));
+                    if w.since_batch != self.batch_no {
+                        before = Some(LiveFlow {
+                            waiting: Some(w),
+                            ..l.clone()
+                        });
+                    }
                 }
                 (k, Some(l))
             }
@@ -835,16 +857,20 @@ impl Store {
                     .0
                     .get(&r.flow_id)
                     .or_else(|| self.closed.1.get(&r.flow_id))
-                    .cloned();
+                    .map(|(l, _)| l.clone());
                 (r.flow_id.clone(), closed)
             }
         };
+        let was_waiting = start_known.is_some();
         let known = match cached {
             Some(l) => Some(l),
             None if self.caches.live_complete => None,
             None => self.read_row(run_id, &r.flow_id)?,
         };
-        let start_us = timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us);
+        let start_us = match start_known {
+            Some(s) => s,
+            None => timespec::parse_rfc3339_us(&r.start).unwrap_or(now_us),
+        };
         let end_us = r.end.as_deref().and_then(timespec::parse_rfc3339_us);
         let c = &r.counters;
 
@@ -879,15 +905,18 @@ impl Store {
                     self.batch_counts.folded += 1;
                 }
                 FlowState::Open if may_fold && young(now_us) => {
-                    if !was_waiting {
-                        self.waiting
-                            .push_back((start_us.saturating_add(short), key.clone()));
-                        // It goes with the batch, should the batch fail.
-                        self.journal.push((key.clone(), None));
+                    if let Some(b) = before.take() {
+                        // Put back, should the batch fail.
+                        self.journal.push((key.clone(), b));
                     }
                     l.waiting = Some(Box::new(Waiting {
                         row: RowData::new(r, start_us, end_us),
                         process_id,
+                        since_batch: if was_waiting {
+                            waiting_since
+                        } else {
+                            self.batch_no
+                        },
                     }));
                 }
                 _ => {
@@ -960,7 +989,7 @@ impl Store {
         match r.state {
             FlowState::Closed => {
                 // Remembered a little while, in case of a repeated close.
-                self.closed.0.insert(key, l);
+                self.closed.0.insert(key, (l, before.take()));
             }
             FlowState::Open => {
                 if self.caches.live.len() >= LIVE_LIMIT {
@@ -969,6 +998,10 @@ impl Store {
                     self.keep_all_waiting(run_id, now_us)?;
                     self.caches.live.clear();
                     self.caches.live_complete = false;
+                }
+                if let Some(b) = before.take() {
+                    // Given a row in this batch: put back, should it fail.
+                    self.journal.push((key.clone(), b));
                 }
                 self.caches.live.insert(key, l);
             }
