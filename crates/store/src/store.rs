@@ -358,15 +358,16 @@ pub struct Store {
     /// Flows closed in this batch, and in the one before (a repeated close
     /// must not count them again); with what a flow closed in this batch
     /// was before it, if it was waiting for a row.
-    closed: (
-        HashMap<String, (LiveFlow, Option<LiveFlow>)>,
-        HashMap<String, (LiveFlow, Option<LiveFlow>)>,
-    ),
+    closed: (Closed, Closed),
     /// What other live flows without a row were before this batch: put
     /// back if it fails, as they are in no table.
     journal: Vec<(String, LiveFlow)>,
     batch_counts: BatchCounts,
 }
+
+/// Flows closed in one batch: what the store knows of each, and what it was
+/// before the batch if it was waiting for a row.
+type Closed = HashMap<String, (LiveFlow, Option<LiveFlow>)>;
 
 fn state_str(s: FlowState) -> &'static str {
     match s {
