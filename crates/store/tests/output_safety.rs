@@ -231,10 +231,10 @@ fn csv_cells_that_start_a_formula_get_a_quote_and_numbers_stay_numbers() {
     });
     assert_eq!(
         out,
-        r#"exe,exe_unknown,pid,comm,user,port,service,tx_bytes,rx_bytes,total_bytes
-"'=HYPERLINK(""http://x"",""y"")",,700,'-bash,mallory,443,https,1000,2000,3000
-/usr/bin/curl,,701,curl,-2,443,https,100,200,300
-'@evil,,702,'+x,mallory,443,https,10,20,30
+        r#"exe,exe_unknown,pid,comm,user,port,service,tx_bytes,rx_bytes,total_bytes,tx_packets,rx_packets,flows,flows_folded
+"'=HYPERLINK(""http://x"",""y"")",,700,'-bash,mallory,443,https,1000,2000,3000,10,20,1,0
+/usr/bin/curl,,701,curl,-2,443,https,100,200,300,1,2,1,0
+'@evil,,702,'+x,mallory,443,https,10,20,30,0,0,1,0
 "#
     );
 }

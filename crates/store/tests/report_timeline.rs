@@ -146,7 +146,8 @@ fn timeline_buckets_add_up_to_the_totals_in_every_format() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "bucket_start,time,exe,exe_unknown,direction,tx_bytes,rx_bytes,total_bytes"
+        "bucket_start,time,exe,exe_unknown,direction,tx_bytes,rx_bytes,total_bytes,\
+         tx_packets,rx_packets,flows,flows_folded"
     );
     let csv_rows: Vec<Vec<String>> = lines
         .map(|l| l.split(',').map(String::from).collect())
@@ -156,6 +157,7 @@ fn timeline_buckets_add_up_to_the_totals_in_every_format() {
         assert_eq!(c[0], j["bucket_start"].as_i64().unwrap().to_string());
         assert_eq!(c[1], j["time"].as_str().unwrap());
         assert_eq!(c[7], j["total_bytes"].as_u64().unwrap().to_string());
+        assert_eq!(c[10], j["flows"].as_u64().unwrap().to_string());
     }
     let sum: u64 = csv_rows.iter().map(|c| c[7].parse::<u64>().unwrap()).sum();
     assert_eq!(sum, all);

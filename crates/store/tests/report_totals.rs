@@ -166,13 +166,21 @@ fn csv_totals_equal_the_synthetic_flows_for_every_grouping() {
         let text = report(&db, &by, Format::Csv, |_| {});
         let mut lines = text.lines();
         let mut header = columns(&by);
-        header.extend(["tx_bytes", "rx_bytes", "total_bytes"]);
+        header.extend([
+            "tx_bytes",
+            "rx_bytes",
+            "total_bytes",
+            "tx_packets",
+            "rx_packets",
+            "flows",
+            "flows_folded",
+        ]);
         assert_eq!(lines.next().unwrap(), header.join(","));
         let mut got = HashMap::new();
         let cols = columns(&by).len();
         for l in lines {
             let c = csv_cells(l);
-            assert_eq!(c.len(), cols + 3, "{l}");
+            assert_eq!(c.len(), cols + 7, "{l}");
             let key: Vec<String> = c[..cols].to_vec();
             let n: Vec<u64> = c[cols..].iter().map(|v| v.parse().unwrap()).collect();
             assert_eq!(n[2], n[0] + n[1]);

@@ -221,7 +221,15 @@ pub fn write_csv(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> 
         header.extend(["bucket_start", "time"]);
     }
     header.extend(columns(&r.query.by));
-    header.extend(["tx_bytes", "rx_bytes", "total_bytes"]);
+    header.extend([
+        "tx_bytes",
+        "rx_bytes",
+        "total_bytes",
+        "tx_packets",
+        "rx_packets",
+        "flows",
+        "flows_folded",
+    ]);
     writeln!(out, "{}", header.join(",")).map_err(out_err)?;
     let mut line = String::new();
     for row in r.rows {
@@ -239,7 +247,17 @@ pub fn write_csv(out: &mut dyn Write, r: &Report<'_>) -> Result<(), StoreError> 
             }
             line.push(',');
         }
-        let _ = writeln!(line, "{},{},{}", row.tx_bytes, row.rx_bytes, row.total());
+        let _ = writeln!(
+            line,
+            "{},{},{},{},{},{},{}",
+            row.tx_bytes,
+            row.rx_bytes,
+            row.total(),
+            row.tx_packets,
+            row.rx_packets,
+            row.flows,
+            row.folded
+        );
         out.write_all(line.as_bytes()).map_err(out_err)?;
     }
     Ok(())
