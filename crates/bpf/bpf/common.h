@@ -243,6 +243,41 @@ static __always_inline void event_slot(struct pf_flow_event *e, struct pf_sock_c
 	e->flags |= PF_F_SLOT;
 }
 
+/* The OPEN record of a datagram flow. */
+static __always_inline void dgram_open(struct pf_sock_ctx *ctx, __u8 *remote, __u8 *local,
+				       __u16 rport, __u16 lport, __u8 family, __u8 proto,
+				       __u8 direction, __u8 origin, __u64 start_ns)
+{
+	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(PF_STAT_RB_LOST);
+		return;
+	}
+	event_from_ctx(e, PF_EV_OPEN, ctx);
+	__builtin_memcpy(e->addr.local, local, 16);
+	__builtin_memcpy(e->addr.remote, remote, 16);
+	e->addr.lport = lport;
+	e->addr.rport = rport;
+	e->addr.family = family;
+	e->addr.proto = proto;
+	e->addr.direction = direction;
+	e->addr.origin = origin;
+	e->start_ns = start_ns;
+	__builtin_memset(&e->c, 0, sizeof(e->c));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Whether a counting slot is that of the flow with this remote. */
+static __always_inline bool slot_is(struct pf_sock_ctx *ctx, const __u8 *remote, __u16 rport,
+				    __u8 family)
+{
+	__u64 a[2], b[2];
+	__builtin_memcpy(a, remote, 16);
+	__builtin_memcpy(b, ctx->slot.remote, 16);
+	return ctx->slot.rport == rport && ctx->slot.family == family && a[0] == b[0] &&
+	       a[1] == b[1];
+}
+
 /* TCP context: fills payload counters from the socket and returns the event. */
 static __always_inline void tcp_counters_into(struct pf_flow_event *e, struct sock *sk,
 					      struct pf_sock_ctx *ctx)

@@ -283,30 +283,6 @@ static __always_inline void count_pending(struct pf_sock_ctx *lctx, struct sock 
 	}
 }
 
-/* The OPEN record of a datagram flow. */
-static __always_inline void dgram_open(struct pf_sock_ctx *ctx, __u8 *remote, __u8 *local,
-				       __u16 rport, __u16 lport, __u8 family, __u8 proto,
-				       __u8 direction, __u8 origin, __u64 start_ns)
-{
-	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		stat_inc(PF_STAT_RB_LOST);
-		return;
-	}
-	event_from_ctx(e, PF_EV_OPEN, ctx);
-	__builtin_memcpy(e->addr.local, local, 16);
-	__builtin_memcpy(e->addr.remote, remote, 16);
-	e->addr.lport = lport;
-	e->addr.rport = rport;
-	e->addr.family = family;
-	e->addr.proto = proto;
-	e->addr.direction = direction;
-	e->addr.origin = origin;
-	e->start_ns = start_ns;
-	__builtin_memset(&e->c, 0, sizeof(e->c));
-	bpf_ringbuf_submit(e, 0);
-}
-
 /* Claims a UDP socket's slot for the remote of its packet `p` (see
  * struct pf_slot); false if another CPU got there first. */
 static __always_inline bool slot_claim(struct pf_sock_ctx *ctx, struct pkt *p, bool egress)
@@ -346,11 +322,8 @@ static __always_inline bool count_slot(struct pf_sock_ctx *ctx, struct pkt *p, b
 	struct pf_slot *s = &ctx->slot;
 	__u32 state = s->state;
 	if (state == PF_SLOT_COUNTING) {
-		__u64 a[2], b[2];
-		__builtin_memcpy(a, egress ? p->dst : p->src, 16);
-		__builtin_memcpy(b, s->remote, 16);
-		if (s->rport != (egress ? p->dport : p->sport) || s->family != p->version ||
-		    a[0] != b[0] || a[1] != b[1])
+		if (!slot_is(ctx, egress ? p->dst : p->src, egress ? p->dport : p->sport,
+			     p->version))
 			return false;
 	} else if (state != PF_SLOT_FREE || !slot_claim(ctx, p, egress)) {
 		return false;

@@ -66,24 +66,10 @@ __noinline int pkt_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return 0;
-	const struct pf_mask *pre, *suf, *comm, *uid, *dir, *pk;
-	pre = PF_GEN_LOOKUP(gen, pol_exe_pre, &exe->fwd);
-	suf = PF_GEN_LOOKUP(gen, pol_exe_suf, &exe->rev);
-	if (!pre || !suf)
+	struct pol_ident id;
+	if (!pol_identity(gen, q, exe, &id))
 		return 0;
-	comm = PF_GEN_LOOKUP(gen, pol_comm, q->comm);
-	if (!comm) {
-		char miss[PF_COMM_LEN];
-		__builtin_memset(miss, 0xff, sizeof(miss));
-		comm = PF_GEN_LOOKUP(gen, pol_comm, miss);
-	}
-	uid = PF_GEN_LOOKUP(gen, pol_uid, &q->uid);
-	if (!uid) {
-		__u32 miss = PF_UID_MISS;
-		uid = PF_GEN_LOOKUP(gen, pol_uid, &miss);
-	}
-	if (!comm || !uid)
-		return 0;
+	const struct pf_mask *dir, *pk;
 	__u32 k = gen * 2; /* direction out */
 	dir = bpf_map_lookup_elem(&pol_dir, &k);
 	pk = bpf_map_lookup_elem(&pol_packet, &gen);
@@ -93,8 +79,8 @@ __noinline int pkt_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 	d->rule = -1;
 	d->block = h->default_block;
 	for (int i = 0; i < PF_RULE_WORDS; i++) {
-		__u64 w = (pre->w[i] | suf->w[i]) & comm->w[i] & uid->w[i] & cg->w[i] &
-			  dir->w[i] & pk->w[i];
+		__u64 w = (id.pre->w[i] | id.suf->w[i]) & id.comm->w[i] & id.uid->w[i] &
+			  cg->w[i] & dir->w[i] & pk->w[i];
 		if (w) {
 			__u32 r = i * 64 + lowest_bit(w);
 			d->rule = r;
@@ -140,21 +126,7 @@ static __noinline bool pkt_allowed(struct bpf_sock *sk, __u64 cookie)
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return true;
-	const struct pf_mask *cg = &h->cg_wild, *m;
-	__u32 levels = h->cg_levels;
-	for (int j = 0; j < PF_CG_LEVELS; j++) {
-		int i = PF_CG_LEVELS - 1 - j;
-		if (i >= levels)
-			continue;
-		__u64 id = bpf_get_current_ancestor_cgroup_id(i);
-		if (!id)
-			continue;
-		m = PF_GEN_LOOKUP(gen, pol_cg, &id);
-		if (m) {
-			cg = m;
-			break;
-		}
-	}
+	const struct pf_mask *cg = pol_cgroup(h, gen, 0);
 	struct pf_exe_ident *exe = pol_current_exe();
 	if (!exe)
 		return true;
@@ -378,23 +350,8 @@ static __noinline int count_frame(struct sk_buff *skb, struct sock *sk)
 		fresh.origin = PF_ORIGIN_PACKET_SOCKET;
 		fresh.proto = f.proto;
 		if (bpf_map_update_elem(&dgram_flows, &k, &fresh, BPF_NOEXIST) == 0) {
-			struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-			if (e) {
-				event_from_ctx(e, PF_EV_OPEN, ctx);
-				__builtin_memcpy(e->addr.local, f.local, 16);
-				__builtin_memcpy(e->addr.remote, f.remote, 16);
-				e->addr.lport = f.lport;
-				e->addr.rport = f.rport;
-				e->addr.family = f.family;
-				e->addr.proto = f.proto;
-				e->addr.direction = PF_DIR_OUT;
-				e->addr.origin = PF_ORIGIN_PACKET_SOCKET;
-				e->start_ns = fresh.start_ns;
-				__builtin_memset(&e->c, 0, sizeof(e->c));
-				bpf_ringbuf_submit(e, 0);
-			} else {
-				stat_inc(PF_STAT_RB_LOST);
-			}
+			dgram_open(ctx, f.remote, f.local, f.rport, f.lport, f.family, f.proto,
+				   PF_DIR_OUT, PF_ORIGIN_PACKET_SOCKET, fresh.start_ns);
 		}
 		v = bpf_map_lookup_elem(&dgram_flows, &k);
 		if (!v) {

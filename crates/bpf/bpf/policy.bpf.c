@@ -26,27 +26,10 @@ __noinline int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return 0;
-	const struct pf_mask *pre, *suf, *comm, *uid, *dir, *proto, *rem, *rp, *lp;
-	/* Every LPM table has a /0 entry and every hash table a miss key, so
-	 * a lookup finds an entry of its own map: one verifier state per
-	 * generation, not one per combination of hits and misses. */
-	pre = PF_GEN_LOOKUP(gen, pol_exe_pre, &exe->fwd);
-	suf = PF_GEN_LOOKUP(gen, pol_exe_suf, &exe->rev);
-	if (!pre || !suf)
+	struct pol_ident id;
+	if (!pol_identity(gen, q, exe, &id))
 		return 0;
-	comm = PF_GEN_LOOKUP(gen, pol_comm, q->comm);
-	if (!comm) {
-		char miss[PF_COMM_LEN];
-		__builtin_memset(miss, 0xff, sizeof(miss));
-		comm = PF_GEN_LOOKUP(gen, pol_comm, miss);
-	}
-	uid = PF_GEN_LOOKUP(gen, pol_uid, &q->uid);
-	if (!uid) {
-		__u32 miss = PF_UID_MISS;
-		uid = PF_GEN_LOOKUP(gen, pol_uid, &miss);
-	}
-	if (!comm || !uid)
-		return 0;
+	const struct pf_mask *dir, *proto, *rem, *rp, *lp;
 	__u32 k = gen * 2 + (q->dir & 1);
 	dir = bpf_map_lookup_elem(&pol_dir, &k);
 	k = gen * 256 + q->proto;
@@ -73,8 +56,8 @@ __noinline int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 	d->rule = -1;
 	d->block = h->default_block;
 	for (int i = 0; i < PF_RULE_WORDS; i++) {
-		__u64 w = (pre->w[i] | suf->w[i]) & comm->w[i] & uid->w[i] & cg->w[i] &
-			  dir->w[i] & proto->w[i] & rem->w[i] & rp->w[i] & lp->w[i];
+		__u64 w = (id.pre->w[i] | id.suf->w[i]) & id.comm->w[i] & id.uid->w[i] &
+			  cg->w[i] & dir->w[i] & proto->w[i] & rem->w[i] & rp->w[i] & lp->w[i];
 		if (w) {
 			__u32 r = i * 64 + lowest_bit(w);
 			d->rule = r;

@@ -417,6 +417,62 @@ struct pol_decision {
 int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 		 const struct pf_mask *cg, __u32 gen, struct pol_decision *d);
 
+/* The identity dimensions' masks of q: the executable (prefix and suffix
+ * LPM tables), comm and uid. Every LPM table has a /0 entry and every hash
+ * table a miss key, so a lookup finds an entry of its own map: one
+ * verifier state per generation, not one per combination of hits and
+ * misses. 0 when a table is missing. */
+struct pol_ident {
+	const struct pf_mask *pre, *suf, *comm, *uid;
+};
+
+static __always_inline int pol_identity(__u32 gen, struct pol_query *q,
+					const struct pf_exe_ident *exe, struct pol_ident *m)
+{
+	m->pre = PF_GEN_LOOKUP(gen, pol_exe_pre, &exe->fwd);
+	m->suf = PF_GEN_LOOKUP(gen, pol_exe_suf, &exe->rev);
+	if (!m->pre || !m->suf)
+		return 0;
+	m->comm = PF_GEN_LOOKUP(gen, pol_comm, q->comm);
+	if (!m->comm) {
+		char miss[PF_COMM_LEN];
+		__builtin_memset(miss, 0xff, sizeof(miss));
+		m->comm = PF_GEN_LOOKUP(gen, pol_comm, miss);
+	}
+	m->uid = PF_GEN_LOOKUP(gen, pol_uid, &q->uid);
+	if (!m->uid) {
+		__u32 miss = PF_UID_MISS;
+		m->uid = PF_GEN_LOOKUP(gen, pol_uid, &miss);
+	}
+	return m->comm && m->uid;
+}
+
+/* The cgroup dimension's mask: that of the deepest ancestor in the table
+ * (its entry already holds the rules of every named ancestor above it and
+ * the wildcard rules), of the socket `sk` or, when sk is null, of the
+ * current process. */
+static __always_inline const struct pf_mask *pol_cgroup(struct pf_policy_hdr *h, __u32 gen,
+							struct bpf_sock *sk)
+{
+	const struct pf_mask *cg = &h->cg_wild, *m;
+	__u32 levels = h->cg_levels;
+	for (int j = 0; j < PF_CG_LEVELS; j++) {
+		int i = PF_CG_LEVELS - 1 - j;
+		if (i >= levels)
+			continue;
+		__u64 id = sk ? bpf_sk_ancestor_cgroup_id(sk, i)
+			      : bpf_get_current_ancestor_cgroup_id(i);
+		if (!id)
+			continue;
+		m = PF_GEN_LOOKUP(gen, pol_cg, &id);
+		if (m) {
+			cg = m;
+			break;
+		}
+	}
+	return cg;
+}
+
 /* Decides q under the active rules; false when no rules are loaded. The
  * cgroup is the socket's (`sk`) or, when sk is null, the current process's. */
 static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_ident *exe,
@@ -434,24 +490,7 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return false;
-	/* cgroup: the deepest ancestor in the table; its entry already holds
-	 * the rules of every named ancestor above it and the wildcard rules. */
-	const struct pf_mask *cg = &h->cg_wild, *m;
-	__u32 levels = h->cg_levels;
-	for (int j = 0; j < PF_CG_LEVELS; j++) {
-		int i = PF_CG_LEVELS - 1 - j;
-		if (i >= levels)
-			continue;
-		__u64 id = sk ? bpf_sk_ancestor_cgroup_id(sk, i)
-			      : bpf_get_current_ancestor_cgroup_id(i);
-		if (!id)
-			continue;
-		m = PF_GEN_LOOKUP(gen, pol_cg, &id);
-		if (m) {
-			cg = m;
-			break;
-		}
-	}
+	const struct pf_mask *cg = pol_cgroup(h, gen, sk);
 	int r = pol_decide_g(q, exe, cg, gen, d);
 	d->gen = full;
 	if (r != 1) {
@@ -658,14 +697,8 @@ static __noinline int udp_in_known(struct __sk_buff *skb, struct bpf_sock *bsk, 
 	/* A UDP socket's first remote is counted in its context (its slot),
 	 * not in the table. */
 	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
-	if (ctx && ctx->slot.state == PF_SLOT_COUNTING && ctx->slot.rport == sport &&
-	    ctx->slot.family == version) {
-		__u64 a[2], b[2];
-		__builtin_memcpy(a, src, 16);
-		__builtin_memcpy(b, ctx->slot.remote, 16);
-		if (a[0] == b[0] && a[1] == b[1])
-			return 1;
-	}
+	if (ctx && ctx->slot.state == PF_SLOT_COUNTING && slot_is(ctx, src, sport, version))
+		return 1;
 	struct pf_dgram_key k = {};
 	udp_in_key(&k, skb, src, sport, version);
 	if (bpf_map_lookup_elem(&dgram_flows, &k))
