@@ -980,17 +980,7 @@ fn ipv6_extension_headers_are_walked_to_the_transport_header() {
          for i in range(7): s.sendto(b'x' * 500, ('{b6}', {port}))\n\
          print(json.dumps({{'pid': os.getpid(), 'port': s.getsockname()[1]}}))\n"
     );
-    let out =
-        p.a.command("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cl = run_json(p.a.command("python3").args(["-c", &script]));
     assert_eq!(u(&finish(r), "received"), 3500);
     pf.wait_closed(&p.a, 1, "sender", |f| u(f, "local_port") == u(&cl, "port"));
     pf.wait_closed(&p.b, 1, "receiver", |f| port_of(f, "local_port") == port);
@@ -1057,17 +1047,7 @@ fn a_udp_sockets_first_remote_counts_in_its_context_and_the_others_in_the_table(
          for i in range(2): s.send(b'z' * 300)\n\
          print(json.dumps({{'pid': os.getpid(), 'port': s.getsockname()[1]}}))\n"
     );
-    let out =
-        p.a.command("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cl = run_json(p.a.command("python3").args(["-c", &script]));
     assert_eq!(u(&finish(r1), "received"), 900);
     assert_eq!(u(&finish(r2), "received"), 800);
     let lport = u(&cl, "port");

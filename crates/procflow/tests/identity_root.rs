@@ -292,18 +292,12 @@ fn workers_forked_without_exec_carry_the_parents_exe() {
         ],
     );
     let (_d, path) = script("forkers.py", FORKERS);
-    let out =
-        p.a.command(PYTHON)
-            .arg(&path)
-            .args([&p.b4.to_string(), &port.to_string(), "20", "65536"])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let workers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workers = run_json(p.a.command(PYTHON).arg(&path).args([
+        &p.b4.to_string(),
+        &port.to_string(),
+        "20",
+        "65536",
+    ]));
     assert_eq!(workers["ok"], true);
     let served = finish(server);
     assert_eq!(served["received"], 20 * 65536);

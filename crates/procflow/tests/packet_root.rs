@@ -63,18 +63,7 @@ print(json.dumps(out))
 "#;
 
 fn send(ns: &Netns, script: &std::path::Path, args: &[String]) -> Value {
-    let out = ns
-        .command("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sender failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    run_json(ns.command("python3").arg(script).args(args))
 }
 
 fn script() -> (tempfile::TempDir, std::path::PathBuf) {

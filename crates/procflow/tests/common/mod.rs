@@ -31,6 +31,25 @@ pub fn require_root() {
     assert_eq!(uid, "0", "procflow's root tests must run as root (they load eBPF programs and create network namespaces)");
 }
 
+/// Runs a command that prints one JSON value (a test's Python script, say)
+/// and returns it; panics with its error output if it fails.
+pub fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{cmd:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// Runs a command; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
