@@ -12,6 +12,7 @@ pub mod event;
 pub mod flow;
 pub mod flow_table;
 pub mod identity;
+pub mod live;
 pub mod rules;
 pub mod timefmt;
 
