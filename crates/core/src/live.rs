@@ -861,7 +861,7 @@ mod tests {
         r
     }
 
-    fn proc_of<'a>(s: &'a Snapshot, pid: u32) -> &'a LiveProcess {
+    fn proc_of(s: &Snapshot, pid: u32) -> &LiveProcess {
         s.processes.iter().find(|p| p.owner.pid == pid).unwrap()
     }
 
