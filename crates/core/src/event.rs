@@ -41,4 +41,30 @@ pub enum FlowEvent {
     /// A DNS query a socket sent to port 53 or a response it received
     /// from there.
     Dns(crate::dns::DnsMessage),
+    /// The rules decided a flow (possibly before it is announced): its
+    /// records carry `verdict` and `rule` from now on.
+    Decision(Decision),
+}
+
+/// A decision of the rules, as the flow table takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub target: DecisionTarget,
+    pub verdict: crate::flow::Verdict,
+    /// The deciding rule's name; `None` when the default decided.
+    pub rule: Option<String>,
+}
+
+/// What a decision is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecisionTarget {
+    /// A flow, announced or not yet.
+    Flow(FlowKey),
+    /// An inbound TCP connection, decided at its SYN on the listener: the
+    /// socket it is accepted on (same namespace and endpoints) carries it.
+    Inbound {
+        netns: u64,
+        local: (std::net::IpAddr, u16),
+        remote: (std::net::IpAddr, u16),
+    },
 }

@@ -188,6 +188,19 @@ impl FlowTable {
                 }
                 Vec::new()
             }
+            FlowEvent::Decision(d) => {
+                match d.target {
+                    crate::event::DecisionTarget::Flow(key) => {
+                        self.set_verdict(key, d.verdict, d.rule)
+                    }
+                    crate::event::DecisionTarget::Inbound {
+                        netns,
+                        local,
+                        remote,
+                    } => self.set_inbound_verdict(netns, local, remote, d.verdict, d.rule),
+                }
+                Vec::new()
+            }
             FlowEvent::Exec { process, info } => {
                 self.identities.exec(process, info, sys);
                 Vec::new()
@@ -296,7 +309,7 @@ impl FlowTable {
 
     /// Records the rules' decision for a flow, live or not yet announced:
     /// its records carry `verdict` and `rule` from now on.
-    pub fn set_verdict(&mut self, key: FlowKey, verdict: Verdict, rule: Option<String>) {
+    fn set_verdict(&mut self, key: FlowKey, verdict: Verdict, rule: Option<String>) {
         if self.verdicts.len() >= 65536 {
             // Decisions for flows that never opened: keep the live ones.
             let flows = &self.flows;
@@ -308,7 +321,7 @@ impl FlowTable {
     /// Records the rules' decision on an inbound TCP connection, made at its
     /// SYN: the accepted socket's flow (same namespace and endpoints)
     /// carries it when it appears.
-    pub fn set_inbound_verdict(
+    fn set_inbound_verdict(
         &mut self,
         netns: u64,
         local: (IpAddr, u16),
@@ -798,13 +811,19 @@ mod tests {
         let mut sys = FakeSystem::default();
         // Decided at the SYN, with IPv4 addresses; the accepted socket of a
         // dual-stack listener shows them IPv4-mapped.
-        t.set_inbound_verdict(
-            4026531840,
-            (ip(1), 5000),
-            (ip(2), 53),
-            Verdict::Allow,
-            Some("web".into()),
+        let decided = t.ingest(
+            FlowEvent::Decision(crate::event::Decision {
+                target: crate::event::DecisionTarget::Inbound {
+                    netns: 4026531840,
+                    local: (ip(1), 5000),
+                    remote: (ip(2), 53),
+                },
+                verdict: Verdict::Allow,
+                rule: Some("web".into()),
+            }),
+            &mut sys,
         );
+        assert!(decided.is_empty());
         let mut v = view(FlowKey::socket(7), Some(100), 0);
         let mapped = |a: IpAddr| match a {
             IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),

@@ -42,13 +42,18 @@ pub struct Rates {
     pub rx_10s: f64,
 }
 
-/// Bytes and packets, both ways (IP level, as on the wire).
+/// Bytes and packets, both ways: IP level, as on the wire, and the
+/// transport payload (what the applications sent and received).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub rx_packets: u64,
+    #[serde(default)]
+    pub tx_payload: u64,
+    #[serde(default)]
+    pub rx_payload: u64,
 }
 
 impl Traffic {
@@ -57,6 +62,8 @@ impl Traffic {
         self.rx_bytes += o.rx_bytes;
         self.tx_packets += o.tx_packets;
         self.rx_packets += o.rx_packets;
+        self.tx_payload += o.tx_payload;
+        self.rx_payload += o.rx_payload;
     }
 }
 
@@ -142,9 +149,6 @@ pub struct LiveFlow {
     pub end: Option<String>,
     #[serde(flatten)]
     pub traffic: Traffic,
-    /// Transport payload bytes sent and received.
-    pub tx_payload: u64,
-    pub rx_payload: u64,
     #[serde(default)]
     pub rate: Rates,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -179,9 +183,9 @@ impl LiveFlow {
                 rx_bytes: c.rx_bytes,
                 tx_packets: c.tx_packets,
                 rx_packets: c.rx_packets,
+                tx_payload: c.tx_payload,
+                rx_payload: c.rx_payload,
             },
-            tx_payload: c.tx_payload,
-            rx_payload: c.rx_payload,
             rate: Rates::default(),
             verdict: r.verdict.map(|v| {
                 match v {

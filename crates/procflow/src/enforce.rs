@@ -14,16 +14,17 @@ use anyhow::{bail, Context, Result};
 use procflow_bpf::policy::{KernelVerdict, Policy, Prepared, RuleIdentity};
 use procflow_bpf::sock_destroy::{self, TcpId};
 use procflow_bpf::Kernel;
+use procflow_core::event::{Decision, DecisionTarget};
 use procflow_core::flow::{FlowKey, Proto, Verdict};
 use procflow_core::identity::SystemLookup;
 use procflow_core::rules::{
     cgroup_ancestors, normalize_ip, CompiledRules, Direction, Query, Rules,
 };
 use procflow_core::timefmt::rfc3339;
-use procflow_core::{FlowTable, RulesOutcome, RulesRecord, VerdictRecord};
+use procflow_core::{FlowEvent, FlowTable, RulesOutcome, RulesRecord, VerdictRecord};
 
 use crate::rules_cmd;
-use crate::sinks::{now_ns, Sinks};
+use crate::sinks::now_ns;
 
 #[derive(Debug, clap::Args)]
 pub struct RulesArgs {
@@ -67,8 +68,12 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Loads the rules file, if one was given, into the kernel, and says so
-    /// (or why not) in a rules record.
-    pub fn start(args: &RulesArgs, kernel: &Kernel, sinks: &mut Sinks) -> Result<Enforcer> {
+    /// (or why not) in a rules record put in `out`.
+    pub fn start(
+        args: &RulesArgs,
+        kernel: &Kernel,
+        out: &mut Vec<RulesRecord>,
+    ) -> Result<Enforcer> {
         let hup = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
             .context("installing the SIGHUP handler")?;
@@ -93,7 +98,7 @@ impl Enforcer {
                     r.reason
                 );
             }
-            if let Err(err) = e.load(kernel, &path, sinks) {
+            if let Err(err) = e.load(kernel, &path, out) {
                 bail!("{err}");
             }
             tracing::info!(
@@ -112,10 +117,10 @@ impl Enforcer {
         &mut self,
         kernel: &Kernel,
         path: &std::path::Path,
-        sinks: &mut Sinks,
+        out: &mut Vec<RulesRecord>,
     ) -> Result<(), String> {
         let prepared = prepare(path, &kernel.cgroup_root);
-        self.install(kernel, path, prepared, sinks)
+        self.install(kernel, path, prepared, out)
     }
 
     /// Installs a rule set [`prepare`]d (or says why it was refused); writes
@@ -125,7 +130,7 @@ impl Enforcer {
         kernel: &Kernel,
         path: &std::path::Path,
         prepared: Result<Prepared, String>,
-        sinks: &mut Sinks,
+        out: &mut Vec<RulesRecord>,
     ) -> Result<(), String> {
         let result = prepared.and_then(|p| {
             self.policy
@@ -142,7 +147,7 @@ impl Enforcer {
             }
             Err(_) => RulesOutcome::Refused,
         };
-        sinks.rules_change(RulesRecord {
+        out.push(RulesRecord {
             kind: RulesRecord::KIND,
             time: rfc3339(now_ns()),
             generation: self.generation,
@@ -173,7 +178,7 @@ impl Enforcer {
         kernel: &mut Kernel,
         table: &mut FlowTable,
         sys: &mut dyn SystemLookup,
-        sinks: &mut Sinks,
+        out: &mut Vec<RulesRecord>,
     ) -> Result<()> {
         let Some(path) = self.path.clone() else {
             if self.hup.swap(false, Ordering::Relaxed) {
@@ -205,7 +210,7 @@ impl Enforcer {
                 return Ok(());
             }
         };
-        if let Err(e) = self.install(kernel, &path, prepared, sinks) {
+        if let Err(e) = self.install(kernel, &path, prepared, out) {
             tracing::error!("rules: reload refused, the rules in force stay in force:\n{e}");
             return Ok(());
         }
@@ -221,14 +226,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// A kernel decision: the flow's `verdict` and `rule`, and for a block a
-    /// verdict record to write.
-    pub fn verdict(
-        &mut self,
-        v: &KernelVerdict,
-        table: &mut FlowTable,
-        sys: &mut dyn SystemLookup,
-    ) -> Option<VerdictRecord> {
+    /// A kernel decision as the flow table takes it (the flow's `verdict`
+    /// and `rule`), and the deciding rule's name.
+    pub fn decision(&self, v: &KernelVerdict) -> (FlowEvent, Option<String>) {
         let rule = v.rule.and_then(|i| {
             self.policy
                 .rules_of(v.generation)
@@ -240,28 +240,40 @@ impl Enforcer {
         } else {
             Verdict::Allow
         };
-        if v.proto == 6 && v.direction == procflow_core::flow::Direction::In {
+        let target = if v.proto == 6 && v.direction == procflow_core::flow::Direction::In {
             // Decided at the SYN on the listener: the verdict belongs to the
             // socket the connection will be accepted on.
-            table.set_inbound_verdict(v.netns, v.local, v.remote, verdict, rule.clone());
-        } else {
+            DecisionTarget::Inbound {
+                netns: v.netns,
+                local: v.local,
+                remote: v.remote,
+            }
+        } else if v.proto == 6 || v.hook == procflow_bpf::policy::Hook::Packet {
             // A packet socket's decision holds for all of its flows.
-            let key = if v.proto == 6 || v.hook == procflow_bpf::policy::Hook::Packet {
-                FlowKey::socket(v.cookie)
-            } else {
-                FlowKey::datagram(v.cookie, v.remote.0, v.remote.1)
-            };
-            table.set_verdict(key, verdict, rule.clone());
-        }
-        if !v.block {
-            return None;
-        }
-        let mut process = table.identity(&v.owner, sys);
+            DecisionTarget::Flow(FlowKey::socket(v.cookie))
+        } else {
+            DecisionTarget::Flow(FlowKey::datagram(v.cookie, v.remote.0, v.remote.1))
+        };
+        let ev = FlowEvent::Decision(Decision {
+            target,
+            verdict,
+            rule: rule.clone(),
+        });
+        (ev, rule)
+    }
+
+    /// The verdict record of a kernel decision, with its process.
+    pub fn verdict_record(
+        &self,
+        v: &KernelVerdict,
+        rule: Option<String>,
+        mut process: procflow_core::ProcessIdentity,
+    ) -> VerdictRecord {
         if v.exe.is_some() {
             process.exe = v.exe.clone();
         }
         let generation = self.slot_generation[(v.generation & 1) as usize];
-        Some(verdict_record(v, rule, generation, process))
+        verdict_record(v, rule, generation, process)
     }
 
     /// Closes established TCP connections that the rules in force block.

@@ -1,12 +1,16 @@
 //! procflow: per-process network traffic monitor and application firewall.
 #![forbid(unsafe_code)]
 
+mod api;
+mod collector;
 mod enforce;
+mod hub;
 mod resolve;
 mod rules_cmd;
 mod run;
 mod sinks;
 mod system;
+mod view;
 
 use std::process::ExitCode;
 
@@ -34,6 +38,12 @@ enum Command {
     /// Check a rules file, or explain which rule decides a connection.
     #[command(subcommand)]
     Rules(rules_cmd::RulesCmd),
+    /// The processes using the network now, with totals since start and
+    /// rates, from the daemon (or, as root without one, standalone).
+    Ps(view::PsArgs),
+    /// The open flows, with their process, from the daemon (or, as root
+    /// without one, standalone).
+    Flows(view::FlowsArgs),
 }
 
 fn report(args: &procflow_store::ReportArgs) -> anyhow::Result<()> {
@@ -63,6 +73,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Rules(cmd) => rules_cmd::run(cmd),
         Command::Report(args) => report(&args),
+        Command::Ps(args) => view::ps(&args),
+        Command::Flows(args) => view::flows(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,13 @@ pub struct SinkArgs {
     fold_above: u64,
 }
 
+impl SinkArgs {
+    /// The history database, unless `--no-db`.
+    pub fn db(&self) -> Option<PathBuf> {
+        (!self.no_db).then(|| self.db.clone())
+    }
+}
+
 fn parse_age(s: &str) -> Result<Duration, String> {
     procflow_store::timespec::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -153,6 +160,19 @@ impl Sinks {
         if let Some(log) = self.log.as_mut() {
             let r = log.write(value);
             self.log_outcome(r);
+        }
+    }
+
+    /// Any record: the log and the store.
+    pub fn record(&mut self, r: &procflow_core::live::Record) {
+        use procflow_core::live::Record;
+        match r {
+            Record::Flow(f) => self.flows(std::slice::from_ref(f)),
+            Record::Verdict(v) => self.verdict(v.clone()),
+            Record::Rules(r) => self.rules_change(r.clone()),
+            // The run's final stats go in with `finish`; periodic ones are
+            // for viewers only.
+            Record::Stats(_) => {}
         }
     }
 

@@ -358,6 +358,8 @@ pub struct Procflow {
     pub log: PathBuf,
     /// This instance's own flow history.
     pub db: PathBuf,
+    /// This instance's own API socket.
+    pub api: PathBuf,
     /// CLOCK_REALTIME (ns) just before procflow was started: nothing of
     /// this instance was attached yet.
     pub spawned_ns: u64,
@@ -394,6 +396,10 @@ impl Procflow {
         if !extra.contains(&"--db") {
             cmd.arg("--db").arg(&db);
         }
+        let api = log.with_extension("sock");
+        if !extra.contains(&"--api") && !extra.contains(&"--no-api") {
+            cmd.arg("--api").arg(&api);
+        }
         let running = GROUND.read().unwrap_or_else(|e| e.into_inner());
         let spawned_ns = clock_ns();
         let child = cmd
@@ -406,6 +412,7 @@ impl Procflow {
             child: Some(child),
             log,
             db,
+            api,
             spawned_ns,
             watching_ns: 0,
             _running: running,
