@@ -1,0 +1,393 @@
+//! Root end-to-end tests of the live view and the local API: `procflow ps`
+//! and `flows` against known traffic, access by peer credentials, and
+//! subscribers that do not keep up.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A client that exchanges `before` bytes each way, then waits for a line
+/// on standard input.
+struct Phased {
+    child: Reaped,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Phased {
+    fn start(ns: &Netns, exe: &Path, args: &[&str]) -> Phased {
+        let mut child = Reaped::new(
+            ns.command(exe.to_str().unwrap())
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.starts_with("phase1"), "{first}");
+        Phased { child, out }
+    }
+
+    fn go(mut self) -> Value {
+        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "testgen: {rest}");
+        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pf-live-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// `procflow ARGS --json` as root; its JSON.
+fn procflow_json(args: &[&str]) -> Value {
+    run_json(Command::new(PROCFLOW).args(args).arg("--json"))
+}
+
+fn api(pf: &Procflow) -> &str {
+    pf.api.to_str().unwrap()
+}
+
+#[test]
+fn ps_and_flows_report_a_uniquely_named_program_exactly() {
+    let p = Pair::new("live", 160);
+    let dir = scratch("ps");
+    let exe = dir.join("pf-live-uniq-gen");
+    std::fs::copy(TESTGEN, &exe).unwrap();
+    let exe_s = exe.to_str().unwrap();
+    let (before, after) = (123_457u64, 4_321u64);
+
+    let pf = Procflow::start(&[]);
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--before",
+            &before.to_string(),
+            "--after",
+            &after.to_string(),
+        ],
+    );
+    let up = nft_counter(
+        &p.b,
+        "input",
+        "liveup",
+        &format!("ip saddr {} tcp dport {port}", p.a4),
+    );
+    let down = nft_counter(
+        &p.a,
+        "input",
+        "livedown",
+        &format!("ip saddr {} tcp sport {port}", p.b4),
+    );
+    let cl = Phased::start(
+        &p.a,
+        &exe,
+        &[
+            "tcp-phased",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--before",
+            &before.to_string(),
+            "--after",
+            &after.to_string(),
+        ],
+    );
+    let client_pid = cl.child.id() as u64;
+
+    // Open: the flow, and its process, with the bytes the wire carried.
+    let mut last = Value::Null;
+    let exact = wait_for(10, || {
+        let flows = procflow_json(&["flows", "--api", api(&pf), "--exe", exe_s]);
+        let (tx, rx) = (up.read().1, down.read().1);
+        last = flows.clone();
+        let f = &flows[0];
+        flows.as_array().unwrap().len() == 1
+            && u(f, "tx_payload") == before
+            && u(f, "rx_payload") == before
+            && u(f, "tx_bytes") == tx
+            && u(f, "rx_bytes") == rx
+    });
+    assert!(
+        exact,
+        "flows: {last:#}\nwire: up {:?} down {:?}",
+        up.read(),
+        down.read()
+    );
+    let f = &last[0];
+    assert_eq!(f["state"], "open");
+    assert_eq!(u(&f["owner"], "pid"), client_pid, "{f}");
+    assert_eq!(f["remote_port"], port as u64);
+    // --pid selects the same flow; another pid none.
+    let by_pid = procflow_json(&["flows", "--api", api(&pf), "--pid", &client_pid.to_string()]);
+    assert_eq!(by_pid.as_array().unwrap().len(), 1, "{by_pid}");
+    assert_eq!(by_pid[0]["flow_id"], f["flow_id"]);
+
+    let ps = procflow_json(&["ps", "--api", api(&pf)]);
+    let mine: Vec<&Value> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["exe"] == exe_s)
+        .collect();
+    assert_eq!(mine.len(), 1, "{ps:#}");
+    let me = mine[0];
+    assert_eq!(u(me, "pid"), client_pid);
+    assert_eq!((u(me, "tx_payload"), u(me, "rx_payload")), (before, before));
+    assert_eq!((u(me, "tx_bytes"), u(me, "rx_bytes")), (up.read().1, down.read().1));
+    assert_eq!((u(me, "open_flows"), u(me, "flows")), (1, 1), "{me}");
+
+    // Closed: the totals since start keep it, whole.
+    cl.go();
+    finish(server);
+    pf.wait_closed(&p.a, 1, "client", |f| u(f, "remote_port") == port as u64);
+    let mut me = Value::Null;
+    let closed = wait_for(10, || {
+        let ps = procflow_json(&["ps", "--api", api(&pf)]);
+        me = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["exe"] == exe_s)
+            .cloned()
+            .unwrap_or(Value::Null);
+        u(&me, "open_flows") == 0
+    });
+    assert!(closed, "{me}");
+    let total = before + after;
+    assert_eq!((u(&me, "tx_payload"), u(&me, "rx_payload")), (total, total), "{me}");
+    assert_eq!((u(&me, "tx_bytes"), u(&me, "rx_bytes")), (up.read().1, down.read().1));
+    assert_eq!(u(&me, "flows"), 1);
+    // The log's final record agrees with the live view.
+    let recs = pf.stop();
+    let flows = final_flows(&recs);
+    let rec = one_flow(&flows, &p.a, "client", |f| u(f, "remote_port") == port as u64);
+    assert_eq!(u(rec, "tx_bytes"), u(&me, "tx_bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw HTTP exchange with the API, as the caller's uid; returns the
+/// status line and body.
+fn http_as(uid_args: &[&str], sock: &Path, request: &str) -> (String, String) {
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("CONNECT-ERROR", e.errno); sys.exit(0)
+s.sendall(sys.argv[2].encode())
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    data += b
+sys.stdout.write(data.decode())
+"#;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(uid_args)
+        .args(["python3", "-c", script])
+        .arg(sock)
+        .arg(request);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+#[test]
+fn the_api_serves_root_and_the_procflow_group_and_refuses_everyone_else() {
+    let created = !std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("procflow:"));
+    if created {
+        sh(&["groupadd", "--system", "procflow"]);
+    }
+    let gid: u32 = sh(&["getent", "group", "procflow"])
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Unprivileged callers need a binary they can run.
+    let dir = scratch("access");
+    let bin = dir.join("procflow");
+    std::fs::copy(PROCFLOW, &bin).unwrap();
+    let pf = Procflow::start(&[]);
+    let sock = pf.api.clone();
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
+    assert_eq!((meta.uid(), meta.gid()), (0, gid), "socket owner");
+
+    let member = [
+        "--reuid=65534".to_string(),
+        "--regid=65534".to_string(),
+        format!("--groups={gid}"),
+    ];
+    let member: Vec<&str> = member.iter().map(String::as_str).collect();
+    let stranger = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let ps_as = |who: &[&str]| {
+        Command::new("setpriv")
+            .args(who)
+            .arg(&bin)
+            .args(["ps", "--json", "--api"])
+            .arg(&sock)
+            .output()
+            .unwrap()
+    };
+    // Root and a member of the group are served.
+    let root = procflow_json(&["ps", "--api", api(&pf)]);
+    assert!(root.is_array(), "{root}");
+    let out = ps_as(&member);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let served: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(served.is_array(), "{served}");
+    // Anyone else: the socket's mode refuses the connection, and the
+    // message says why (never standalone: not root).
+    let out = ps_as(&stranger);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    // With the file opened to everyone, procflow itself still refuses.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let get = "GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (status, body) = http_as(&stranger, &sock, get);
+    assert!(status.contains(" 403 "), "{status} {body}");
+    assert!(body.contains("permission denied"), "{body}");
+    let (status, _) = http_as(&member, &sock, get);
+    assert!(status.contains(" 200 "), "{status}");
+    // Only root may change anything.
+    let post = "POST /v1/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let (status, body) = http_as(&member, &sock, post);
+    assert!(status.contains(" 403 "), "{status} {body}");
+    assert!(body.contains("only root"), "{body}");
+    let (status, body) = http_as(&[], &sock, post);
+    assert!(status.contains(" 405 "), "{status} {body}");
+    // Malformed requests get a clear error, and the daemon serves on.
+    let (status, body) = http_as(&[], &sock, "GARBAGE\r\n\r\n");
+    assert!(status.contains(" 400 "), "{status} {body}");
+    assert!(body.contains("bad request line"), "{body}");
+    let (status, _) = http_as(&[], &sock, get);
+    assert!(status.contains(" 200 "), "{status}");
+    drop(pf);
+    if created {
+        sh(&["groupdel", "procflow"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a subscription; returns the stream after the response head.
+fn subscribe(sock: &Path, after: Option<u64>) -> BufReader<UnixStream> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    let target = match after {
+        Some(a) => format!("/v1/subscribe?after={a}"),
+        None => "/v1/subscribe".to_string(),
+    };
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    while line != "\r\n" {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    r
+}
+
+#[test]
+fn a_stuck_subscriber_is_dropped_and_64_others_see_every_delta_in_order() {
+    let pf = Procflow::start(&[]);
+    let sock = pf.api.clone();
+    let snap = run_json(
+        Command::new(PROCFLOW)
+            .args(["flows", "--json", "--api"])
+            .arg(&sock),
+    );
+    assert!(snap.is_array());
+    // One subscriber that never reads, with the smallest receive buffer.
+    let stuck = UnixStream::connect(&sock).unwrap();
+    socket2::SockRef::from(&stuck)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    (&stuck)
+        .write_all(b"GET /v1/subscribe HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // 64 that read everything, each on a thread: the sequence numbers they
+    // see have no gap, and each sees the end of every connection below.
+    const N: u64 = 8_000;
+    let lo = Netns::new("pf-live-sub");
+    let (server, port) = serve(
+        &lo,
+        &["tcp-serve", "--listen", "127.0.0.1:0", "--count", &N.to_string()],
+    );
+    let readers: Vec<_> = (0..64)
+        .map(|_| {
+            let r = subscribe(&sock, None);
+            std::thread::spawn(move || {
+                let (mut seq, mut ends, mut gaps, mut dropped) = (0u64, 0u64, 0u64, false);
+                let until = Instant::now() + Duration::from_secs(120);
+                for line in r.lines() {
+                    let Ok(line) = line else { break };
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    if v["type"] == "dropped" {
+                        dropped = true;
+                        break;
+                    }
+                    if let Some(s) = v["seq"].as_u64() {
+                        if seq != 0 && s != seq + 1 {
+                            gaps += 1;
+                        }
+                        seq = s;
+                    }
+                    if v["type"] == "end" && v["remote_port"] == port as u64 {
+                        ends += 1;
+                    }
+                    if ends == N || Instant::now() > until {
+                        break;
+                    }
+                }
+                (ends, gaps, dropped)
+            })
+        })
+        .collect();
+    // N short connections: an open and an end delta for each side.
+    client(&lo, &["tcp-send", "--connect", &format!("127.0.0.1:{port}"), "--count", &N.to_string()]);
+    finish(server);
+    for r in readers {
+        let (ends, gaps, dropped) = r.join().unwrap();
+        assert!(!dropped, "a reading subscriber was dropped");
+        assert_eq!(gaps, 0, "gaps in the sequence");
+        assert_eq!(ends, N, "ends of the connections' client flows");
+    }
+    let recs = pf.stop();
+    let st = stats(&recs);
+    assert_eq!(u(&st["api"], "subscribers_dropped"), 1, "{st}");
+    assert_eq!(u(&st, "events_lost"), 0, "{st}");
+    let client_flows = final_flows(&recs)
+        .into_iter()
+        .filter(|f| f["proto"] == "tcp" && u(f, "remote_port") == port as u64)
+        .count() as u64;
+    assert_eq!(client_flows, N, "the daemon kept its pace");
+    drop(stuck);
+}
