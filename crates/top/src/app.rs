@@ -201,6 +201,11 @@ impl App {
     }
 
     fn open_connections(&mut self) {
+        if self.conn_of.is_none() {
+            // From another view, the first time: the process selected in
+            // the processes view.
+            self.view = View::Processes;
+        }
         if self.view == View::Processes {
             if let Some(r) = self.selected() {
                 let title = match r.members.first() {

@@ -328,6 +328,8 @@ fn snapshot() -> Snapshot {
             rate(0.0, 0.0),
         ),
     ];
+    let mut flows = flows;
+    flows[0].rule = Some("browsers-out".into());
     let remote = |ip: IpAddr, name: Option<&str>, t: Traffic, r: Rates, open: usize| LiveRemote {
         ip,
         name: name.map(Into::into),
@@ -589,6 +591,8 @@ fn snap_processes_cumulative() {
 #[test]
 fn snap_connections() {
     let mut a = app();
+    // firefox: names, an address without one, IPv6.
+    assert!(a.key(key(KeyCode::Down)));
     assert!(a.key(key(KeyCode::Enter)));
     assert_eq!(a.view(), View::Connections);
     shot!("connections_80x24", a, 80, 24);
@@ -1021,6 +1025,14 @@ fn enter_on_a_process_shows_exactly_its_connections() {
     a.key(key(KeyCode::Enter));
     assert_eq!(ids(&a, View::Connections), ["f7"]);
     assert_eq!(column(&a, View::Connections, "SERVICE"), ["ssh"]);
+    // c from another view: the last process's connections.
+    keys(&mut a, "rc");
+    assert_eq!(ids(&a, View::Connections), ["f7"]);
+    // The first time: the process selected in the processes view.
+    let mut a = app();
+    keys(&mut a, "bc");
+    assert_eq!(a.view(), View::Connections);
+    assert_eq!(ids(&a, View::Connections), ["f5"]);
 }
 
 #[test]
@@ -1062,4 +1074,22 @@ fn no_row_is_a_bare_unknown() {
     }
     let prog = column(&a, View::Processes, "PROGRAM");
     assert!(prog.contains(&format!("sshd ({FOUND_AT_START})")));
+}
+
+#[test]
+fn narrow_terminals_drop_columns_but_never_the_sorted_one() {
+    let mut a = app();
+    let wide = draw(&mut a, 200, 50);
+    assert!(wide.contains(" USER "));
+    let narrow = draw(&mut a, 80, 24);
+    assert!(!narrow.contains("USER"), "USER goes first at 80 columns");
+    // Sorting by it brings it back.
+    a.key(key(KeyCode::Left));
+    a.key(key(KeyCode::Left));
+    let narrow = draw(&mut a, 80, 24);
+    assert!(narrow.contains("USER▲"), "{narrow}");
+    // Every line fits.
+    for l in narrow.lines() {
+        assert_eq!(l.chars().count(), 82, "{l}");
+    }
 }
