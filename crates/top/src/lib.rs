@@ -96,7 +96,10 @@ const TODAY_EVERY: Duration = Duration::from_secs(10);
 /// the previous hook).
 pub fn run(source: &mut dyn Source, opts: &Options) -> anyhow::Result<()> {
     install_panic_hook();
-    enter()?;
+    if let Err(e) = enter() {
+        let _ = restore();
+        return Err(anyhow::Error::new(e).context("setting up the terminal"));
+    }
     let result = event_loop(source, opts);
     let restored = restore();
     result?;
@@ -104,27 +107,44 @@ pub fn run(source: &mut dyn Source, opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fetches from the source into the app: a snapshot each time, today's
+/// totals at most every [`TODAY_EVERY`]. A failed snapshot is shown as an
+/// error and the last good data stays.
+#[derive(Debug, Default)]
+struct Fetcher {
+    today: Option<HashMap<String, (u64, u64)>>,
+    today_at: Option<Instant>,
+}
+
+impl Fetcher {
+    fn fetch(&mut self, source: &mut dyn Source, app: &mut App, now: Instant) {
+        if self
+            .today_at
+            .is_none_or(|t| now.duration_since(t) >= TODAY_EVERY)
+        {
+            self.today = source.today();
+            self.today_at = Some(now);
+        }
+        match source.snapshot() {
+            Ok(s) => {
+                app.set_error(None);
+                app.update(s, self.today.clone());
+            }
+            Err(e) => app.set_error(Some(e)),
+        }
+    }
+}
+
 fn event_loop(source: &mut dyn Source, opts: &Options) -> anyhow::Result<()> {
     let mut term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     let interval = opts.interval.max(Duration::from_millis(100));
     let mut app = App::new(source.describe());
-    let mut today = None;
-    let mut today_at: Option<Instant> = None;
+    let mut fetcher = Fetcher::default();
     let mut next = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next {
-            if today_at.is_none_or(|t| now.duration_since(t) >= TODAY_EVERY) {
-                today = source.today();
-                today_at = Some(now);
-            }
-            match source.snapshot() {
-                Ok(s) => {
-                    app.set_error(None);
-                    app.update(s, today.clone());
-                }
-                Err(e) => app.set_error(Some(e)),
-            }
+            fetcher.fetch(source, &mut app, now);
             next = now + interval;
         }
         term.draw(|f| app.render(f))?;

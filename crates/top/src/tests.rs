@@ -1093,3 +1093,67 @@ fn narrow_terminals_drop_columns_but_never_the_sorted_one() {
         assert_eq!(l.chars().count(), 82, "{l}");
     }
 }
+
+/// A source that fails when told to, and counts the history queries.
+struct Fake {
+    fail: bool,
+    snaps: usize,
+    todays: usize,
+}
+
+impl crate::Source for Fake {
+    fn snapshot(&mut self) -> Result<Snapshot, String> {
+        self.snaps += 1;
+        if self.fail {
+            Err("connect /run/procflow/api.sock: connection refused".into())
+        } else {
+            let mut s = snapshot();
+            s.seq = self.snaps as u64;
+            Ok(s)
+        }
+    }
+    fn today(&mut self) -> Option<HashMap<String, (u64, u64)>> {
+        self.todays += 1;
+        Some(today())
+    }
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+}
+
+#[test]
+fn a_failed_snapshot_is_shown_and_the_last_data_stays() {
+    use std::time::{Duration, Instant};
+    let mut src = Fake {
+        fail: false,
+        snaps: 0,
+        todays: 0,
+    };
+    let mut a = App::new("fake".into());
+    let mut f = crate::Fetcher::default();
+    let t0 = Instant::now();
+    f.fetch(&mut src, &mut a, t0);
+    assert_eq!(ids(&a, View::Processes).len(), 8);
+    src.fail = true;
+    f.fetch(&mut src, &mut a, t0 + Duration::from_secs(1));
+    let screen = draw(&mut a, 120, 24);
+    assert!(
+        screen.contains("! connect /run/procflow/api.sock: connection refused"),
+        "{screen}"
+    );
+    assert_eq!(
+        ids(&a, View::Processes).len(),
+        8,
+        "the last good data stays"
+    );
+    assert!(screen.contains("TODAY"));
+    // Retried at the next interval: the error goes.
+    src.fail = false;
+    f.fetch(&mut src, &mut a, t0 + Duration::from_secs(2));
+    assert!(!draw(&mut a, 120, 24).contains("connection refused"));
+    assert_eq!(src.snaps, 3);
+    // Today's totals are asked for at most every 10 s.
+    assert_eq!(src.todays, 1);
+    f.fetch(&mut src, &mut a, t0 + Duration::from_secs(10));
+    assert_eq!(src.todays, 2);
+}
