@@ -14,6 +14,7 @@ apt-get install -y -qq --no-install-recommends \
     ca-certificates gcc g++ libc6-dev make pkg-config \
     clang-19 llvm-19 libelf-dev zlib1g-dev \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
+    tmux passwd util-linux \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -402,12 +402,23 @@ fn subscribe(s: &mut UnixStream, hub: &Hub, req: &Request) -> std::io::Result<()
     s.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n",
     )?;
+    let send = |s: &mut UnixStream, line: &[u8]| -> std::io::Result<()> {
+        s.write_all(line).inspect_err(|e| {
+            // A client that takes nothing for the write timeout is dropped.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                hub.note_dropped();
+            }
+        })
+    };
     loop {
         match sub.rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) => s.write_all(line.as_bytes())?,
+            Ok(line) => send(s, line.as_bytes())?,
             // A keep-alive line lets a client see that the daemon is there.
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                s.write_all(b"{\"type\":\"keepalive\"}\n")?
+                send(s, b"{\"type\":\"keepalive\"}\n")?
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let why = format!(

@@ -27,7 +27,8 @@ const WATCHED_FOR: Duration = Duration::from_secs(30);
 pub struct HubStats {
     pub subscribers: usize,
     pub subscribers_total: u64,
-    /// Subscribers dropped because their queue was full.
+    /// Subscribers dropped because their queue was full or their
+    /// connection took no line for 10 s.
     pub subscribers_dropped: u64,
     pub snapshots_served: u64,
 }
@@ -207,6 +208,12 @@ impl Hub {
         g.stats.subscribers = g.subs.len();
         g.stats.subscribers_total += 1;
         Ok(Subscription { rx })
+    }
+
+    /// A subscriber whose connection stopped taking lines (its write timed
+    /// out) was dropped.
+    pub fn note_dropped(&self) {
+        self.lock().stats.subscribers_dropped += 1;
     }
 
     pub fn stats(&self) -> HubStats {

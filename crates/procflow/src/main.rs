@@ -38,6 +38,9 @@ enum Command {
     /// Check a rules file, or explain which rule decides a connection.
     #[command(subcommand)]
     Rules(rules_cmd::RulesCmd),
+    /// Live view: processes, their connections, remote hosts, ports and
+    /// blocked attempts, redrawn every second (keys: ? for help).
+    Top(view::TopArgs),
     /// The processes using the network now, with totals since start and
     /// rates, from the daemon (or, as root without one, standalone).
     Ps(view::PsArgs),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Rules(cmd) => rules_cmd::run(cmd),
         Command::Report(args) => report(&args),
+        Command::Top(args) => view::top(&args),
         Command::Ps(args) => view::ps(&args),
         Command::Flows(args) => view::flows(&args),
     };

@@ -47,6 +47,15 @@ pub struct FlowsArgs {
     exe: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Redraw this often: seconds (1, 0.5) or a duration (2s).
+    #[arg(long, value_name = "TIME", default_value = "1", value_parser = procflow_store::timespec::parse_period)]
+    interval: Duration,
+}
+
 /// Where the live state comes from.
 pub enum Live {
     Daemon(PathBuf),
@@ -314,6 +323,63 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
     } else {
         print_out(&flows_table(&snap.flows))
     }
+}
+
+/// Today's traffic per executable from the daemon's history (`None`
+/// without a store).
+fn daemon_today(api: &Path) -> Option<std::collections::HashMap<String, (u64, u64)>> {
+    let today = procflow_core::timefmt::rfc3339(crate::sinks::now_ns());
+    let date = today.get(..10)?;
+    let (status, body) = crate::api::get(api, &format!("/v1/history?since={date}&by=exe")).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(
+        v["rows"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r["exe"].as_str()?.to_string(),
+                    (r["tx_bytes"].as_u64()?, r["rx_bytes"].as_u64()?),
+                ))
+            })
+            .collect(),
+    )
+}
+
+struct TopSource(Live);
+
+impl procflow_top::Source for TopSource {
+    fn snapshot(&mut self) -> Result<Snapshot, String> {
+        self.0.snapshot("").map_err(|e| format!("{e:#}"))
+    }
+    fn today(&mut self) -> Option<std::collections::HashMap<String, (u64, u64)>> {
+        match &self.0 {
+            Live::Daemon(p) => daemon_today(p),
+            Live::Standalone(_) => None,
+        }
+    }
+    fn describe(&self) -> String {
+        match &self.0 {
+            Live::Daemon(p) => format!("daemon {}", p.display()),
+            Live::Standalone(_) => {
+                "standalone: kernel programs loaded by top (no daemon running)".to_string()
+            }
+        }
+    }
+}
+
+pub fn top(args: &TopArgs) -> Result<()> {
+    let live = connect(&args.client.api)?;
+    let mut source = TopSource(live);
+    procflow_top::run(
+        &mut source,
+        &procflow_top::Options {
+            interval: args.interval,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -151,7 +151,10 @@ fn ps_and_flows_report_a_uniquely_named_program_exactly() {
     let me = mine[0];
     assert_eq!(u(me, "pid"), client_pid);
     assert_eq!((u(me, "tx_payload"), u(me, "rx_payload")), (before, before));
-    assert_eq!((u(me, "tx_bytes"), u(me, "rx_bytes")), (up.read().1, down.read().1));
+    assert_eq!(
+        (u(me, "tx_bytes"), u(me, "rx_bytes")),
+        (up.read().1, down.read().1)
+    );
     assert_eq!((u(me, "open_flows"), u(me, "flows")), (1, 1), "{me}");
 
     // Closed: the totals since start keep it, whole.
@@ -172,13 +175,22 @@ fn ps_and_flows_report_a_uniquely_named_program_exactly() {
     });
     assert!(closed, "{me}");
     let total = before + after;
-    assert_eq!((u(&me, "tx_payload"), u(&me, "rx_payload")), (total, total), "{me}");
-    assert_eq!((u(&me, "tx_bytes"), u(&me, "rx_bytes")), (up.read().1, down.read().1));
+    assert_eq!(
+        (u(&me, "tx_payload"), u(&me, "rx_payload")),
+        (total, total),
+        "{me}"
+    );
+    assert_eq!(
+        (u(&me, "tx_bytes"), u(&me, "rx_bytes")),
+        (up.read().1, down.read().1)
+    );
     assert_eq!(u(&me, "flows"), 1);
     // The log's final record agrees with the live view.
     let recs = pf.stop();
     let flows = final_flows(&recs);
-    let rec = one_flow(&flows, &p.a, "client", |f| u(f, "remote_port") == port as u64);
+    let rec = one_flow(&flows, &p.a, "client", |f| {
+        u(f, "remote_port") == port as u64
+    });
     assert_eq!(u(rec, "tx_bytes"), u(&me, "tx_bytes"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -203,14 +215,22 @@ sys.stdout.write(data.decode())
 "#;
     let mut cmd = Command::new("setpriv");
     cmd.args(uid_args)
-        .args(["python3", "-c", script])
+        // Debian's python3, which any user can run.
+        .args(["/usr/bin/python3", "-c", script])
         .arg(sock)
         .arg(request);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 #[test]
@@ -259,7 +279,11 @@ fn the_api_serves_root_and_the_procflow_group_and_refuses_everyone_else() {
     let root = procflow_json(&["ps", "--api", api(&pf)]);
     assert!(root.is_array(), "{root}");
     let out = ps_as(&member);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let served: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(served.is_array(), "{served}");
     // Anyone else: the socket's mode refuses the connection, and the
@@ -339,7 +363,13 @@ fn a_stuck_subscriber_is_dropped_and_64_others_see_every_delta_in_order() {
     let lo = Netns::new("pf-live-sub");
     let (server, port) = serve(
         &lo,
-        &["tcp-serve", "--listen", "127.0.0.1:0", "--count", &N.to_string()],
+        &[
+            "tcp-serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--count",
+            &N.to_string(),
+        ],
     );
     let readers: Vec<_> = (0..64)
         .map(|_| {
@@ -372,7 +402,16 @@ fn a_stuck_subscriber_is_dropped_and_64_others_see_every_delta_in_order() {
         })
         .collect();
     // N short connections: an open and an end delta for each side.
-    client(&lo, &["tcp-send", "--connect", &format!("127.0.0.1:{port}"), "--count", &N.to_string()]);
+    client(
+        &lo,
+        &[
+            "tcp-send",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--count",
+            &N.to_string(),
+        ],
+    );
     finish(server);
     for r in readers {
         let (ends, gaps, dropped) = r.join().unwrap();
@@ -390,4 +429,155 @@ fn a_stuck_subscriber_is_dropped_and_64_others_see_every_delta_in_order() {
         .count() as u64;
     assert_eq!(client_flows, N, "the daemon kept its pace");
     drop(stuck);
+}
+
+/// A tmux session running `procflow top`, killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(name: &str, cols: u16, rows: u16, cmd: &str) -> Tmux {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", name])
+            .output();
+        sh(&[
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            cmd,
+        ]);
+        Tmux(name.to_string())
+    }
+
+    fn screen(&self) -> String {
+        sh(&["tmux", "capture-pane", "-p", "-t", &self.0])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            sh(&["tmux", "send-keys", "-t", &self.0, k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Waits until the screen holds what `f` looks for; the last screen.
+    fn wait(&self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let seen = wait_for(secs, || {
+            last = self.screen();
+            f(&last)
+        });
+        assert!(seen, "top never showed {what}; its screen:\n{last}");
+        last
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn top_shows_the_program_and_its_connection_with_its_exact_bytes() {
+    let p = Pair::new("livetop", 161);
+    let dir = scratch("top");
+    let exe = dir.join("pf-top-uniq-gen");
+    std::fs::copy(TESTGEN, &exe).unwrap();
+    // Small enough that top shows the wire bytes unrounded ("NNN B").
+    let before = 300u64;
+    let pf = Procflow::start(&[]);
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--before",
+            &before.to_string(),
+            "--after",
+            "0",
+        ],
+    );
+    let up = nft_counter(
+        &p.b,
+        "input",
+        "topup",
+        &format!("ip saddr {} tcp dport {port}", p.a4),
+    );
+    let cl = Phased::start(
+        &p.a,
+        &exe,
+        &[
+            "tcp-phased",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--before",
+            &before.to_string(),
+            "--after",
+            "0",
+        ],
+    );
+    let pid = cl.child.id().to_string();
+    // The flow as the API has it, with the wire's bytes.
+    let mut flow = Value::Null;
+    assert!(wait_for(10, || {
+        let f = procflow_json(&["flows", "--api", api(&pf), "--pid", &pid]);
+        flow = f[0].clone();
+        u(&flow, "tx_payload") == before && u(&flow, "tx_bytes") == up.read().1
+    }));
+    let sent = u(&flow, "tx_bytes");
+    assert!(sent < 1024, "{flow}");
+
+    let cmd = format!("{PROCFLOW} top --api {}", api(&pf));
+    let top = Tmux::start("pf-live-top", 200, 50, &cmd);
+    let screen = top.wait(15, "the program's row", |s| s.contains("pf-top-uniq-gen"));
+    let row = screen
+        .lines()
+        .find(|l| l.contains("pf-top-uniq-gen"))
+        .unwrap();
+    assert!(row.contains(&pid), "{row}");
+    assert!(
+        screen.contains("daemon "),
+        "the status line names the source:\n{screen}"
+    );
+    // Its connections: filter to it, then Enter.
+    top.keys(&["/"]);
+    top.keys(&["pf-top-uniq-gen", "Enter", "Enter"]);
+    let want = format!("{sent} B");
+    let screen = top.wait(10, "the connection with its bytes", |s| {
+        s.contains("connections of") && s.lines().any(|l| l.contains("tcp") && l.contains(&want))
+    });
+    let conn = screen
+        .lines()
+        .find(|l| l.contains("tcp") && l.contains(&want))
+        .unwrap();
+    assert!(
+        conn.contains(&port.to_string()) || conn.contains(&p.b4.to_string()),
+        "{conn}"
+    );
+    // The 80x24 screen shows the row too, and q quits with the terminal
+    // given back.
+    drop(top);
+    let small = Tmux::start("pf-live-top80", 80, 24, &cmd);
+    small.wait(15, "the row at 80x24", |s| s.contains(&pid));
+    small.keys(&["q"]);
+    assert!(
+        wait_for(5, || Command::new("tmux")
+            .args(["has-session", "-t", "pf-live-top80"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)),
+        "top did not quit on q"
+    );
+    cl.go();
+    finish(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
