@@ -581,3 +581,143 @@ fn top_shows_the_program_and_its_connection_with_its_exact_bytes() {
     finish(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn blocked_attempts_reach_the_snapshot_and_the_stream_with_their_rule() {
+    let p = Pair::new("liveblock", 162);
+    let dir = scratch("block");
+    let exe = dir.join("pf-live-blocked-gen");
+    std::fs::copy(TESTGEN, &exe).unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "default = \"allow\"\n[[rule]]\nname = \"no-uniq-gen\"\naction = \"block\"\n\
+             exe = \"{}\"\nremote = \"{}\"\n",
+            exe.display(),
+            p.b4
+        ),
+    )
+    .unwrap();
+    let pf = Procflow::start(&["--rules", rules.to_str().unwrap()]);
+    pf.wait_rules_ack(1);
+    let mut sub = subscribe(&pf.api, None);
+    let out =
+        p.a.command(exe.to_str().unwrap())
+            .args(["tcp-send", "--connect", &format!("{}:5", p.b4)])
+            .output()
+            .unwrap();
+    assert!(!out.status.success(), "the connect was not blocked");
+    // The stream tells of it.
+    let mut line = String::new();
+    let mut verdict = Value::Null;
+    while verdict.is_null() {
+        line.clear();
+        assert!(sub.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "verdict" {
+            verdict = v;
+        }
+    }
+    assert_eq!(verdict["rule"], "no-uniq-gen", "{verdict}");
+    assert_eq!(verdict["exe"], exe.to_str().unwrap(), "{verdict}");
+    assert_eq!(verdict["remote_port"], 5);
+    // The snapshot has it, the process counts it, the rules are in force.
+    let snap = run_json(
+        Command::new(PROCFLOW)
+            .args(["ps", "--json", "--api"])
+            .arg(&pf.api),
+    );
+    let me = snap
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["exe"] == exe.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no process: {snap:#}"));
+    assert_eq!(u(me, "blocked"), 1, "{me}");
+    let (status, body) = http_as(&[], &pf.api, "GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(status.contains(" 200 "), "{status}");
+    let snap: Value = serde_json::from_str(&body).unwrap();
+    let blocked = snap["blocked"].as_array().unwrap();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!(blocked[0]["hook"], "connect");
+    assert_eq!(snap["rules"]["generation"], 1);
+    assert_eq!(snap["rules"]["last_outcome"], "accepted");
+    assert_eq!(u(&snap["totals"], "blocked"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ps_as_root_without_a_daemon_loads_the_kernel_programs_itself() {
+    let p = Pair::new("livesolo", 163);
+    let dir = scratch("solo");
+    let exe = dir.join("pf-live-solo-gen");
+    std::fs::copy(TESTGEN, &exe).unwrap();
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--before",
+            "1000",
+            "--after",
+            "0",
+        ],
+    );
+    let cl = Phased::start(
+        &p.a,
+        &exe,
+        &[
+            "tcp-phased",
+            "--connect",
+            &format!("{}:{port}", p.b4),
+            "--before",
+            "1000",
+            "--after",
+            "0",
+        ],
+    );
+    let pid = cl.child.id() as u64;
+    // No daemon at this socket: ps finds the connection by the start-up scan.
+    let none = dir.join("no-daemon.sock");
+    let out = Command::new(PROCFLOW)
+        .args(["flows", "--json", "--api"])
+        .arg(&none)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine: Vec<&Value> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| u(&f["owner"], "pid") == pid)
+        .collect();
+    assert_eq!(mine.len(), 1, "{flows:#}");
+    assert_eq!(mine[0]["owner"]["exe"], exe.to_str().unwrap());
+    assert_eq!(mine[0]["remote_port"], port as u64);
+    // As another user, no daemon is an error that says what to do.
+    let bin = dir.join("procflow");
+    std::fs::copy(PROCFLOW, &bin).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["ps", "--api"])
+        .arg(&none)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no procflow daemon answers") && err.contains("as root"),
+        "{err}"
+    );
+    cl.go();
+    finish(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
