@@ -124,8 +124,10 @@ static __noinline bool pkt_allowed(struct bpf_sock *sk, __u64 cookie)
 	if (last && last->pid == pid && (last->v >> 1) == full + 1)
 		return !(last->v & 1);
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
-	if (!h)
-		return true;
+	if (!h) {
+		stat_inc(PF_STAT_FAIL_CLOSED);
+		return false;
+	}
 	const struct pf_mask *cg = pol_cgroup(h, gen, 0);
 	struct pf_exe_ident *exe = pol_current_exe();
 	if (!exe)
@@ -135,8 +137,14 @@ static __noinline bool pkt_allowed(struct bpf_sock *sk, __u64 cookie)
 	q.uid = (__u32)bpf_get_current_uid_gid();
 	q.dir = 0;
 	struct pol_decision d;
-	if (pkt_decide_g(&q, exe, cg, gen, &d) != 1)
-		return true;
+	if (pkt_decide_g(&q, exe, cg, gen, &d) != 1) {
+		/* A table of the rule set in force is missing (never expected:
+		 * user space writes every table before it flips): fail closed,
+		 * as the connect hooks do. */
+		d.rule = -1;
+		d.block = 1;
+		stat_inc(PF_STAT_FAIL_CLOSED);
+	}
 	d.gen = full;
 	if (last) {
 		last->pid = pid;

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 use serde_json::Value;
 
@@ -513,4 +515,87 @@ fn packet_sockets_that_bypass_the_qdisc_are_counted_exactly() {
     );
     let st = stats(&pf.stop());
     assert!(u(&st, "packet_bypass_sockets_at_start") >= 1, "{st}");
+}
+
+/// Ids of the BPF maps procflow (`pid`) holds, from its descriptors.
+fn map_ids_of(pid: u32) -> std::collections::HashSet<u64> {
+    let mut ids = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(info) = std::fs::read_to_string(fd.path()) {
+            for l in info.lines() {
+                if let Some(id) = l.strip_prefix("map_id:") {
+                    ids.insert(id.trim().parse().unwrap());
+                }
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_missing_rule_table_blocks_packet_sockets_fail_closed() {
+    let (dir, script) = script();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "default = \"allow\"\n[[rule]]\nname = \"allowed-sender\"\naction = \"allow\"\n\
+         family = \"packet\"\ncomm = \"pfpkt-allowed\"\n",
+    )
+    .unwrap();
+    let pf = Procflow::start(&["--rules", rules.to_str().unwrap()]);
+    pf.wait_rules_ack(1);
+    let p = Pair::new("pktfc", 134);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let dmac = mac_of(&p.b, "pfb134");
+    let with = |comm: &str| {
+        let a = [
+            arg("dev", "pfa134"),
+            arg("dmac", &dmac),
+            arg("kind", "udp"),
+            arg("n", 3),
+            arg("src", p.a4),
+            arg("dst", p.b4),
+            arg("dport", 9999),
+            arg("comm", comm),
+        ];
+        send(&p.a, &script, &a)
+    };
+    let before = with("pfpkt-other");
+    assert_eq!(before["sent"], 3, "the default allows: {before}");
+    // Take away the comm table's entry for names no rule has, in the copy
+    // that holds it (the rule set in force): the decision cannot be made,
+    // and must block.
+    let ours = map_ids_of(pf.pid());
+    let maps: Value = serde_json::from_str(&sh(&["bpftool", "-j", "map", "show"])).unwrap();
+    let deleted = maps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("pol_comm_"))
+                && ours.contains(&m["id"].as_u64().unwrap())
+        })
+        .filter(|m| {
+            let id = m["id"].as_u64().unwrap().to_string();
+            let mut cmd = vec!["map", "delete", "id", &id, "key", "hex"];
+            cmd.extend(std::iter::repeat_n("ff", 16));
+            Command::new("bpftool")
+                .args(&cmd)
+                .status()
+                .unwrap()
+                .success()
+        })
+        .count();
+    assert_eq!(deleted, 1, "procflow's comm table of the rule set in force");
+    let after = with("pfpkt-other2");
+    assert_eq!(after["sent"], 0, "a missing table let frames out: {after}");
+    assert_eq!(after["errno"], libc::ENOBUFS, "{after}");
+    let recs = pf.stop();
+    let st = stats(&recs);
+    assert!(u(&st, "fail_closed") >= 1, "{st}");
 }
