@@ -65,6 +65,9 @@ pub struct FlowTable {
     /// listener, by (netns, local, remote) until the accepted socket's flow
     /// appears.
     inbound: HashMap<InboundKey, (Verdict, Option<String>)>,
+    /// Live flows whose counters, owner, addresses or verdict changed
+    /// since [`FlowTable::changed_records`] last took them.
+    changed: std::collections::HashSet<FlowKey>,
 }
 
 type InboundKey = (u64, (IpAddr, u16), (IpAddr, u16));
@@ -227,6 +230,7 @@ impl FlowTable {
                     for k in self.keys_of_socket(cookie) {
                         if let Some(e) = self.flows.get_mut(&k) {
                             e.view.owner = Some(owner.clone());
+                            self.changed.insert(k);
                         }
                     }
                 }
@@ -247,6 +251,7 @@ impl FlowTable {
                     self.merge(view);
                 } else {
                     self.stats.flows_seen += 1;
+                    self.changed.insert(view.key);
                     self.insert(view);
                 }
                 Vec::new()
@@ -283,7 +288,11 @@ impl FlowTable {
     /// Sets a live flow's counters from a fresh kernel reading (never backwards).
     pub fn update_counters(&mut self, key: &FlowKey, counters: crate::flow::Counters) {
         if let Some(e) = self.flows.get_mut(key) {
-            e.view.counters = e.view.counters.max(counters);
+            let newer = e.view.counters.max(counters);
+            if newer != e.view.counters {
+                e.view.counters = newer;
+                self.changed.insert(*key);
+            }
         }
     }
 
@@ -301,6 +310,7 @@ impl FlowTable {
         let rec = self.record(key, FlowState::Closed, Some(end_ns), sys);
         self.flows.remove(key);
         self.verdicts.remove(key);
+        self.changed.remove(key);
         if self.keys_of_socket(key.cookie).is_empty() {
             self.owners.remove(&key.cookie);
         }
@@ -316,6 +326,9 @@ impl FlowTable {
             self.verdicts.retain(|k, _| flows.contains_key(k));
         }
         self.verdicts.insert(key, (verdict, rule));
+        if self.flows.contains_key(&key) {
+            self.changed.insert(key);
+        }
     }
 
     /// Records the rules' decision on an inbound TCP connection, made at its
@@ -342,6 +355,22 @@ impl FlowTable {
     /// A process's identity as flow records give it.
     pub fn identity(&mut self, owner: &Owner, sys: &mut dyn SystemLookup) -> ProcessIdentity {
         self.identities.resolve(owner, sys)
+    }
+
+    /// Cumulative records of the open flows that changed since the last
+    /// call (for live viewers: the cost follows activity, not the number
+    /// of flows).
+    pub fn changed_records(&mut self, sys: &mut dyn SystemLookup) -> Vec<FlowRecord> {
+        let flows = &self.flows;
+        let mut keys: Vec<FlowKey> = self
+            .changed
+            .drain()
+            .filter(|k| flows.contains_key(k))
+            .collect();
+        keys.sort_unstable();
+        keys.iter()
+            .map(|k| self.record(k, FlowState::Open, None, sys))
+            .collect()
     }
 
     /// Cumulative records of every open flow (for `--interval` and at stop).
@@ -380,19 +409,32 @@ impl FlowTable {
             return;
         };
         let v = &mut e.view;
-        v.counters = v.counters.max(newer.counters);
-        if newer.owner.is_some() {
-            v.owner = newer.owner;
+        let mut changed = false;
+        let counters = v.counters.max(newer.counters);
+        if counters != v.counters {
+            v.counters = counters;
+            changed = true;
+        }
+        if let Some(o) = newer.owner {
+            if v.owner.as_ref() != Some(&o) {
+                v.owner = Some(o);
+                changed = true;
+            }
         }
         if v.before_start.is_none() {
             v.before_start = newer.before_start;
         }
         // Addresses can be learned late (a local port assigned at connect).
-        if newer.info.local.1 != 0 || v.info.local.1 == 0 {
+        if (newer.info.local.1 != 0 || v.info.local.1 == 0) && v.info.local != newer.info.local {
             v.info.local = newer.info.local;
+            changed = true;
         }
-        if !newer.info.remote.0.is_unspecified() {
+        if !newer.info.remote.0.is_unspecified() && v.info.remote != newer.info.remote {
             v.info.remote = newer.info.remote;
+            changed = true;
+        }
+        if changed {
+            self.changed.insert(newer.key);
         }
     }
 
@@ -803,6 +845,35 @@ mod tests {
         assert_eq!(json["proto"], "udp");
         assert_eq!(json["process"]["exe"], "/usr/bin/old");
         assert_eq!(json["process"]["user"], "root");
+    }
+
+    #[test]
+    fn only_flows_that_changed_are_given_again() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let (a, b) = (FlowKey::socket(1), FlowKey::socket(2));
+        t.ingest(FlowEvent::Open(view(a, Some(100), 0)), &mut sys);
+        t.ingest(FlowEvent::Open(view(b, Some(100), 0)), &mut sys);
+        let _ = t.changed_records(&mut sys);
+        // The same reading again changes nothing.
+        t.ingest(FlowEvent::Update(view(a, Some(100), 0)), &mut sys);
+        assert!(t.changed_records(&mut sys).is_empty());
+        t.ingest(FlowEvent::Update(view(b, Some(100), 64)), &mut sys);
+        t.update_counters(&a, Counters::default());
+        let c = t.changed_records(&mut sys);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].flow_id.as_str(), c[0].counters.tx_payload), ("2", 64));
+        assert!(t.changed_records(&mut sys).is_empty());
+        // A flow that closed is not given.
+        t.update_counters(
+            &a,
+            Counters {
+                tx_payload: 9,
+                ..Default::default()
+            },
+        );
+        t.close(&a, 5, &mut sys);
+        assert!(t.changed_records(&mut sys).is_empty());
     }
 
     #[test]

@@ -383,12 +383,32 @@ struct Acc {
     /// The last tick at which it had a new flow (for forgetting the idle).
     last_seen_tick: u64,
     rate: Rates,
+    /// Totals (closed and open) at the recent ticks, oldest first.
+    hist: VecDeque<(u64, Traffic)>,
 }
 
-type ProcKey = (u32, Option<String>, String);
+/// A process, as a number: its pid, executable and comm hashed once per
+/// flow record (never per tick).
+type ProcKey = u64;
+/// A protocol and service port, hashed likewise.
+type PortKey = u64;
+
+fn hash_of(v: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(v)
+}
 
 fn proc_key(o: &LiveOwner) -> ProcKey {
-    (o.pid, o.exe.clone(), o.comm.clone())
+    hash_of(&(o.pid, &o.exe, &o.comm))
+}
+
+#[derive(Debug)]
+struct FlowEntry {
+    flow: LiveFlow,
+    proc: ProcKey,
+    port: PortKey,
+    /// Its traffic at the recent ticks, oldest first.
+    hist: VecDeque<(u64, Traffic)>,
 }
 
 /// The live state: see the module documentation.
@@ -396,48 +416,32 @@ fn proc_key(o: &LiveOwner) -> ProcKey {
 pub struct LiveState {
     seq: u64,
     started_ns: u64,
-    flows: HashMap<String, LiveFlow>,
+    flows: HashMap<String, FlowEntry>,
     procs: HashMap<ProcKey, (LiveOwner, Acc)>,
     remotes: HashMap<IpAddr, (Option<String>, Acc)>,
-    ports: HashMap<(String, u16), Acc>,
+    ports: HashMap<PortKey, ((String, u16), Acc)>,
     totals: Acc,
     blocked: VecDeque<Blocked>,
     rules: Option<RulesInForce>,
     stats: serde_json::Value,
-    /// Totals at the recent ticks, oldest first: (time, machine, per
-    /// process, per remote, per port, per flow).
-    ticks: VecDeque<TickTotals>,
     tick_count: u64,
     last_tick_ns: u64,
 }
 
-#[derive(Debug, Default)]
-struct TickTotals {
-    time_ns: u64,
-    machine: Traffic,
-    procs: HashMap<ProcKey, Traffic>,
-    remotes: HashMap<IpAddr, Traffic>,
-    ports: HashMap<(String, u16), Traffic>,
-    flows: HashMap<String, Traffic>,
-}
-
-fn rates(
-    now: &Traffic,
-    now_ns: u64,
-    ticks: &VecDeque<TickTotals>,
-    get: impl Fn(&TickTotals) -> Option<Traffic>,
-) -> Rates {
+/// Growth over the last second and the last ten from `hist` (oldest
+/// first) to `now`, unless ticks stopped (nobody watched) long enough that
+/// it would average over much more than the window.
+fn rates(now: &Traffic, now_ns: u64, hist: &VecDeque<(u64, Traffic)>) -> Rates {
     let over = |secs: u64| -> (f64, f64) {
-        // The newest tick at least `secs` before now.
-        let Some(t) = ticks
+        let Some((t, then)) = hist
             .iter()
             .rev()
-            .find(|t| now_ns.saturating_sub(t.time_ns) >= secs * 1_000_000_000)
+            .find(|(t, _)| now_ns.saturating_sub(*t) >= secs * 1_000_000_000)
+            .filter(|(t, _)| now_ns - t <= (2 * secs + 1) * 1_000_000_000)
         else {
             return (0.0, 0.0);
         };
-        let dt = (now_ns - t.time_ns) as f64 / 1e9;
-        let then = get(t).unwrap_or_default();
+        let dt = (now_ns - t) as f64 / 1e9;
         (
             now.tx_bytes.saturating_sub(then.tx_bytes) as f64 / dt,
             now.rx_bytes.saturating_sub(then.rx_bytes) as f64 / dt,
@@ -451,6 +455,23 @@ fn rates(
         tx_10s,
         rx_10s,
     }
+}
+
+/// Keeps `now` in `hist`, and ticks back to 10 s before it and one older.
+fn remember(hist: &mut VecDeque<(u64, Traffic)>, now_ns: u64, now: Traffic) {
+    hist.push_back((now_ns, now));
+    while hist.len() > 2 && now_ns.saturating_sub(hist[1].0) >= 10_000_000_000 {
+        hist.pop_front();
+    }
+}
+
+/// Totals now (closed flows plus open ones) by process, remote and port.
+#[derive(Debug, Default)]
+struct Current {
+    procs: HashMap<ProcKey, Traffic>,
+    remotes: HashMap<IpAddr, Traffic>,
+    ports: HashMap<PortKey, Traffic>,
+    machine: Traffic,
 }
 
 impl LiveState {
@@ -490,28 +511,25 @@ impl LiveState {
                     return Vec::new();
                 }
                 let b = Blocked::of(v);
-                let owner_key = (v.process.pid, v.process.exe.clone(), v.process.comm.clone());
-                if let Some((_, acc)) = self.procs.get_mut(&owner_key) {
-                    acc.blocked += 1;
-                } else {
-                    let owner = LiveOwner {
-                        pid: v.process.pid,
-                        ppid: v.process.ppid,
-                        uid: v.process.uid,
-                        user: v.process.user.clone(),
-                        comm: v.process.comm.clone(),
-                        exe: v.process.exe.clone(),
-                        cmdline: v.process.cmdline.clone(),
-                        cgroup: v.process.cgroup.clone(),
-                        unknown: v.process.exe_unknown.clone(),
-                    };
-                    let acc = Acc {
-                        blocked: 1,
-                        last_seen_tick: self.tick_count,
-                        ..Default::default()
-                    };
-                    self.procs.insert(owner_key, (owner, acc));
-                }
+                let p = &v.process;
+                let owner = LiveOwner {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    uid: p.uid,
+                    user: p.user.clone(),
+                    comm: p.comm.clone(),
+                    exe: p.exe.clone(),
+                    cmdline: p.cmdline.clone(),
+                    cgroup: p.cgroup.clone(),
+                    unknown: p.exe_unknown.clone(),
+                };
+                let tick = self.tick_count;
+                let (_, acc) = self
+                    .procs
+                    .entry(proc_key(&owner))
+                    .or_insert_with(|| (owner, Acc::default()));
+                acc.blocked += 1;
+                acc.last_seen_tick = tick;
                 self.totals.blocked += 1;
                 if self.blocked.len() >= BLOCKED_KEPT {
                     self.blocked.pop_front();
@@ -550,26 +568,27 @@ impl LiveState {
     fn flow(&mut self, r: &FlowRecord) -> Option<DeltaMsg> {
         let mut f = LiveFlow::of(r);
         let closed = r.state == FlowState::Closed;
-        let prev = if closed {
-            self.flows.remove(&f.flow_id)
-        } else {
-            self.flows.get(&f.flow_id).cloned()
-        };
-        if let Some(p) = &prev {
-            f.rate = p.rate;
-            if !closed && *p == f {
+        let proc = proc_key(&f.owner);
+        let port = hash_of(&(&f.proto, f.service_port()));
+        let tick = self.tick_count;
+        let prev = self.flows.get_mut(&f.flow_id);
+        let known = prev.is_some();
+        if let Some(e) = prev {
+            f.rate = e.flow.rate;
+            if !closed && e.flow == f {
                 return None; // nothing changed
             }
-        }
-        if prev.is_none() {
+            if e.proc != proc {
+                // Another owner (a socket passed on): the new one's from now.
+                e.proc = proc;
+                e.hist.clear();
+            }
+        } else {
             // A new flow (or one whose first record is its last).
-            let tick = self.tick_count;
-            let pk = proc_key(&f.owner);
             let entry = self
                 .procs
-                .entry(pk)
+                .entry(proc)
                 .or_insert_with(|| (f.owner.clone(), Acc::default()));
-            entry.0 = f.owner.clone();
             entry.1.flows += 1;
             entry.1.last_seen_tick = tick;
             let re = self
@@ -580,11 +599,16 @@ impl LiveState {
             re.1.last_seen_tick = tick;
             let pe = self
                 .ports
-                .entry((f.proto.clone(), f.service_port()))
-                .or_default();
-            pe.flows += 1;
-            pe.last_seen_tick = tick;
+                .entry(port)
+                .or_insert_with(|| ((f.proto.clone(), f.service_port()), Acc::default()));
+            pe.1.flows += 1;
+            pe.1.last_seen_tick = tick;
             self.totals.flows += 1;
+        }
+        if let Some((o, _)) = self.procs.get_mut(&proc) {
+            if *o != f.owner {
+                o.clone_from(&f.owner); // a name or cgroup learned late
+            }
         }
         if f.remote_name.is_some() {
             if let Some(re) = self.remotes.get_mut(&f.remote_ip) {
@@ -592,47 +616,61 @@ impl LiveState {
             }
         }
         if closed {
+            self.flows.remove(&f.flow_id);
             let t = f.traffic;
-            if let Some((_, a)) = self.procs.get_mut(&proc_key(&f.owner)) {
+            if let Some((_, a)) = self.procs.get_mut(&proc) {
                 a.closed.add(&t);
             }
             if let Some((_, a)) = self.remotes.get_mut(&f.remote_ip) {
                 a.closed.add(&t);
             }
-            if let Some(a) = self.ports.get_mut(&(f.proto.clone(), f.service_port())) {
+            if let Some((_, a)) = self.ports.get_mut(&port) {
                 a.closed.add(&t);
             }
             self.totals.closed.add(&t);
             Some(self.delta(Delta::End(f)))
         } else {
-            self.flows.insert(f.flow_id.clone(), f.clone());
+            match self.flows.get_mut(&f.flow_id) {
+                Some(e) => e.flow.clone_from(&f),
+                None if !known => {
+                    self.flows.insert(
+                        f.flow_id.clone(),
+                        FlowEntry {
+                            flow: f.clone(),
+                            proc,
+                            port,
+                            hist: VecDeque::new(),
+                        },
+                    );
+                }
+                None => {}
+            }
             Some(self.delta(Delta::Flow(f)))
         }
     }
 
     /// Totals now: closed flows plus open ones.
-    fn current(&self) -> TickTotals {
-        let mut t = TickTotals::default();
+    fn current(&self) -> Current {
+        let mut t = Current {
+            machine: self.totals.closed,
+            ..Default::default()
+        };
+        t.procs.reserve(self.procs.len());
         for (k, (_, a)) in &self.procs {
-            t.procs.insert(k.clone(), a.closed);
+            t.procs.insert(*k, a.closed);
         }
         for (k, (_, a)) in &self.remotes {
             t.remotes.insert(*k, a.closed);
         }
-        for (k, a) in &self.ports {
-            t.ports.insert(k.clone(), a.closed);
+        for (k, (_, a)) in &self.ports {
+            t.ports.insert(*k, a.closed);
         }
-        t.machine = self.totals.closed;
-        for f in self.flows.values() {
-            let x = &f.traffic;
-            t.procs.entry(proc_key(&f.owner)).or_default().add(x);
-            t.remotes.entry(f.remote_ip).or_default().add(x);
-            t.ports
-                .entry((f.proto.clone(), f.service_port()))
-                .or_default()
-                .add(x);
+        for e in self.flows.values() {
+            let x = &e.flow.traffic;
+            t.procs.entry(e.proc).or_default().add(x);
+            t.remotes.entry(e.flow.remote_ip).or_default().add(x);
+            t.ports.entry(e.port).or_default().add(x);
             t.machine.add(x);
-            t.flows.insert(f.flow_id.clone(), *x);
         }
         t
     }
@@ -641,33 +679,29 @@ impl LiveState {
     /// next ticks; forgets the oldest idle processes, remotes and ports
     /// past [`IDLE_KEPT`]. Returns the tick's delta.
     pub fn tick(&mut self, now_ns: u64) -> DeltaMsg {
-        let mut cur = self.current();
-        cur.time_ns = now_ns;
-        let ticks = &self.ticks;
-        self.totals.rate = rates(&cur.machine, now_ns, ticks, |t| Some(t.machine));
+        let cur = self.current();
+        let last = self.last_tick_ns;
+        // What appeared after the last tick had nothing then.
+        let step = |hist: &mut VecDeque<(u64, Traffic)>, now: Traffic| {
+            if hist.is_empty() && last > 0 {
+                hist.push_back((last, Traffic::default()));
+            }
+            let r = rates(&now, now_ns, hist);
+            remember(hist, now_ns, now);
+            r
+        };
+        self.totals.rate = step(&mut self.totals.hist, cur.machine);
         for (k, (_, a)) in self.procs.iter_mut() {
-            let now = cur.procs.get(k).copied().unwrap_or_default();
-            a.rate = rates(&now, now_ns, ticks, |t| t.procs.get(k).copied());
+            a.rate = step(&mut a.hist, cur.procs.get(k).copied().unwrap_or_default());
         }
         for (k, (_, a)) in self.remotes.iter_mut() {
-            let now = cur.remotes.get(k).copied().unwrap_or_default();
-            a.rate = rates(&now, now_ns, ticks, |t| t.remotes.get(k).copied());
+            a.rate = step(&mut a.hist, cur.remotes.get(k).copied().unwrap_or_default());
         }
-        for (k, a) in self.ports.iter_mut() {
-            let now = cur.ports.get(k).copied().unwrap_or_default();
-            a.rate = rates(&now, now_ns, ticks, |t| t.ports.get(k).copied());
+        for (k, (_, a)) in self.ports.iter_mut() {
+            a.rate = step(&mut a.hist, cur.ports.get(k).copied().unwrap_or_default());
         }
-        for (k, f) in self.flows.iter_mut() {
-            // A flow that opened after a tick had nothing then.
-            f.rate = rates(&f.traffic, now_ns, ticks, |t| {
-                Some(t.flows.get(k).copied().unwrap_or_default())
-            });
-        }
-        // Keep ticks back to 10 s before now, and one older.
-        self.ticks.push_back(cur);
-        while self.ticks.len() > 2 && now_ns.saturating_sub(self.ticks[1].time_ns) >= 10_000_000_000
-        {
-            self.ticks.pop_front();
+        for e in self.flows.values_mut() {
+            e.flow.rate = step(&mut e.hist, e.flow.traffic);
         }
         self.tick_count += 1;
         self.last_tick_ns = now_ns;
@@ -680,42 +714,57 @@ impl LiveState {
     }
 
     fn forget_idle(&mut self) {
-        let open: std::collections::HashSet<ProcKey> =
-            self.flows.values().map(|f| proc_key(&f.owner)).collect();
-        if self.procs.len() > IDLE_KEPT + open.len() {
+        if self.procs.len() > IDLE_KEPT {
+            let open: std::collections::HashSet<ProcKey> =
+                self.flows.values().map(|e| e.proc).collect();
             let mut idle: Vec<(u64, ProcKey)> = self
                 .procs
                 .iter()
                 .filter(|(k, _)| !open.contains(*k))
-                .map(|(k, (_, a))| (a.last_seen_tick, k.clone()))
+                .map(|(k, (_, a))| (a.last_seen_tick, *k))
                 .collect();
-            idle.sort();
-            let excess = self.procs.len() - IDLE_KEPT - open.len();
+            idle.sort_unstable();
+            let excess = idle.len().saturating_sub(IDLE_KEPT);
             for (_, k) in idle.into_iter().take(excess) {
                 self.procs.remove(&k);
             }
         }
-        let open_remotes: std::collections::HashSet<IpAddr> =
-            self.flows.values().map(|f| f.remote_ip).collect();
-        if self.remotes.len() > IDLE_KEPT + open_remotes.len() {
+        if self.remotes.len() > IDLE_KEPT {
+            let open: std::collections::HashSet<IpAddr> =
+                self.flows.values().map(|e| e.flow.remote_ip).collect();
             let mut idle: Vec<(u64, IpAddr)> = self
                 .remotes
                 .iter()
-                .filter(|(k, _)| !open_remotes.contains(*k))
+                .filter(|(k, _)| !open.contains(*k))
                 .map(|(k, (_, a))| (a.last_seen_tick, *k))
                 .collect();
-            idle.sort();
-            let excess = self.remotes.len() - IDLE_KEPT - open_remotes.len();
+            idle.sort_unstable();
+            let excess = idle.len().saturating_sub(IDLE_KEPT);
             for (_, k) in idle.into_iter().take(excess) {
                 self.remotes.remove(&k);
+            }
+        }
+        if self.ports.len() > IDLE_KEPT {
+            let open: std::collections::HashSet<PortKey> =
+                self.flows.values().map(|e| e.port).collect();
+            let mut idle: Vec<(u64, PortKey)> = self
+                .ports
+                .iter()
+                .filter(|(k, _)| !open.contains(*k))
+                .map(|(k, (_, a))| (a.last_seen_tick, *k))
+                .collect();
+            idle.sort_unstable();
+            let excess = idle.len().saturating_sub(IDLE_KEPT);
+            for (_, k) in idle.into_iter().take(excess) {
+                self.ports.remove(&k);
             }
         }
     }
 
     fn totals(&self) -> Totals {
         let mut traffic = self.totals.closed;
-        for f in self.flows.values() {
-            traffic.add(&f.traffic);
+        for e in self.flows.values() {
+            traffic.add(&e.flow.traffic);
         }
         Totals {
             traffic,
@@ -728,16 +777,20 @@ impl LiveState {
 
     /// Everything live now, sorted by traffic (largest first).
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_with(&|_| true)
+    }
+
+    /// [`LiveState::snapshot`] with only the flows `keep` keeps (the
+    /// aggregates still count every flow).
+    pub fn snapshot_with(&self, keep: &dyn Fn(&LiveFlow) -> bool) -> Snapshot {
         let cur = self.current();
         let mut open_by_proc: HashMap<ProcKey, usize> = HashMap::new();
         let mut open_by_remote: HashMap<IpAddr, usize> = HashMap::new();
-        let mut open_by_port: HashMap<(String, u16), usize> = HashMap::new();
-        for f in self.flows.values() {
-            *open_by_proc.entry(proc_key(&f.owner)).or_default() += 1;
-            *open_by_remote.entry(f.remote_ip).or_default() += 1;
-            *open_by_port
-                .entry((f.proto.clone(), f.service_port()))
-                .or_default() += 1;
+        let mut open_by_port: HashMap<PortKey, usize> = HashMap::new();
+        for e in self.flows.values() {
+            *open_by_proc.entry(e.proc).or_default() += 1;
+            *open_by_remote.entry(e.flow.remote_ip).or_default() += 1;
+            *open_by_port.entry(e.port).or_default() += 1;
         }
         let bytes = |t: &Traffic| t.tx_bytes + t.rx_bytes;
         let mut processes: Vec<LiveProcess> = self
@@ -756,6 +809,7 @@ impl LiveState {
             bytes(&b.traffic)
                 .cmp(&bytes(&a.traffic))
                 .then(a.owner.pid.cmp(&b.owner.pid))
+                .then(a.owner.exe.cmp(&b.owner.exe))
         });
         let mut remotes: Vec<LiveRemote> = self
             .remotes
@@ -777,9 +831,9 @@ impl LiveState {
         let mut ports: Vec<LivePort> = self
             .ports
             .iter()
-            .map(|(k, a)| LivePort {
-                proto: k.0.clone(),
-                port: k.1,
+            .map(|(k, ((proto, port), a))| LivePort {
+                proto: proto.clone(),
+                port: *port,
                 traffic: cur.ports.get(k).copied().unwrap_or_default(),
                 rate: a.rate,
                 open_flows: open_by_port.get(k).copied().unwrap_or(0),
@@ -791,7 +845,12 @@ impl LiveState {
                 .cmp(&bytes(&a.traffic))
                 .then((&a.proto, a.port).cmp(&(&b.proto, b.port)))
         });
-        let mut flows: Vec<LiveFlow> = self.flows.values().cloned().collect();
+        let mut flows: Vec<LiveFlow> = self
+            .flows
+            .values()
+            .filter(|e| keep(&e.flow))
+            .map(|e| e.flow.clone())
+            .collect();
         flows.sort_by(|a, b| {
             bytes(&b.traffic)
                 .cmp(&bytes(&a.traffic))
@@ -932,6 +991,30 @@ mod tests {
         assert_eq!(a.rate.tx_1s, 1000.0);
         assert_eq!(a.rate.tx_10s, 1000.0);
         assert_eq!(a.rate.rx_10s, 0.0);
+    }
+
+    #[test]
+    fn rates_do_not_average_over_a_time_nobody_watched() {
+        let mut l = LiveState::new(0);
+        l.apply(&Record::Flow(flow("1", 10, "/bin/a", 1, 0, 0)));
+        l.tick(100 * S);
+        l.apply(&Record::Flow(flow("1", 10, "/bin/a", 1, 600_000, 0)));
+        l.tick(400 * S); // five minutes without ticks
+        assert_eq!(proc_of(&l.snapshot(), 10).rate.tx_1s, 0.0);
+        l.apply(&Record::Flow(flow("1", 10, "/bin/a", 1, 601_000, 0)));
+        l.tick(401 * S);
+        assert_eq!(proc_of(&l.snapshot(), 10).rate.tx_1s, 1000.0);
+    }
+
+    #[test]
+    fn a_snapshot_may_leave_flows_out_but_counts_them() {
+        let mut l = LiveState::new(0);
+        l.apply(&Record::Flow(flow("1", 10, "/bin/a", 1, 5, 5)));
+        l.apply(&Record::Flow(flow("2", 11, "/bin/b", 1, 5, 5)));
+        let s = l.snapshot_with(&|f| f.owner.pid == 11);
+        assert_eq!(s.flows.len(), 1);
+        assert_eq!(s.totals.open_flows, 2);
+        assert_eq!(proc_of(&s, 10).open_flows, 1);
     }
 
     #[test]

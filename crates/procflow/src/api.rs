@@ -363,18 +363,42 @@ fn param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Which flows a snapshot carries: `flows=all` (the default), `none`, or
+/// a comma-separated list of pids.
+pub fn flows_param(v: Option<&str>) -> Result<Option<Vec<u32>>, String> {
+    match v {
+        None | Some("all") => Ok(None),
+        Some("none") | Some("") => Ok(Some(Vec::new())),
+        Some(list) => list
+            .split(',')
+            .map(|p| p.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|_| format!("flows={list}: not all, none or a list of pids")),
+    }
+}
+
 fn snapshot(s: &mut UnixStream, hub: &Hub, req: &Request) -> std::io::Result<()> {
     let pid = match param(req, "pid").map(str::parse::<u32>).transpose() {
         Ok(p) => p,
         Err(_) => return respond(s, 400, &error_body("pid: not a process id")),
     };
+    let flows_of = match flows_param(param(req, "flows")) {
+        Ok(f) => f,
+        Err(e) => return respond(s, 400, &error_body(&e)),
+    };
     let exe = param(req, "exe");
-    let mut snap = hub.snapshot(Some(Duration::from_secs(3)));
+    let keep = |o: &procflow_core::live::LiveOwner| {
+        pid.is_none_or(|p| o.pid == p) && exe.is_none_or(|e| o.exe.as_deref() == Some(e))
+    };
+    let keep_flow = |f: &procflow_core::live::LiveFlow| {
+        keep(&f.owner)
+            && flows_of
+                .as_ref()
+                .is_none_or(|pids| pids.contains(&f.owner.pid))
+    };
+    let mut snap = hub.snapshot_with(Some(Duration::from_secs(3)), &keep_flow);
     if pid.is_some() || exe.is_some() {
-        let keep = |o: &procflow_core::live::LiveOwner| {
-            pid.is_none_or(|p| o.pid == p) && exe.is_none_or(|e| o.exe.as_deref() == Some(e))
-        };
-        snap.flows.retain(|f| keep(&f.owner));
         snap.processes.retain(|p| keep(&p.owner));
     }
     let body = serde_json::to_string(&snap).unwrap_or_default();
@@ -552,6 +576,15 @@ mod tests {
         }
         let req = parse_request("GET /v1/history?bogus=1 HTTP/1.1").unwrap();
         assert!(history_args(&req, db).unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn the_flows_parameter_is_all_none_or_pids() {
+        assert_eq!(flows_param(None), Ok(None));
+        assert_eq!(flows_param(Some("all")), Ok(None));
+        assert_eq!(flows_param(Some("none")), Ok(Some(vec![])));
+        assert_eq!(flows_param(Some("1,22")), Ok(Some(vec![1, 22])));
+        assert!(flows_param(Some("1,x")).unwrap_err().contains("flows=1,x"));
     }
 
     #[test]

@@ -361,19 +361,24 @@ impl<K: KernelSource> Collector<K> {
 
     /// Ticks the live state: with a viewer, the kernel's counters are read
     /// first, so that viewers see every flow's bytes of this moment.
+    ///
+    /// Without a viewer nothing is done: the live state keeps every record
+    /// (totals since start stay exact), and rates start again when someone
+    /// watches.
     pub fn tick(&mut self) -> Result<()> {
         self.last_tick = Some(Instant::now());
-        let fresh = self.hub.watched();
-        if fresh {
-            self.refresh()?;
-            let snap = self.table.snapshot(&mut *self.sys);
-            for r in snap {
-                self.hub.apply(&Record::Flow(r));
-            }
-            let stats = self.live_stats();
-            self.hub.apply(&Record::Stats(stats));
+        if !self.hub.watched() {
+            return Ok(());
         }
-        self.hub.tick(self.kernel.now_unix_ns(), fresh);
+        self.refresh()?;
+        // Only the flows the reading changed: idle flows cost nothing.
+        let changed = self.table.changed_records(&mut *self.sys);
+        for r in changed {
+            self.hub.apply(&Record::Flow(r));
+        }
+        let stats = self.live_stats();
+        self.hub.apply(&Record::Stats(stats));
+        self.hub.tick(self.kernel.now_unix_ns(), true);
         Ok(())
     }
 

@@ -158,6 +158,15 @@ impl Hub {
     /// for the collector's next tick that reads the kernel's counters, when
     /// none did since the last ask.
     pub fn snapshot(&self, fresh_within: Option<Duration>) -> Snapshot {
+        self.snapshot_with(fresh_within, &|_| true)
+    }
+
+    /// [`Hub::snapshot`] with only the flows `keep` keeps.
+    pub fn snapshot_with(
+        &self,
+        fresh_within: Option<Duration>,
+        keep: &dyn Fn(&procflow_core::live::LiveFlow) -> bool,
+    ) -> Snapshot {
         let mut g = self.lock();
         let stale = g
             .last_asked
@@ -180,7 +189,7 @@ impl Hub {
                     .0;
             }
         }
-        g.state.snapshot()
+        g.state.snapshot_with(keep)
     }
 
     /// Subscribes to the deltas after sequence number `after` (None: from

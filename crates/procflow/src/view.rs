@@ -174,13 +174,27 @@ impl Live {
         match self {
             Live::Daemon(p) => daemon_snapshot(p, query),
             Live::Standalone(s) => {
-                let snap = s.hub.snapshot(Some(Duration::from_secs(3)));
+                let req = crate::api::parse_request(&format!("GET /?{query} HTTP/1.1"))
+                    .map_err(anyhow::Error::msg)?;
+                let flows = req
+                    .query
+                    .iter()
+                    .find(|(k, _)| k == "flows")
+                    .map(|(_, v)| v.as_str());
+                let flows_of = crate::api::flows_param(flows).map_err(anyhow::Error::msg)?;
+                let keep = |f: &LiveFlow| {
+                    flows_of
+                        .as_ref()
+                        .is_none_or(|pids| pids.contains(&f.owner.pid))
+                };
+                let fresh = Some(Duration::from_secs(3));
+                let snap = s.hub.snapshot_with(fresh, &keep);
                 if std::mem::replace(&mut s.primed, true) {
                     return Ok(snap);
                 }
                 // Ticks are a second apart while watched.
                 std::thread::sleep(Duration::from_millis(1100));
-                Ok(s.hub.snapshot(Some(Duration::from_secs(3))))
+                Ok(s.hub.snapshot_with(fresh, &keep))
             }
         }
     }
@@ -352,8 +366,19 @@ fn daemon_today(api: &Path) -> Option<std::collections::HashMap<String, (u64, u6
 struct TopSource(Live);
 
 impl procflow_top::Source for TopSource {
-    fn snapshot(&mut self) -> Result<Snapshot, String> {
-        self.0.snapshot("").map_err(|e| format!("{e:#}"))
+    fn snapshot(&mut self, flows_of: Option<&[u32]>) -> Result<Snapshot, String> {
+        let query = match flows_of {
+            None => "flows=none".to_string(),
+            Some([]) => "flows=none".to_string(),
+            Some(pids) => format!(
+                "flows={}",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        self.0.snapshot(&query).map_err(|e| format!("{e:#}"))
     }
     fn today(&mut self) -> Option<std::collections::HashMap<String, (u64, u64)>> {
         match &self.0 {

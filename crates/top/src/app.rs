@@ -122,6 +122,20 @@ impl App {
         self.error = error;
     }
 
+    /// The processes whose flows the view shown needs (the connections
+    /// view's), or `None`: no view but that one shows flows.
+    pub fn flows_wanted(&self) -> Option<Vec<u32>> {
+        match (self.view, &self.conn_of) {
+            (View::Connections, Some(c)) => {
+                let mut pids: Vec<u32> = c.members.iter().map(|(p, _)| *p).collect();
+                pids.sort_unstable();
+                pids.dedup();
+                Some(pids)
+            }
+            _ => None,
+        }
+    }
+
     /// The view shown.
     pub fn view(&self) -> View {
         self.view

@@ -73,8 +73,11 @@ pub use view::View;
 
 /// Where top's data comes from: the daemon's API, or an in-process collector.
 pub trait Source {
-    /// The current live state (called once per --interval).
-    fn snapshot(&mut self) -> Result<Snapshot, String>;
+    /// The current live state (called once per --interval), with the
+    /// flows of the processes `flows_of` names (`None`: no flows are
+    /// needed; the views that show none ask for none, which keeps a
+    /// snapshot of many flows small).
+    fn snapshot(&mut self, flows_of: Option<&[u32]>) -> Result<Snapshot, String>;
     /// Bytes sent and received today per executable, from the history, when a store exists (None: no store / not available).
     fn today(&mut self) -> Option<HashMap<String, (u64, u64)>> {
         None
@@ -113,6 +116,8 @@ pub fn run(source: &mut dyn Source, opts: &Options) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 struct Fetcher {
     today: Option<HashMap<String, (u64, u64)>>,
+    /// The flows the last snapshot was asked for.
+    wanted: Option<Vec<u32>>,
     today_at: Option<Instant>,
 }
 
@@ -125,7 +130,9 @@ impl Fetcher {
             self.today = source.today();
             self.today_at = Some(now);
         }
-        match source.snapshot() {
+        let wanted = app.flows_wanted();
+        self.wanted = wanted.clone();
+        match source.snapshot(wanted.as_deref()) {
             Ok(s) => {
                 app.set_error(None);
                 app.update(s, self.today.clone());
@@ -151,8 +158,14 @@ fn event_loop(source: &mut dyn Source, opts: &Options) -> anyhow::Result<()> {
         let wait = next.saturating_duration_since(Instant::now());
         if event::poll(wait)? {
             match event::read()? {
-                Event::Key(k) if k.kind != KeyEventKind::Release && !app.key(k) => {
-                    return Ok(());
+                Event::Key(k) if k.kind != KeyEventKind::Release => {
+                    if !app.key(k) {
+                        return Ok(());
+                    }
+                    // A view that needs other flows is fetched for at once.
+                    if app.flows_wanted() != fetcher.wanted {
+                        next = Instant::now();
+                    }
                 }
                 // Resize and the rest: redrawn at the new size above.
                 _ => {}

@@ -1099,11 +1099,14 @@ struct Fake {
     fail: bool,
     snaps: usize,
     todays: usize,
+    /// The flows each snapshot was asked for.
+    asked: Vec<Option<Vec<u32>>>,
 }
 
 impl crate::Source for Fake {
-    fn snapshot(&mut self) -> Result<Snapshot, String> {
+    fn snapshot(&mut self, flows_of: Option<&[u32]>) -> Result<Snapshot, String> {
         self.snaps += 1;
+        self.asked.push(flows_of.map(<[u32]>::to_vec));
         if self.fail {
             Err("connect /run/procflow/api.sock: connection refused".into())
         } else {
@@ -1128,6 +1131,7 @@ fn a_failed_snapshot_is_shown_and_the_last_data_stays() {
         fail: false,
         snaps: 0,
         todays: 0,
+        asked: Vec::new(),
     };
     let mut a = App::new("fake".into());
     let mut f = crate::Fetcher::default();
@@ -1156,4 +1160,27 @@ fn a_failed_snapshot_is_shown_and_the_last_data_stays() {
     assert_eq!(src.todays, 1);
     f.fetch(&mut src, &mut a, t0 + Duration::from_secs(10));
     assert_eq!(src.todays, 2);
+}
+
+#[test]
+fn only_the_connections_view_asks_for_flows_and_only_its_processes() {
+    use std::time::Instant;
+    let mut src = Fake {
+        fail: false,
+        snaps: 0,
+        todays: 0,
+        asked: Vec::new(),
+    };
+    let mut a = App::new("fake".into());
+    let mut f = crate::Fetcher::default();
+    f.fetch(&mut src, &mut a, Instant::now());
+    assert_eq!(a.flows_wanted(), None);
+    let first = a.selected().unwrap();
+    a.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let want: Vec<u32> = first.members.iter().map(|(p, _)| *p).collect();
+    assert_eq!(a.flows_wanted(), Some(want.clone()));
+    f.fetch(&mut src, &mut a, Instant::now());
+    assert_eq!(src.asked, vec![None, Some(want)]);
+    a.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert_eq!(a.flows_wanted(), None);
 }
