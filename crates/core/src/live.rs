@@ -122,6 +122,8 @@ impl LiveOwner {
     pub fn label(&self) -> String {
         match (&self.exe, &self.unknown) {
             (Some(e), _) => e.clone(),
+            // No process at all: the reason is the name.
+            (None, Some(why)) if self.pid == 0 => format!("[{why}]"),
             (None, Some(why)) => format!("{} ({why})", self.comm),
             (None, None) => self.comm.clone(),
         }
@@ -1108,6 +1110,7 @@ mod tests {
         let st = s.flows.iter().find(|f| f.flow_id == "10").unwrap();
         assert_eq!(st.owner.unknown.as_deref(), Some(FOUND_AT_START));
         assert!(st.owner.label().contains(FOUND_AT_START));
+        assert_eq!(k.owner.label(), format!("[{KERNEL_SOCKET}]"));
     }
 
     #[test]

@@ -193,8 +193,8 @@ mod tests {
         }
         // Not a path: cut on the right, so the comm stays.
         assert_eq!(
-            fit("[kernel] (kernel socket (no process has used it))", 12),
-            "[kernel] (k…"
+            fit("[kernel socket (no process has used it)]", 12),
+            "[kernel soc…"
         );
     }
 

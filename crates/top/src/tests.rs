@@ -808,7 +808,7 @@ fn sorting_by_named_columns() {
     keys(&mut a, "s");
     let prog = column(&a, View::Processes, "PROGRAM");
     assert_eq!(prog[0], AGENT);
-    assert_eq!(prog[6], format!("[kernel] ({KERNEL_SOCKET})"));
+    assert_eq!(prog[6], format!("[{KERNEL_SOCKET}]"));
     assert_eq!(prog[7], format!("sshd ({FOUND_AT_START})"));
     // Blocked attempts: newest first, then oldest first.
     let mut b = app();
