@@ -14,6 +14,7 @@ pub mod flow_table;
 pub mod identity;
 pub mod live;
 pub mod rules;
+pub mod services;
 pub mod timefmt;
 
 pub use enforcement::{RulesOutcome, RulesRecord, VerdictRecord};

@@ -467,6 +467,28 @@ fn remember(hist: &mut VecDeque<(u64, Traffic)>, now_ns: u64, now: Traffic) {
     }
 }
 
+/// Past [`IDLE_KEPT`] entries, forgets those longest without a new flow,
+/// except the ones `open` flows use.
+fn forget_oldest<K: std::hash::Hash + Eq + Copy + Ord, V>(
+    map: &mut HashMap<K, (V, Acc)>,
+    open: impl Iterator<Item = K>,
+) {
+    if map.len() <= IDLE_KEPT {
+        return;
+    }
+    let open: std::collections::HashSet<K> = open.collect();
+    let mut idle: Vec<(u64, K)> = map
+        .iter()
+        .filter(|(k, _)| !open.contains(*k))
+        .map(|(k, (_, a))| (a.last_seen_tick, *k))
+        .collect();
+    idle.sort_unstable();
+    let excess = idle.len().saturating_sub(IDLE_KEPT);
+    for (_, k) in idle.into_iter().take(excess) {
+        map.remove(&k);
+    }
+}
+
 /// Totals now (closed flows plus open ones) by process, remote and port.
 #[derive(Debug, Default)]
 struct Current {
@@ -716,51 +738,10 @@ impl LiveState {
     }
 
     fn forget_idle(&mut self) {
-        if self.procs.len() > IDLE_KEPT {
-            let open: std::collections::HashSet<ProcKey> =
-                self.flows.values().map(|e| e.proc).collect();
-            let mut idle: Vec<(u64, ProcKey)> = self
-                .procs
-                .iter()
-                .filter(|(k, _)| !open.contains(*k))
-                .map(|(k, (_, a))| (a.last_seen_tick, *k))
-                .collect();
-            idle.sort_unstable();
-            let excess = idle.len().saturating_sub(IDLE_KEPT);
-            for (_, k) in idle.into_iter().take(excess) {
-                self.procs.remove(&k);
-            }
-        }
-        if self.remotes.len() > IDLE_KEPT {
-            let open: std::collections::HashSet<IpAddr> =
-                self.flows.values().map(|e| e.flow.remote_ip).collect();
-            let mut idle: Vec<(u64, IpAddr)> = self
-                .remotes
-                .iter()
-                .filter(|(k, _)| !open.contains(*k))
-                .map(|(k, (_, a))| (a.last_seen_tick, *k))
-                .collect();
-            idle.sort_unstable();
-            let excess = idle.len().saturating_sub(IDLE_KEPT);
-            for (_, k) in idle.into_iter().take(excess) {
-                self.remotes.remove(&k);
-            }
-        }
-        if self.ports.len() > IDLE_KEPT {
-            let open: std::collections::HashSet<PortKey> =
-                self.flows.values().map(|e| e.port).collect();
-            let mut idle: Vec<(u64, PortKey)> = self
-                .ports
-                .iter()
-                .filter(|(k, _)| !open.contains(*k))
-                .map(|(k, (_, a))| (a.last_seen_tick, *k))
-                .collect();
-            idle.sort_unstable();
-            let excess = idle.len().saturating_sub(IDLE_KEPT);
-            for (_, k) in idle.into_iter().take(excess) {
-                self.ports.remove(&k);
-            }
-        }
+        let flows = &self.flows;
+        forget_oldest(&mut self.procs, flows.values().map(|e| e.proc));
+        forget_oldest(&mut self.remotes, flows.values().map(|e| e.flow.remote_ip));
+        forget_oldest(&mut self.ports, flows.values().map(|e| e.port));
     }
 
     fn totals(&self) -> Totals {

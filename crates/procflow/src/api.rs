@@ -433,7 +433,7 @@ fn subscribe(s: &mut UnixStream, hub: &Hub, req: &Request) -> std::io::Result<()
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) {
-                hub.note_dropped();
+                hub.note_dropped(&sub);
             }
         })
     };

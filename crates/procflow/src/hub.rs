@@ -36,6 +36,8 @@ pub struct HubStats {
 #[derive(Debug)]
 struct Subscriber {
     tx: SyncSender<Arc<str>>,
+    /// Set when the hub drops it (its queue was full).
+    dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,8 @@ pub struct Hub {
 #[derive(Debug)]
 pub struct Subscription {
     pub rx: Receiver<Arc<str>>,
+    /// The hub dropped this subscriber (and counted it).
+    pub dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a subscription from a sequence number cannot start.
@@ -119,6 +123,7 @@ impl Hub {
             g.subs.retain(|s| match s.tx.try_send(Arc::clone(&line)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
+                    s.dropped.store(true, std::sync::atomic::Ordering::Relaxed);
                     dropped += 1;
                     false
                 }
@@ -213,16 +218,22 @@ impl Hub {
                 }
             }
         }
-        g.subs.push(Subscriber { tx });
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        g.subs.push(Subscriber {
+            tx,
+            dropped: Arc::clone(&dropped),
+        });
         g.stats.subscribers = g.subs.len();
         g.stats.subscribers_total += 1;
-        Ok(Subscription { rx })
+        Ok(Subscription { rx, dropped })
     }
 
     /// A subscriber whose connection stopped taking lines (its write timed
-    /// out) was dropped.
-    pub fn note_dropped(&self) {
-        self.lock().stats.subscribers_dropped += 1;
+    /// out) was dropped; counted unless the hub already dropped it.
+    pub fn note_dropped(&self, sub: &Subscription) {
+        if !sub.dropped.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.lock().stats.subscribers_dropped += 1;
+        }
     }
 
     pub fn stats(&self) -> HubStats {

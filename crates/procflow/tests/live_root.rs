@@ -47,6 +47,44 @@ impl Phased {
     }
 }
 
+/// A tcp-phased-serve server in `p.b`: it and its port.
+fn phased_server(p: &Pair, before: u64, after: u64) -> (Server, u16) {
+    let (before, after) = (before.to_string(), after.to_string());
+    let listen = format!("{}:0", p.b4);
+    serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &listen,
+            "--before",
+            &before,
+            "--after",
+            &after,
+        ],
+    )
+}
+
+/// A tcp-phased client in `p.a`, run as `exe`, that exchanged `before`
+/// bytes each way with the server at `port` and waits.
+fn phased_client(p: &Pair, exe: &Path, port: u16, before: u64, after: u64) -> Phased {
+    let (before, after) = (before.to_string(), after.to_string());
+    let to = format!("{}:{port}", p.b4);
+    Phased::start(
+        &p.a,
+        exe,
+        &[
+            "tcp-phased",
+            "--connect",
+            &to,
+            "--before",
+            &before,
+            "--after",
+            &after,
+        ],
+    )
+}
+
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pf-live-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -73,18 +111,7 @@ fn ps_and_flows_report_a_uniquely_named_program_exactly() {
     let (before, after) = (123_457u64, 4_321u64);
 
     let pf = Procflow::start(&[]);
-    let (server, port) = serve(
-        &p.b,
-        &[
-            "tcp-phased-serve",
-            "--listen",
-            &format!("{}:0", p.b4),
-            "--before",
-            &before.to_string(),
-            "--after",
-            &after.to_string(),
-        ],
-    );
+    let (server, port) = phased_server(&p, before, after);
     let up = nft_counter(
         &p.b,
         "input",
@@ -97,19 +124,7 @@ fn ps_and_flows_report_a_uniquely_named_program_exactly() {
         "livedown",
         &format!("ip saddr {} tcp sport {port}", p.b4),
     );
-    let cl = Phased::start(
-        &p.a,
-        &exe,
-        &[
-            "tcp-phased",
-            "--connect",
-            &format!("{}:{port}", p.b4),
-            "--before",
-            &before.to_string(),
-            "--after",
-            &after.to_string(),
-        ],
-    );
+    let cl = phased_client(&p, &exe, port, before, after);
     let client_pid = cl.child.id() as u64;
 
     // Open: the flow, and its process, with the bytes the wire carried.
@@ -494,37 +509,14 @@ fn top_shows_the_program_and_its_connection_with_its_exact_bytes() {
     // Small enough that top shows the wire bytes unrounded ("NNN B").
     let before = 300u64;
     let pf = Procflow::start(&[]);
-    let (server, port) = serve(
-        &p.b,
-        &[
-            "tcp-phased-serve",
-            "--listen",
-            &format!("{}:0", p.b4),
-            "--before",
-            &before.to_string(),
-            "--after",
-            "0",
-        ],
-    );
+    let (server, port) = phased_server(&p, before, 0);
     let up = nft_counter(
         &p.b,
         "input",
         "topup",
         &format!("ip saddr {} tcp dport {port}", p.a4),
     );
-    let cl = Phased::start(
-        &p.a,
-        &exe,
-        &[
-            "tcp-phased",
-            "--connect",
-            &format!("{}:{port}", p.b4),
-            "--before",
-            &before.to_string(),
-            "--after",
-            "0",
-        ],
-    );
+    let cl = phased_client(&p, &exe, port, before, 0);
     let pid = cl.child.id().to_string();
     // The flow as the API has it, with the wire's bytes.
     let mut flow = Value::Null;
@@ -653,31 +645,8 @@ fn ps_as_root_without_a_daemon_loads_the_kernel_programs_itself() {
     let dir = scratch("solo");
     let exe = dir.join("pf-live-solo-gen");
     std::fs::copy(TESTGEN, &exe).unwrap();
-    let (server, port) = serve(
-        &p.b,
-        &[
-            "tcp-phased-serve",
-            "--listen",
-            &format!("{}:0", p.b4),
-            "--before",
-            "1000",
-            "--after",
-            "0",
-        ],
-    );
-    let cl = Phased::start(
-        &p.a,
-        &exe,
-        &[
-            "tcp-phased",
-            "--connect",
-            &format!("{}:{port}", p.b4),
-            "--before",
-            "1000",
-            "--after",
-            "0",
-        ],
-    );
+    let (server, port) = phased_server(&p, 1000, 0);
+    let cl = phased_client(&p, &exe, port, 1000, 0);
     let pid = cl.child.id() as u64;
     // No daemon at this socket: ps finds the connection by the start-up scan.
     let none = dir.join("no-daemon.sock");

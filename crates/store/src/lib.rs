@@ -13,7 +13,7 @@ pub mod json_log;
 pub mod report;
 pub mod retention;
 pub mod schema;
-pub mod services;
+pub use procflow_core::services;
 pub mod store;
 pub mod timespec;
 

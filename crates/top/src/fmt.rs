@@ -61,59 +61,9 @@ pub fn fit(s: &str, width: usize) -> String {
     }
 }
 
-/// Well-known ports, for the SERVICE columns.
-const SERVICES: &[(u16, &str)] = &[
-    (20, "ftp-data"),
-    (21, "ftp"),
-    (22, "ssh"),
-    (23, "telnet"),
-    (25, "smtp"),
-    (53, "dns"),
-    (67, "dhcp"),
-    (68, "dhcp"),
-    (69, "tftp"),
-    (80, "http"),
-    (88, "kerberos"),
-    (110, "pop3"),
-    (123, "ntp"),
-    (137, "netbios"),
-    (143, "imap"),
-    (161, "snmp"),
-    (389, "ldap"),
-    (443, "https"),
-    (445, "smb"),
-    (465, "smtps"),
-    (514, "syslog"),
-    (546, "dhcpv6"),
-    (547, "dhcpv6"),
-    (587, "submission"),
-    (631, "ipp"),
-    (636, "ldaps"),
-    (853, "dns-tls"),
-    (873, "rsync"),
-    (993, "imaps"),
-    (995, "pop3s"),
-    (1194, "openvpn"),
-    (1883, "mqtt"),
-    (3306, "mysql"),
-    (3389, "rdp"),
-    (5222, "xmpp"),
-    (5353, "mdns"),
-    (5355, "llmnr"),
-    (5432, "postgres"),
-    (6379, "redis"),
-    (8080, "http-alt"),
-    (8443, "https-alt"),
-    (9418, "git"),
-    (51820, "wireguard"),
-];
-
-/// The service name of a well-known port.
+/// The service name of a well-known port (the reports' table).
 pub fn service(port: u16) -> Option<&'static str> {
-    SERVICES
-        .binary_search_by_key(&port, |(p, _)| *p)
-        .ok()
-        .map(|i| SERVICES[i].1)
+    procflow_core::services::service_name(port)
 }
 
 /// `2026-12-01T10:00:05.123456Z` -> `2026-12-01 10:00:05 UTC` (0: none).
@@ -201,12 +151,11 @@ mod tests {
     #[test]
     fn well_known_ports() {
         assert_eq!(service(22), Some("ssh"));
-        assert_eq!(service(53), Some("dns"));
+        assert_eq!(service(53), Some("domain"));
         assert_eq!(service(80), Some("http"));
         assert_eq!(service(443), Some("https"));
         assert_eq!(service(123), Some("ntp"));
         assert_eq!(service(40000), None);
-        assert!(SERVICES.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
     }
 
     #[test]

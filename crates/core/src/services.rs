@@ -1,4 +1,4 @@
-//! Names of well-known ports, for reports.
+//! Names of well-known ports, for reports and the live view.
 
 /// A small built-in table of the services people recognise by port.
 const SERVICES: &[(u16, &str)] = &[
