@@ -64,6 +64,15 @@ except OSError as e:
 print(json.dumps(out))
 "#;
 
+/// Held by the tests that load packet-socket rules and by the one that
+/// turns PACKET_QDISC_BYPASS on before procflow starts: rules refuse that
+/// option on every packet socket of the machine (the hook is global).
+static BYPASS_OR_RULES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn bypass_or_rules() -> std::sync::MutexGuard<'static, ()> {
+    BYPASS_OR_RULES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn send(ns: &Netns, script: &std::path::Path, args: &[String]) -> Value {
     run_json(ns.command("python3").arg(script).args(args))
 }
@@ -208,6 +217,7 @@ fn verdicts(recs: &[Value]) -> Vec<&Value> {
 
 #[test]
 fn rules_decide_packet_sockets_by_who_sends() {
+    let _only = bypass_or_rules();
     let (dir, script) = script();
     let exe = std::fs::canonicalize(
         sh(&[
@@ -358,6 +368,7 @@ comm = "pfpkt-allowed"
 
 #[test]
 fn raw_ip_sockets_with_hdrincl_are_counted_and_decided() {
+    let _only = bypass_or_rules();
     let p = Pair::new("pktraw", 132);
     let (dir, script) = script();
     let rules = dir.path().join("rules.toml");
@@ -446,6 +457,7 @@ fn raw_ip_sockets_with_hdrincl_are_counted_and_decided() {
 /// the start-up scan and reported.
 #[test]
 fn packet_sockets_that_bypass_the_qdisc_are_counted_exactly() {
+    let _only = bypass_or_rules();
     let p = Pair::new("pktbyp", 133);
     let (d, script) = script();
     let (dev, peer) = ("pfa133", "pfb133");
@@ -476,9 +488,11 @@ fn packet_sockets_that_bypass_the_qdisc_are_counted_exactly() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-    while !ready.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        wait_for(10, || ready.exists()),
+        "the sender never got ready: {:?}",
+        early.wait_with_output()
+    );
     let pf = Procflow::start(&[]);
     std::fs::write(&go, "").unwrap();
     let out = early.wait_with_output().unwrap();
@@ -537,6 +551,7 @@ fn map_ids_of(pid: u32) -> std::collections::HashSet<u64> {
 
 #[test]
 fn a_missing_rule_table_blocks_packet_sockets_fail_closed() {
+    let _only = bypass_or_rules();
     let (dir, script) = script();
     let rules = dir.path().join("rules.toml");
     std::fs::write(
