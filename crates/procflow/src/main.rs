@@ -47,6 +47,54 @@ enum Command {
     /// The open flows, with their process, from the daemon (or, as root
     /// without one, standalone).
     Flows(view::FlowsArgs),
+    /// Write the man pages (DIR/man) and shell completions
+    /// (DIR/completions) generated from this command line definition.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The directory to write into (packaging/ in the source tree).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Man pages, `procflow(1)` and one per subcommand (`procflow-run(1)`,
+/// `procflow-rules-check(1)` ...), and bash, zsh and fish completions, from
+/// the clap definition: what packaging/ holds.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // The command line as users see it: without this hidden subcommand
+    // (completions would offer it otherwise).
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("procflow")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(full.is_subcommand_required_set())
+        .arg_required_else_help(full.is_arg_required_else_help_set())
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    if let Some(about) = full.get_long_about() {
+        cmd = cmd.long_about(about.clone());
+    }
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("writing man pages into {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "procflow", &completions)
+            .with_context(|| {
+                format!("writing {shell} completions into {}", completions.display())
+            })?;
+    }
+    Ok(())
 }
 
 fn report(args: &procflow_store::ReportArgs) -> anyhow::Result<()> {
@@ -79,6 +127,7 @@ fn main() -> ExitCode {
         Command::Top(args) => view::top(&args),
         Command::Ps(args) => view::ps(&args),
         Command::Flows(args) => view::flows(&args),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
