@@ -6,7 +6,8 @@
 # libelf and zlib are linked statically from their -dev packages. g++ builds
 # libFuzzer (C++, from libfuzzer-sys's source) for the fuzz targets
 # (scripts/fuzz.sh); the stable compiler takes their sanitizer flags with
-# RUSTC_BOOTSTRAP=1, so no other toolchain is needed.
+# RUSTC_BOOTSTRAP=1, so no other toolchain is needed. systemd brings
+# systemd-analyze, which checks packaging/procflow.service (service_root.rs).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -14,7 +15,7 @@ apt-get install -y -qq --no-install-recommends \
     ca-certificates gcc g++ libc6-dev make pkg-config \
     clang-19 llvm-19 libelf-dev zlib1g-dev \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
-    tmux passwd util-linux \
+    tmux passwd util-linux systemd \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

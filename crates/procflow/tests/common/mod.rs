@@ -384,6 +384,12 @@ pub fn without_procflow<T>(f: impl FnOnce() -> T) -> T {
 
 impl Procflow {
     pub fn start(extra: &[&str]) -> Procflow {
+        Procflow::start_with_prefix(&[], extra)
+    }
+
+    /// As `start`, with procflow run by `prefix` (e.g. `setpriv` and its
+    /// options, which then exec procflow with the same pid).
+    pub fn start_with_prefix(prefix: &[&str], extra: &[&str]) -> Procflow {
         require_root();
         let seq = LOG_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log =
@@ -391,7 +397,14 @@ impl Procflow {
         let _ = std::fs::remove_file(&log);
         let db = log.with_extension("db");
         remove_db(&db);
-        let mut cmd = Command::new(PROCFLOW);
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(PROCFLOW);
+                c
+            }
+            None => Command::new(PROCFLOW),
+        };
         cmd.args(["-v", "run", "--log"]).arg(&log);
         if !extra.contains(&"--db") {
             cmd.arg("--db").arg(&db);
@@ -520,11 +533,26 @@ impl Procflow {
     }
 
     fn stop_inner(&mut self) -> Vec<Value> {
+        self.stop_by("INT").0
+    }
+
+    /// Sends `signal` (a `kill -SIGNAL` name), waits for exit 0 and returns
+    /// every record of the log and how long the exit took.
+    pub fn stop_with(mut self, signal: &str) -> (Vec<Value>, Duration) {
+        self.stop_by(signal)
+    }
+
+    fn stop_by(&mut self, signal: &str) -> (Vec<Value>, Duration) {
         let mut child = self.child.take().unwrap();
-        sh(&["kill", "-INT", &child.id().to_string()]);
+        let sent = Instant::now();
+        sh(&["kill", &format!("-{signal}"), &child.id().to_string()]);
         let status = child.wait().unwrap();
-        assert!(status.success(), "procflow exited with {status}");
-        read_log(&self.log)
+        let took = sent.elapsed();
+        assert!(
+            status.success(),
+            "procflow exited with {status} after SIG{signal}"
+        );
+        (read_log(&self.log), took)
     }
 
     pub fn kill9(mut self) {
