@@ -151,7 +151,9 @@ fn systemd_analyze_verifies_the_unit_and_scores_it_3_or_lower() {
     assert!(score <= 3.0, "exposure {score} > 3.0:\n{out}");
 }
 
-/// A testgen process that prints one line, then waits for a line on stdin.
+/// A testgen process (of user nobody: procflow needs CAP_SYS_PTRACE to
+/// name its executable) that prints one line, then waits for a line on
+/// stdin.
 struct Phased {
     child: Reaped,
     out: BufReader<std::process::ChildStdout>,
@@ -160,7 +162,8 @@ struct Phased {
 impl Phased {
     fn start(ns: &Netns, args: &[&str]) -> Phased {
         let mut child = Reaped::new(
-            ns.command(TESTGEN)
+            ns.command("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", TESTGEN])
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -184,6 +187,33 @@ impl Phased {
         );
         serde_json::from_str(rest.lines().last().unwrap()).unwrap()
     }
+}
+
+/// A Python process in `ns` running `script`, once it printed its first
+/// line; the receiver gets its next line.
+fn python(ns: &Netns, script: &str) -> (Reaped, std::sync::mpsc::Receiver<String>) {
+    let mut child = Reaped::new(
+        ns.command("python3")
+            .args(["-u", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(
+        !first.is_empty(),
+        "the Python process in {} printed nothing",
+        ns.name
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    (child, rx)
 }
 
 /// connect() from `ns` to ip:port; "ok" or the errno's name.
@@ -246,8 +276,33 @@ fn procflow_with_only_the_units_capabilities_tracks_scans_enforces_and_serves() 
         ],
     );
 
-    let pf = Procflow::start_with_prefix(&prefix, &["--rules", rules.to_str().unwrap()]);
+    // An established connection the rules block, closed by
+    // --enforce-existing (sock_diag SOCK_DESTROY: CAP_NET_ADMIN).
+    let (_listener, _) = python(
+        &p.b,
+        &format!(
+            "import socket, time\nl = socket.socket()\nl.bind(('{b4}', {blocked_port}))\n\
+             l.listen()\nprint('listening')\nc, _ = l.accept()\ntime.sleep(60)"
+        ),
+    );
+    let (_victim, victim_end) = python(
+        &p.a,
+        &format!(
+            "import socket, errno\ns = socket.create_connection(('{b4}', {blocked_port}))\n\
+             print('connected')\ntry:\n    s.recv(1); print('eof')\n\
+             except OSError as e:\n    print(errno.errorcode.get(e.errno, e))"
+        ),
+    );
+
+    let pf = Procflow::start_with_prefix(
+        &prefix,
+        &["--rules", rules.to_str().unwrap(), "--enforce-existing"],
+    );
     pf.wait_rules_ack(1);
+    let closed = victim_end
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the established connection the rules block was not closed");
+    assert_eq!(closed.trim(), "ECONNABORTED", "its owner sees it aborted");
 
     // Exact counts of a new TCP connection, against nftables.
     let (up, down) = (1_000_000u64, 300_000u64);
@@ -297,15 +352,23 @@ fn procflow_with_only_the_units_capabilities_tracks_scans_enforces_and_serves() 
             .any(|r| r["type"] == "verdict" && r["remote_port"] == blocked_port)
     });
 
-    // The API answers.
-    let ps = Command::new(PROCFLOW)
+    // The API answers a member of its group (not root, so `ps` cannot fall
+    // back to loading the programs itself): the chown of the socket
+    // worked without CAP_CHOWN.
+    let ps = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=procflow",
+            PROCFLOW,
+        ])
         .args(["ps", "--json", "--api"])
         .arg(&pf.api)
         .output()
         .unwrap();
     assert!(
         ps.status.success(),
-        "procflow ps: {}",
+        "procflow ps as a member of group procflow: {}",
         String::from_utf8_lossy(&ps.stderr)
     );
     let ps: Value = serde_json::from_slice(&ps.stdout).unwrap();
@@ -353,15 +416,16 @@ fn procflow_with_only_the_units_capabilities_tracks_scans_enforces_and_serves() 
         "rx vs nftables: {c}"
     );
 
-    for (ns, key, pid) in [
-        (&p.a, "remote_port", &pre_client),
-        (&p.b, "local_port", &pre_server),
+    for (ns, key, pid, uid) in [
+        (&p.a, "remote_port", &pre_client, 65534),
+        (&p.b, "local_port", &pre_server, 0),
     ] {
         let f = one_flow(&flows, ns, "startup", |f| {
             f["proto"] == "tcp" && u(f, key) == pre_port as u64
         });
         assert_eq!(f["origin"], "startup", "{f}");
         assert_eq!(f["process"]["pid"].as_u64(), pid["pid"].as_u64(), "{f}");
+        assert_eq!(f["process"]["uid"], uid, "{f}");
         assert_eq!(f["process"]["exe"], TESTGEN, "{f}");
         let b = &f["before_start"];
         assert_eq!(
@@ -388,4 +452,5 @@ fn procflow_with_only_the_units_capabilities_tracks_scans_enforces_and_serves() 
     assert_eq!(st["scan"]["failed"], serde_json::json!([]), "{st}");
     assert_eq!(st["programs_refused"], serde_json::json!([]), "{st}");
     assert_eq!(st["events_lost"], 0, "{st}");
+    assert!(u(&st["api"], "snapshots_served") >= 1, "{st}");
 }
