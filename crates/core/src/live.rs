@@ -97,23 +97,27 @@ impl LiveOwner {
                 unknown: Some(KERNEL_SOCKET.into()),
                 ..Default::default()
             },
-            Some(p) => LiveOwner {
-                pid: p.pid,
-                ppid: p.ppid,
-                uid: p.uid,
-                user: p.user.clone(),
-                comm: p.comm.clone(),
-                exe: p.exe.clone(),
-                cmdline: p.cmdline.clone(),
-                cgroup: p.cgroup.clone(),
-                unknown: p.exe_unknown.as_ref().map(|why| {
-                    if r.origin == Origin::Startup && why == reason::EXITED {
-                        FOUND_AT_START.to_string()
-                    } else {
-                        why.clone()
-                    }
-                }),
-            },
+            Some(p) => {
+                let mut o = LiveOwner::of_identity(p);
+                if r.origin == Origin::Startup && o.unknown.as_deref() == Some(reason::EXITED) {
+                    o.unknown = Some(FOUND_AT_START.to_string());
+                }
+                o
+            }
+        }
+    }
+
+    fn of_identity(p: &crate::identity::ProcessIdentity) -> LiveOwner {
+        LiveOwner {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            user: p.user.clone(),
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            cgroup: p.cgroup.clone(),
+            unknown: p.exe_unknown.clone(),
         }
     }
 
@@ -536,17 +540,7 @@ impl LiveState {
                 }
                 let b = Blocked::of(v);
                 let p = &v.process;
-                let owner = LiveOwner {
-                    pid: p.pid,
-                    ppid: p.ppid,
-                    uid: p.uid,
-                    user: p.user.clone(),
-                    comm: p.comm.clone(),
-                    exe: p.exe.clone(),
-                    cmdline: p.cmdline.clone(),
-                    cgroup: p.cgroup.clone(),
-                    unknown: p.exe_unknown.clone(),
-                };
+                let owner = LiveOwner::of_identity(p);
                 let tick = self.tick_count;
                 let (_, acc) = self
                     .procs

@@ -8,44 +8,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-/// A client that exchanges `before` bytes each way, then waits for a line
-/// on standard input.
-struct Phased {
-    child: Reaped,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl Phased {
-    fn start(ns: &Netns, exe: &Path, args: &[&str]) -> Phased {
-        let mut child = Reaped::new(
-            ns.command(exe.to_str().unwrap())
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        assert!(first.starts_with("phase1"), "{first}");
-        Phased { child, out }
-    }
-
-    fn go(mut self) -> Value {
-        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success(), "testgen: {rest}");
-        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
-    }
-}
 
 /// A tcp-phased-serve server in `p.b`: it and its port.
 fn phased_server(p: &Pair, before: u64, after: u64) -> (Server, u16) {
@@ -70,19 +37,17 @@ fn phased_server(p: &Pair, before: u64, after: u64) -> (Server, u16) {
 fn phased_client(p: &Pair, exe: &Path, port: u16, before: u64, after: u64) -> Phased {
     let (before, after) = (before.to_string(), after.to_string());
     let to = format!("{}:{port}", p.b4);
-    Phased::start(
-        &p.a,
-        exe,
-        &[
-            "tcp-phased",
-            "--connect",
-            &to,
-            "--before",
-            &before,
-            "--after",
-            &after,
-        ],
-    )
+    let cl = Phased::start(p.a.command(exe.to_str().unwrap()).args([
+        "tcp-phased",
+        "--connect",
+        &to,
+        "--before",
+        &before,
+        "--after",
+        &after,
+    ]));
+    assert!(cl.first.starts_with("phase1"), "{}", cl.first);
+    cl
 }
 
 fn scratch(tag: &str) -> PathBuf {

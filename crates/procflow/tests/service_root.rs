@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -151,44 +151,6 @@ fn systemd_analyze_verifies_the_unit_and_scores_it_3_or_lower() {
     assert!(score <= 3.0, "exposure {score} > 3.0:\n{out}");
 }
 
-/// A testgen process (of user nobody: procflow needs CAP_SYS_PTRACE to
-/// name its executable) that prints one line, then waits for a line on
-/// stdin.
-struct Phased {
-    child: Reaped,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl Phased {
-    fn start(ns: &Netns, args: &[&str]) -> Phased {
-        let mut child = Reaped::new(
-            ns.command("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", TESTGEN])
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        assert!(first.starts_with("phase1"), "{first}");
-        Phased { child, out }
-    }
-
-    fn go(mut self) -> Value {
-        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
-        assert!(
-            self.child.wait().unwrap().success(),
-            "testgen failed: {rest}"
-        );
-        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
-    }
-}
-
 /// A Python process in `ns` running `script`, once it printed its first
 /// line; the receiver gets its next line.
 fn python(ns: &Netns, script: &str) -> (Reaped, std::sync::mpsc::Receiver<String>) {
@@ -264,17 +226,19 @@ fn procflow_with_only_the_units_capabilities_tracks_scans_enforces_and_serves() 
         ],
     );
     let pre = Phased::start(
-        &p.a,
-        &[
-            "tcp-phased",
-            "--connect",
-            &format!("{b4}:{pre_port}"),
-            "--before",
-            &before.to_string(),
-            "--after",
-            &after.to_string(),
-        ],
+        p.a.command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", TESTGEN])
+            .args([
+                "tcp-phased",
+                "--connect",
+                &format!("{b4}:{pre_port}"),
+                "--before",
+                &before.to_string(),
+                "--after",
+                &after.to_string(),
+            ]),
     );
+    assert!(pre.first.starts_with("phase1"), "{}", pre.first);
 
     // An established connection the rules block, closed by
     // --enforce-existing (sock_diag SOCK_DESTROY: CAP_NET_ADMIN).

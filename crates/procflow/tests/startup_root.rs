@@ -4,46 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use common::*;
 use serde_json::Value;
-
-/// A testgen process that prints one line, then waits for a line on stdin.
-struct Phased {
-    child: Reaped,
-    out: BufReader<std::process::ChildStdout>,
-    first: String,
-}
-
-impl Phased {
-    fn start(ns: &Netns, args: &[&str]) -> Phased {
-        let mut child = Reaped::new(
-            ns.command(TESTGEN)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        Phased { child, out, first }
-    }
-
-    fn go(mut self) -> Value {
-        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
-        assert!(
-            self.child.wait().unwrap().success(),
-            "testgen failed: {rest}"
-        );
-        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
-    }
-}
 
 fn bs(f: &Value) -> (u64, u64) {
     let b = &f["before_start"];
@@ -71,7 +35,7 @@ fn before_and_after(tag: &str, n: u8, v6: bool) {
             &b.to_string(),
         ],
     );
-    let cl = Phased::start(
+    let cl = Phased::testgen(
         &p.a,
         &[
             "tcp-phased",
@@ -470,7 +434,7 @@ fn listener_from_before_start_owns_connections_accepted_after() {
 fn socket_made_by_parent_and_used_by_forked_child_belongs_to_the_child() {
     let p = Pair::new("handoff", 28);
     let (server, port) = serve(&p.b, &["tcp-serve", "--listen", &format!("{}:0", p.b4)]);
-    let h = Phased::start(
+    let h = Phased::testgen(
         &p.a,
         &[
             "handoff",

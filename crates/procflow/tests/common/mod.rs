@@ -807,3 +807,46 @@ pub fn report(db: &std::path::Path, args: &[&str]) -> Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A process that prints one line (`first`), then waits for a line on
+/// standard input (testgen's `tcp-phased`, `handoff`, ...).
+#[derive(Debug)]
+pub struct Phased {
+    pub child: Reaped,
+    pub out: BufReader<std::process::ChildStdout>,
+    pub first: String,
+}
+
+impl Phased {
+    /// Starts `cmd` and reads its first line.
+    pub fn start(cmd: &mut Command) -> Phased {
+        let mut child = Reaped::new(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        Phased { child, out, first }
+    }
+
+    /// testgen in `ns` with `args`.
+    pub fn testgen(ns: &Netns, args: &[&str]) -> Phased {
+        Phased::start(ns.command(TESTGEN).args(args))
+    }
+
+    /// Sends the line, waits for the process to finish; its last JSON line.
+    pub fn go(mut self) -> Value {
+        use std::io::Write;
+        writeln!(self.child.stdin.take().unwrap(), "go").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "testgen failed: {rest}"
+        );
+        serde_json::from_str(rest.lines().last().unwrap()).unwrap()
+    }
+}
