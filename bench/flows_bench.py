@@ -17,6 +17,8 @@ invocation, across a veth pair between two network namespaces it creates:
     procflow's CPU
 Run as root after building: cargo build --release; sudo bench/flows_bench.py
 Traffic stays inside the namespaces it creates (10.198.0.0/24).
+ONLY=cost runs only the kernel time per datagram, ONLY=storm only the
+connection storm.
 """
 import json
 import os
@@ -169,6 +171,20 @@ def main():
                 print(f"kernel time per {size}-byte datagram: {per_dgram:.0f} ns ({n / 1e6:.2f} M sent)")
                 for name, (ns_run, runs) in sorted(per_run.items()):
                     print(f"    {name:24} {ns_run:8.1f} ns per run, {runs} runs")
+            return
+        if os.environ.get("ONLY") == "storm":
+            # Only the connection storm (quicker; not the ratios).
+            made_base, _ = storm()
+            pf = Procflow()
+            t0 = time.time()
+            made, _ = storm()
+            wall = time.time() - t0
+            time.sleep(1)
+            cpu, peak, recs = pf.stop()
+            st = [r for r in recs if r.get("type") == "stats"][-1]
+            print(f"connection storm, 10 s: {made_base} connections without procflow, {made} with")
+            print(f"  procflow CPU {100 * cpu / wall:.1f} % of a core, peak RSS {peak:.1f} MiB, "
+                  f"events lost {st['events_lost']}")
             return
         kinds = {"tcp": 0, "udp64": 64, "udp256": 256}
         results = {k: ([], []) for k in ("tcp", "udp64", "udp64-sent", "udp256", "udp256-sent")}
