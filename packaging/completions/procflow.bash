@@ -16,6 +16,9 @@ _procflow() {
             ",$1")
                 cmd="procflow"
                 ;;
+            procflow,config)
+                cmd="procflow__subcmd__config"
+                ;;
             procflow,flows)
                 cmd="procflow__subcmd__flows"
                 ;;
@@ -37,6 +40,27 @@ _procflow() {
             procflow,top)
                 cmd="procflow__subcmd__top"
                 ;;
+            procflow__subcmd__config,check)
+                cmd="procflow__subcmd__config__subcmd__check"
+                ;;
+            procflow__subcmd__config,help)
+                cmd="procflow__subcmd__config__subcmd__help"
+                ;;
+            procflow__subcmd__config,show)
+                cmd="procflow__subcmd__config__subcmd__show"
+                ;;
+            procflow__subcmd__config__subcmd__help,check)
+                cmd="procflow__subcmd__config__subcmd__help__subcmd__check"
+                ;;
+            procflow__subcmd__config__subcmd__help,help)
+                cmd="procflow__subcmd__config__subcmd__help__subcmd__help"
+                ;;
+            procflow__subcmd__config__subcmd__help,show)
+                cmd="procflow__subcmd__config__subcmd__help__subcmd__show"
+                ;;
+            procflow__subcmd__help,config)
+                cmd="procflow__subcmd__help__subcmd__config"
+                ;;
             procflow__subcmd__help,flows)
                 cmd="procflow__subcmd__help__subcmd__flows"
                 ;;
@@ -57,6 +81,12 @@ _procflow() {
                 ;;
             procflow__subcmd__help,top)
                 cmd="procflow__subcmd__help__subcmd__top"
+                ;;
+            procflow__subcmd__help__subcmd__config,check)
+                cmd="procflow__subcmd__help__subcmd__config__subcmd__check"
+                ;;
+            procflow__subcmd__help__subcmd__config,show)
+                cmd="procflow__subcmd__help__subcmd__config__subcmd__show"
                 ;;
             procflow__subcmd__help__subcmd__rules,check)
                 cmd="procflow__subcmd__help__subcmd__rules__subcmd__check"
@@ -89,8 +119,106 @@ _procflow() {
 
     case "${cmd}" in
         procflow)
-            opts="-v -h -V --verbose --help --version run report rules top ps flows help"
+            opts="-v -h -V --verbose --help --version run report rules config top ps flows help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config)
+            opts="-v -h --verbose --help check show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__check)
+            opts="-v -h --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__help)
+            opts="check show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__config__subcmd__show)
+            opts="-v -h --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -129,8 +257,50 @@ _procflow() {
             return 0
             ;;
         procflow__subcmd__help)
-            opts="run report rules top ps flows help"
+            opts="run report rules config top ps flows help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__help__subcmd__config)
+            opts="check show"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__help__subcmd__config__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        procflow__subcmd__help__subcmd__config__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -499,7 +669,7 @@ _procflow() {
             return 0
             ;;
         procflow__subcmd__run)
-            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --no-api --verbose --help"
+            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --config --no-config --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +720,14 @@ _procflow() {
                     return 0
                     ;;
                 --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

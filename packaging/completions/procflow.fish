@@ -30,6 +30,7 @@ complete -c procflow -n "__fish_procflow_needs_command" -s V -l version -d 'Prin
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "run" -d 'Monitor: load the kernel programs and record every flow'
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "report" -d 'Report on the flow history: top processes, remotes, ports over time'
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "rules" -d 'Check a rules file, or explain which rule decides a connection'
+complete -c procflow -n "__fish_procflow_needs_command" -f -a "config" -d 'Check or print the settings of `procflow run`: its configuration file (/etc/procflow/procflow.toml) under its command line'
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "top" -d 'Live view: processes, their connections, remote hosts, ports and blocked attempts, redrawn every second (keys: ? for help)'
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "ps" -d 'The processes using the network now, with totals since start and rates, from the daemon (or, as root without one, standalone)'
 complete -c procflow -n "__fish_procflow_needs_command" -f -a "flows" -d 'The open flows, with their process, from the daemon (or, as root without one, standalone)'
@@ -46,13 +47,16 @@ complete -c procflow -n "__fish_procflow_using_subcommand run" -l duration -d 'S
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l rules -d 'Allow or block connections by the rules in FILE (see docs/rules.md). SIGHUP reloads the file; a refused file leaves the rules in force' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l resolver -d 'A name server for --resolve (ADDR or ADDR:PORT; repeat for several). Default: the nameserver lines of /etc/resolv.conf' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l api -d 'Serve the local API (docs/api.md) on this Unix socket' -r -F
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l api-group -d 'The group whose members may read the API (the socket\'s group)' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l config -d 'Read the settings of `procflow run` from FILE (default: /etc/procflow/procflow.toml, when it exists); options given on the command line override it. SIGHUP reads it again' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-db -d 'Do not record to the database'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l enforce-existing -d 'When rules are loaded or reloaded, also close the established TCP connections they block (sock_diag SOCK_DESTROY)'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l resolve -d 'Name remotes that no DNS answer named: from /etc/hosts, then by reverse (PTR) lookups. Off by default: without it procflow sends no queries'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-api -d 'Do not serve the local API'
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-config -d 'Read no configuration file, not even the default one'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -s h -l help -d 'Print help'
-complete -c procflow -n "__fish_procflow_using_subcommand report" -l db -d 'The procflow database to read' -r -F
+complete -c procflow -n "__fish_procflow_using_subcommand report" -l db -d 'The procflow database to read (default: the `db` of /etc/procflow/procflow.toml when it sets one)' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l since -d 'Start of the window: a duration back from now (30m, 1h, 7d), an RFC 3339 timestamp (2026-11-26T09:00:00Z) or a date (2026-11-26, midnight UTC)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l until -d 'End of the window (excluded), in the same forms as --since; default now' -r
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l by -d 'Group by one or more of these (comma-separated); default exe' -r -f -a "exe\t'Full path of the executable (or why it is not known)'
@@ -106,26 +110,41 @@ complete -c procflow -n "__fish_procflow_using_subcommand rules; and __fish_seen
 complete -c procflow -n "__fish_procflow_using_subcommand rules; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate a rules file and print a summary; exit 1 with every error (file:line:column) if it is refused'
 complete -c procflow -n "__fish_procflow_using_subcommand rules; and __fish_seen_subcommand_from help" -f -a "explain" -d 'Say which rule decides a connection, and why each earlier rule does not match'
 complete -c procflow -n "__fish_procflow_using_subcommand rules; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c procflow -n "__fish_procflow_using_subcommand top" -l api -d 'The daemon\'s API socket' -r -F
+complete -c procflow -n "__fish_procflow_using_subcommand config; and not __fish_seen_subcommand_from check show help" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and not __fish_seen_subcommand_from check show help" -s h -l help -d 'Print help'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and not __fish_seen_subcommand_from check show help" -f -a "check" -d 'Check a configuration file (default: /etc/procflow/procflow.toml) and print the effective settings of `procflow run`, with where each one comes from. Options of `procflow run` after `--` override the file, as they would on its command line'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and not __fish_seen_subcommand_from check show help" -f -a "show" -d 'Print the effective settings of `procflow run` as a configuration file (TOML), from the configuration file (default: /etc/procflow/procflow.toml) and the options after `--`'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and not __fish_seen_subcommand_from check show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from check" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Check a configuration file (default: /etc/procflow/procflow.toml) and print the effective settings of `procflow run`, with where each one comes from. Options of `procflow run` after `--` override the file, as they would on its command line'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "show" -d 'Print the effective settings of `procflow run` as a configuration file (TOML), from the configuration file (default: /etc/procflow/procflow.toml) and the options after `--`'
+complete -c procflow -n "__fish_procflow_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c procflow -n "__fish_procflow_using_subcommand top" -l api -d 'The daemon\'s API socket (default: the `api` of /etc/procflow/procflow.toml when it sets one)' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand top" -l interval -d 'Redraw this often: seconds (1, 0.5) or a duration (2s)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand top" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
 complete -c procflow -n "__fish_procflow_using_subcommand top" -s h -l help -d 'Print help'
-complete -c procflow -n "__fish_procflow_using_subcommand ps" -l api -d 'The daemon\'s API socket' -r -F
+complete -c procflow -n "__fish_procflow_using_subcommand ps" -l api -d 'The daemon\'s API socket (default: the `api` of /etc/procflow/procflow.toml when it sets one)' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand ps" -l json -d 'Print the API\'s JSON (the snapshot\'s `processes`)'
 complete -c procflow -n "__fish_procflow_using_subcommand ps" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
 complete -c procflow -n "__fish_procflow_using_subcommand ps" -s h -l help -d 'Print help'
-complete -c procflow -n "__fish_procflow_using_subcommand flows" -l api -d 'The daemon\'s API socket' -r -F
+complete -c procflow -n "__fish_procflow_using_subcommand flows" -l api -d 'The daemon\'s API socket (default: the `api` of /etc/procflow/procflow.toml when it sets one)' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand flows" -l pid -d 'Only the flows of this process' -r
 complete -c procflow -n "__fish_procflow_using_subcommand flows" -l exe -d 'Only the flows of this executable (full path)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand flows" -l json -d 'Print the API\'s JSON (the snapshot\'s `flows`)'
 complete -c procflow -n "__fish_procflow_using_subcommand flows" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
 complete -c procflow -n "__fish_procflow_using_subcommand flows" -s h -l help -d 'Print help'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "run" -d 'Monitor: load the kernel programs and record every flow'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "report" -d 'Report on the flow history: top processes, remotes, ports over time'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "rules" -d 'Check a rules file, or explain which rule decides a connection'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "top" -d 'Live view: processes, their connections, remote hosts, ports and blocked attempts, redrawn every second (keys: ? for help)'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "ps" -d 'The processes using the network now, with totals since start and rates, from the daemon (or, as root without one, standalone)'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "flows" -d 'The open flows, with their process, from the daemon (or, as root without one, standalone)'
-complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules top ps flows help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "run" -d 'Monitor: load the kernel programs and record every flow'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "report" -d 'Report on the flow history: top processes, remotes, ports over time'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "rules" -d 'Check a rules file, or explain which rule decides a connection'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "config" -d 'Check or print the settings of `procflow run`: its configuration file (/etc/procflow/procflow.toml) under its command line'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "top" -d 'Live view: processes, their connections, remote hosts, ports and blocked attempts, redrawn every second (keys: ? for help)'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "ps" -d 'The processes using the network now, with totals since start and rates, from the daemon (or, as root without one, standalone)'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "flows" -d 'The open flows, with their process, from the daemon (or, as root without one, standalone)'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and not __fish_seen_subcommand_from run report rules config top ps flows help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c procflow -n "__fish_procflow_using_subcommand help; and __fish_seen_subcommand_from rules" -f -a "check" -d 'Validate a rules file and print a summary; exit 1 with every error (file:line:column) if it is refused'
 complete -c procflow -n "__fish_procflow_using_subcommand help; and __fish_seen_subcommand_from rules" -f -a "explain" -d 'Say which rule decides a connection, and why each earlier rule does not match'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Check a configuration file (default: /etc/procflow/procflow.toml) and print the effective settings of `procflow run`, with where each one comes from. Options of `procflow run` after `--` override the file, as they would on its command line'
+complete -c procflow -n "__fish_procflow_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "show" -d 'Print the effective settings of `procflow run` as a configuration file (TOML), from the configuration file (default: /etc/procflow/procflow.toml) and the options after `--`'

@@ -20,18 +20,22 @@ use anyhow::{bail, Context, Result};
 use crate::hub::Hub;
 
 pub const DEFAULT_API: &str = "/run/procflow/api.sock";
-/// The group whose members may read the API.
+/// The group whose members may read the API, unless `--api-group` names
+/// another.
 pub const GROUP: &str = "procflow";
 /// Connections served at once; more are answered 503.
 const MAX_CONNECTIONS: usize = 128;
 /// Request line and headers, at most.
 const MAX_REQUEST: usize = 16 * 1024;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// Serve the local API (docs/api.md) on this Unix socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_API, conflicts_with = "no_api")]
     pub api: PathBuf,
+    /// The group whose members may read the API (the socket's group).
+    #[arg(long, value_name = "GROUP", default_value = GROUP, conflicts_with = "no_api")]
+    pub api_group: String,
     /// Do not serve the local API.
     #[arg(long)]
     pub no_api: bool,
@@ -49,12 +53,12 @@ impl Drop for Server {
     }
 }
 
-/// The gid of the `procflow` group, when it exists.
-pub fn group_gid() -> Option<u32> {
+/// The gid of group `name`, when it exists.
+pub fn group_gid(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');
-        (f.next()? == GROUP).then_some(())?;
+        (f.next()? == name).then_some(())?;
         f.next()?;
         f.next()?.parse().ok()
     })
@@ -141,11 +145,16 @@ impl Server {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("serving the API on {}", path.display()))?;
-        let group = group_gid();
+        let name: Arc<str> = args.api_group.as_str().into();
+        let group = group_gid(&name);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(g) = group {
-            std::os::unix::fs::chown(path, Some(0), Some(g))
-                .with_context(|| format!("giving {} to group {GROUP}", path.display()))?;
+        match group {
+            Some(g) => std::os::unix::fs::chown(path, Some(0), Some(g))
+                .with_context(|| format!("giving {} to group {name}", path.display()))?,
+            None if &*name != GROUP => tracing::warn!(
+                "API: there is no group {name} (--api-group): only root may read the API"
+            ),
+            None => {}
         }
         let hub = Arc::clone(hub);
         let active = Arc::new(AtomicUsize::new(0));
@@ -161,11 +170,12 @@ impl Server {
                     }
                     active.fetch_add(1, Ordering::Relaxed);
                     let (hub, active, db) = (Arc::clone(&hub), Arc::clone(&active), db.clone());
+                    let name = Arc::clone(&name);
                     let spawned =
                         std::thread::Builder::new()
                             .name("api-conn".into())
                             .spawn(move || {
-                                serve(stream, &hub, db.as_deref(), group);
+                                serve(stream, &hub, db.as_deref(), group, &name);
                                 active.fetch_sub(1, Ordering::Relaxed);
                             });
                     if spawned.is_err() {
@@ -283,7 +293,7 @@ fn read_head(s: &mut UnixStream) -> Result<String, String> {
     }
 }
 
-fn serve(mut s: UnixStream, hub: &Hub, db: Option<&Path>, group: Option<u32>) {
+fn serve(mut s: UnixStream, hub: &Hub, db: Option<&Path>, group: Option<u32>, name: &str) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let access = match nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
@@ -308,10 +318,10 @@ fn serve(mut s: UnixStream, hub: &Hub, db: Option<&Path>, group: Option<u32>) {
     if access == Access::Refused {
         let msg = match group {
             Some(_) => format!(
-                "permission denied: only root and members of the {GROUP} group may read procflow's API"
+                "permission denied: only root and members of the {name} group may read procflow's API"
             ),
             None => format!(
-                "permission denied: only root may read procflow's API (create a {GROUP} group to let its members read)"
+                "permission denied: only root may read procflow's API (create a {name} group to let its members read)"
             ),
         };
         let _ = respond(&mut s, 403, &error_body(&msg));

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use procflow_bpf::policy::{KernelVerdict, Policy, Prepared, RuleIdentity};
@@ -26,7 +24,7 @@ use procflow_core::{FlowEvent, FlowTable, RulesOutcome, RulesRecord, VerdictReco
 use crate::rules_cmd;
 use crate::sinks::now_ns;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RulesArgs {
     /// Allow or block connections by the rules in FILE (see docs/rules.md).
     /// SIGHUP reloads the file; a refused file leaves the rules in force.
@@ -57,7 +55,8 @@ pub struct Enforcer {
     path: Option<PathBuf>,
     enforce_existing: bool,
     policy: Policy,
-    hup: Arc<AtomicBool>,
+    /// SIGHUP asked for the rules file to be read again.
+    reload_wanted: bool,
     /// Rule sets accepted so far in this run (the generation in force).
     generation: u64,
     /// The generation held in each of the kernel's two table copies.
@@ -74,14 +73,11 @@ impl Enforcer {
         kernel: &Kernel,
         out: &mut Vec<RulesRecord>,
     ) -> Result<Enforcer> {
-        let hup = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-            .context("installing the SIGHUP handler")?;
         let mut e = Enforcer {
             path: args.rules.clone(),
             enforce_existing: args.enforce_existing,
             policy: Policy::new(),
-            hup,
+            reload_wanted: false,
             generation: 0,
             slot_generation: [0; 2],
             reloading: None,
@@ -172,7 +168,19 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Reloads the rules file when SIGHUP arrived.
+    /// SIGHUP: read the rules file again, as the settings now name it.
+    /// Whether rules are enforced at all is fixed at start (the kernel
+    /// programs are loaded for it), so a path is only taken over while
+    /// one is in force.
+    pub fn request_reload(&mut self, args: &RulesArgs) {
+        if self.path.is_some() && args.rules.is_some() {
+            self.path = args.rules.clone();
+        }
+        self.enforce_existing = args.enforce_existing;
+        self.reload_wanted = true;
+    }
+
+    /// Reloads the rules file when SIGHUP asked for it.
     pub fn check_reload(
         &mut self,
         kernel: &mut Kernel,
@@ -181,7 +189,7 @@ impl Enforcer {
         out: &mut Vec<RulesRecord>,
     ) -> Result<()> {
         let Some(path) = self.path.clone() else {
-            if self.hup.swap(false, Ordering::Relaxed) {
+            if std::mem::take(&mut self.reload_wanted) {
                 tracing::warn!("SIGHUP: no --rules file to reload");
             }
             return Ok(());
@@ -198,7 +206,7 @@ impl Enforcer {
                 return Ok(());
             }
             None => {
-                if self.hup.swap(false, Ordering::Relaxed) {
+                if std::mem::take(&mut self.reload_wanted) {
                     let root = kernel.cgroup_root.clone();
                     let file = path.clone();
                     let worker = std::thread::Builder::new()

@@ -3,6 +3,7 @@
 
 mod api;
 mod collector;
+mod config;
 mod enforce;
 mod hub;
 mod resolve;
@@ -14,7 +15,7 @@ mod view;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Per-process network traffic monitor for Linux: every flow, the process
 /// that owns it, and its bytes counted exactly, from eBPF programs in the
@@ -38,6 +39,10 @@ enum Command {
     /// Check a rules file, or explain which rule decides a connection.
     #[command(subcommand)]
     Rules(rules_cmd::RulesCmd),
+    /// Check or print the settings of `procflow run`: its configuration
+    /// file (/etc/procflow/procflow.toml) under its command line.
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
     /// Live view: processes, their connections, remote hosts, ports and
     /// blocked attempts, redrawn every second (keys: ? for help).
     Top(view::TopArgs),
@@ -47,8 +52,9 @@ enum Command {
     /// The open flows, with their process, from the daemon (or, as root
     /// without one, standalone).
     Flows(view::FlowsArgs),
-    /// Write the man pages (DIR/man) and shell completions
-    /// (DIR/completions) generated from this command line definition.
+    /// Write the man pages (DIR/man), shell completions (DIR/completions)
+    /// and example configuration (DIR/procflow.toml) generated from this
+    /// command line definition.
     #[command(hide = true)]
     GenerateDocs {
         /// The directory to write into (packaging/ in the source tree).
@@ -57,11 +63,10 @@ enum Command {
 }
 
 /// Man pages, `procflow(1)` and one per subcommand (`procflow-run(1)`,
-/// `procflow-rules-check(1)` ...), and bash, zsh and fish completions, from
-/// the clap definition: what packaging/ holds.
+/// `procflow-rules-check(1)` ...), bash, zsh and fish completions, and the
+/// example configuration, from the clap definition: what packaging/ holds.
 fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    use clap::CommandFactory;
     let man = dir.join("man");
     let completions = dir.join("completions");
     for d in [&man, &completions] {
@@ -82,6 +87,9 @@ fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
     if let Some(about) = full.get_long_about() {
         cmd = cmd.long_about(about.clone());
     }
+    let example = dir.join("procflow.toml");
+    std::fs::write(&example, config::example())
+        .with_context(|| format!("writing {}", example.display()))?;
     clap_mangen::generate_to(cmd.clone(), &man)
         .with_context(|| format!("writing man pages into {}", man.display()))?;
     for shell in [
@@ -107,7 +115,10 @@ fn report(args: &procflow_store::ReportArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .mut_subcommand("run", config::lenient)
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -121,19 +132,38 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(_) => run::run(matches.subcommand_matches("run").expect("the run command")),
+        Command::Config(cmd) => config::run(cmd),
         Command::Rules(cmd) => rules_cmd::run(cmd),
-        Command::Report(args) => report(&args),
-        Command::Top(args) => view::top(&args),
-        Command::Ps(args) => view::ps(&args),
-        Command::Flows(args) => view::flows(&args),
+        Command::Report(mut args) => {
+            let sub = matches
+                .subcommand_matches("report")
+                .expect("the report command");
+            if let Some(db) = config::from_default_file(sub, "db", "db") {
+                args.db = db;
+            }
+            report(&args)
+        }
+        Command::Top(mut args) => {
+            args.client.use_configured_api(&matches, "top");
+            view::top(&args)
+        }
+        Command::Ps(mut args) => {
+            args.client.use_configured_api(&matches, "ps");
+            view::ps(&args)
+        }
+        Command::Flows(mut args) => {
+            args.client.use_configured_api(&matches, "flows");
+            view::flows(&args)
+        }
         Command::GenerateDocs { dir } => generate_docs(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("procflow: {e:#}");
-            ExitCode::from(1)
+            // Refused settings are usage errors, as clap's own are.
+            ExitCode::from(if e.is::<config::Refused>() { 2 } else { 1 })
         }
     }
 }

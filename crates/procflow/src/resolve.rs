@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use procflow_core::dns::{parse_ptr, ptr_query, PtrAnswer};
 use serde_json::json;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ResolveArgs {
     /// Name remotes that no DNS answer named: from /etc/hosts, then by
     /// reverse (PTR) lookups. Off by default: without it procflow sends no
@@ -30,7 +30,7 @@ pub struct ResolveArgs {
     /// A name server for --resolve (ADDR or ADDR:PORT; repeat for several).
     /// Default: the nameserver lines of /etc/resolv.conf.
     #[arg(long, value_name = "ADDR", requires = "resolve", value_parser = parse_server)]
-    resolver: Vec<SocketAddr>,
+    pub(crate) resolver: Vec<SocketAddr>,
 }
 
 fn parse_server(s: &str) -> Result<SocketAddr, String> {

@@ -15,32 +15,42 @@ use crate::hub::Hub;
 use crate::sinks::Sinks;
 use crate::system::ProcSystem;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    sinks: crate::sinks::SinkArgs,
+    pub(crate) sinks: crate::sinks::SinkArgs,
     /// Also write a cumulative record for every open flow this often:
     /// seconds (10, 0.5) or a duration (30s, 5m).
     #[arg(long, value_name = "TIME", value_parser = procflow_store::timespec::parse_period)]
-    interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
     /// Stop by itself after this long: seconds (3600) or a duration (1h);
     /// SIGINT and SIGTERM stop it too.
     #[arg(long, value_name = "TIME", value_parser = procflow_store::timespec::parse_period)]
-    duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     #[command(flatten)]
-    rules: crate::enforce::RulesArgs,
+    pub(crate) rules: crate::enforce::RulesArgs,
     #[command(flatten)]
-    resolve: crate::resolve::ResolveArgs,
+    pub(crate) resolve: crate::resolve::ResolveArgs,
     #[command(flatten)]
-    api: crate::api::ApiArgs,
+    pub(crate) api: crate::api::ApiArgs,
+    #[command(flatten)]
+    pub(crate) config: crate::config::ConfigArgs,
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(matches: &clap::ArgMatches) -> Result<()> {
+    let initial = crate::config::Settings::load(matches).map_err(crate::config::Refused)?;
+    if let Some(f) = &initial.file {
+        tracing::info!("settings: {}", f.display());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .context("installing the SIGHUP handler")?;
+    let args = &initial.args;
     let started = Instant::now();
     let kernel = Kernel::open(args.rules.rules.is_some()).context("loading the kernel programs")?;
     let mut sinks = Sinks::open(&args.sinks)?;
@@ -84,7 +94,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         scan.elapsed
     );
 
-    let interval = args.interval;
+    let mut current = initial.clone();
+    let mut interval = args.interval;
     let deadline = args.duration.and_then(|d| started.checked_add(d));
     let mut next_snapshot = interval.map(|i| Instant::now() + i);
     while !stop.load(Ordering::Relaxed) && !c.sinks.as_ref().is_some_and(|s| s.broken) {
@@ -92,6 +103,13 @@ pub fn run(args: RunArgs) -> Result<()> {
             break;
         }
         c.drain(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(&initial, &mut current, &mut c);
+            if interval != current.args.interval {
+                interval = current.args.interval;
+                next_snapshot = interval.map(|i| Instant::now() + i);
+            }
+        }
         enforce(&mut c, |e, k, t, s, out| e.check_reload(k, t, s, out))?;
         if let (Some(at), Some(every)) = (next_snapshot, interval) {
             if Instant::now() >= at {
@@ -116,6 +134,58 @@ pub fn run(args: RunArgs) -> Result<()> {
         s.finish(&stats);
     }
     Ok(())
+}
+
+/// SIGHUP: reads the configuration file again and takes over what can
+/// change while running; says which changes wait for a restart (against
+/// the settings procflow `started` with). A refused file changes nothing.
+/// The rules file is read again in any case.
+fn reload(
+    started: &crate::config::Settings,
+    current: &mut crate::config::Settings,
+    c: &mut Collector<Kernel>,
+) {
+    match current.reload() {
+        Err(e) => tracing::error!(
+            "SIGHUP: configuration refused, the settings in force stay in force:\n{e:#}"
+        ),
+        Ok(newer) => {
+            let rules_toggled =
+                started.args.rules.rules.is_some() != newer.args.rules.rules.is_some();
+            for k in started.changed(&newer) {
+                if !crate::config::RELOADABLE.contains(&k.as_str())
+                    || (k == "rules" && rules_toggled)
+                {
+                    tracing::warn!(
+                        "SIGHUP: `{k}` changed to {}: it takes effect when procflow \
+                         restarts; until then {} stays in force",
+                        newer.shown(&k),
+                        started.shown(&k)
+                    );
+                }
+            }
+            let taken: Vec<String> = current
+                .changed(&newer)
+                .into_iter()
+                .filter(|k| {
+                    crate::config::RELOADABLE.contains(&k.as_str())
+                        && !(k == "rules" && rules_toggled)
+                })
+                .collect();
+            if let Some(s) = c.sinks.as_mut() {
+                if let Err(e) = s.reconfigure(&newer.args.sinks, &taken) {
+                    tracing::error!("SIGHUP: {e:#}; the log in use stays in use");
+                }
+            }
+            if !taken.is_empty() {
+                tracing::info!("SIGHUP: now in force: {}", taken.join(", "));
+            }
+            *current = newer;
+        }
+    }
+    if let Some(e) = c.rules.as_mut() {
+        e.request_reload(&current.args.rules);
+    }
 }
 
 /// Records that arrived while attaching, then the start-up scan's, then a

@@ -12,38 +12,38 @@ use procflow_core::{RulesRecord, VerdictRecord};
 use procflow_store::{JsonLog, Store, StoreError, DEFAULT_DB_PATH};
 use serde_json::json;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SinkArgs {
     /// Write flow records as JSON lines to FILE ("-" for standard output).
     /// A new file is created readable by root only (mode 0600).
     #[arg(long, value_name = "FILE")]
-    log: Option<PathBuf>,
+    pub(crate) log: Option<PathBuf>,
     /// Rotate the log when it would grow past this size (e.g. 100M, 1G);
     /// 0 turns rotation off.
     #[arg(long, value_name = "SIZE", value_parser = procflow_store::timespec::parse_size, default_value = "100M", requires = "log")]
-    log_max_size: u64,
+    pub(crate) log_max_size: u64,
     /// Rotated logs to keep (FILE.1 ... FILE.N).
     #[arg(long, value_name = "N", default_value_t = 5, requires = "log")]
-    log_keep: usize,
+    pub(crate) log_keep: usize,
     /// The flow history database.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH, conflicts_with = "no_db")]
-    db: PathBuf,
+    pub(crate) db: PathBuf,
     /// Do not record to the database.
     #[arg(long)]
-    no_db: bool,
+    pub(crate) no_db: bool,
     /// Delete history older than this (e.g. 30d, 12h); samples older than
     /// two days are rolled up into hourly totals.
     #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age, conflicts_with = "no_db")]
-    retain: Duration,
+    pub(crate) retain: Duration,
     /// Fold flows shorter than this into their series (no row of their own
     /// in the history, their bytes, packets and count still in every
     /// report) while more than --fold-above new flows a second arrive;
     /// 0s keeps a row for every flow. Blocked flows are never folded.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_age, conflicts_with = "no_db")]
-    fold_under: Duration,
+    pub(crate) fold_under: Duration,
     /// New flows a second at or below which every flow keeps its row.
     #[arg(long, value_name = "N", default_value_t = 20, conflicts_with = "no_db")]
-    fold_above: u64,
+    pub(crate) fold_above: u64,
 }
 
 impl SinkArgs {
@@ -83,18 +83,20 @@ pub struct Sinks {
     pub broken: bool,
 }
 
+/// The log `args` ask for, if any.
+fn open_log(args: &SinkArgs) -> Result<Option<JsonLog>> {
+    let Some(p) = &args.log else {
+        return Ok(None);
+    };
+    let max = Some(args.log_max_size).filter(|m| *m > 0);
+    JsonLog::open(p, max, args.log_keep)
+        .map(Some)
+        .with_context(|| format!("opening the log {}", p.display()))
+}
+
 impl Sinks {
     pub fn open(args: &SinkArgs) -> Result<Sinks> {
-        let log = match &args.log {
-            None => None,
-            Some(p) => {
-                let max = Some(args.log_max_size).filter(|m| *m > 0);
-                Some(
-                    JsonLog::open(p, max, args.log_keep)
-                        .with_context(|| format!("opening the log {}", p.display()))?,
-                )
-            }
-        };
+        let log = open_log(args)?;
         let store = if args.no_db {
             None
         } else {
@@ -123,6 +125,31 @@ impl Sinks {
             log_failing: false,
             broken: false,
         })
+    }
+
+    /// SIGHUP: takes the settings that can change while running (the
+    /// log, its rotation, retention and folding). A log that cannot be
+    /// opened leaves the one in use in use.
+    pub fn reconfigure(&mut self, args: &SinkArgs, changed: &[String]) -> Result<()> {
+        self.retain = args.retain;
+        if let Some(s) = self.store.as_mut() {
+            s.set_fold_policy(procflow_store::FoldPolicy {
+                shorter_than: args.fold_under,
+                above_rate: args.fold_above,
+            });
+        }
+        if !changed
+            .iter()
+            .any(|k| matches!(k.as_str(), "log" | "log-max-size" | "log-keep"))
+        {
+            return Ok(());
+        }
+        let log = open_log(args)?;
+        if let Some(mut old) = std::mem::replace(&mut self.log, log) {
+            let r = old.flush();
+            self.log_outcome(r);
+        }
+        Ok(())
     }
 
     /// What a write to the log (or a flush) came to.
@@ -300,5 +327,71 @@ impl Sinks {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+    use procflow_core::{RulesOutcome, RulesRecord};
+
+    fn args(argv: &[&str]) -> SinkArgs {
+        let mut all = vec!["run", "--no-db"];
+        all.extend(argv);
+        let m = crate::config::run_command()
+            .try_get_matches_from(all)
+            .unwrap();
+        crate::run::RunArgs::from_arg_matches(&m).unwrap().sinks
+    }
+
+    fn record(generation: u64) -> procflow_core::live::Record {
+        procflow_core::live::Record::Rules(RulesRecord {
+            kind: RulesRecord::KIND,
+            time: "2026-12-01T00:00:00Z".into(),
+            generation,
+            outcome: RulesOutcome::Accepted,
+            path: "r.toml".into(),
+            rules: 1,
+            error: None,
+        })
+    }
+
+    fn generations(path: &std::path::Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["generation"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reload_moves_the_log_and_a_log_that_cannot_open_leaves_it_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        let mut s = Sinks::open(&args(&["--log", a.to_str().unwrap()])).unwrap();
+        s.record(&record(1));
+        let changed = vec!["log".to_string()];
+        s.reconfigure(&args(&["--log", b.to_str().unwrap()]), &changed)
+            .unwrap();
+        s.record(&record(2));
+        let bad = dir.path().join("missing-dir").join("c.jsonl");
+        let e = s
+            .reconfigure(&args(&["--log", bad.to_str().unwrap()]), &changed)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("c.jsonl"), "{e:#}");
+        s.record(&record(3));
+        s.flush();
+        assert_eq!(generations(&a), vec![1]);
+        assert_eq!(generations(&b), vec![2, 3], "the log in use stays in use");
+        // No log at all any more.
+        s.reconfigure(&args(&[]), &changed).unwrap();
+        s.record(&record(4));
+        s.flush();
+        assert_eq!(generations(&b), vec![2, 3]);
     }
 }

@@ -18,15 +18,29 @@ use crate::hub::Hub;
 
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The daemon's API socket.
+    /// The daemon's API socket (default: the `api` of
+    /// /etc/procflow/procflow.toml when it sets one).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_API)]
     pub api: PathBuf,
+}
+
+impl ClientArgs {
+    /// The service's socket, from the configuration file, unless `--api`
+    /// was given.
+    pub fn use_configured_api(&mut self, matches: &clap::ArgMatches, command: &str) {
+        let sub = matches
+            .subcommand_matches(command)
+            .expect("a viewer command");
+        if let Some(api) = crate::config::from_default_file(sub, "api", "api") {
+            self.api = api;
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
     /// Print the API's JSON (the snapshot's `processes`).
     #[arg(long)]
     json: bool,
@@ -35,7 +49,7 @@ pub struct PsArgs {
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
     /// Print the API's JSON (the snapshot's `flows`).
     #[arg(long)]
     json: bool,
@@ -50,7 +64,7 @@ pub struct FlowsArgs {
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
     /// Redraw this often: seconds (1, 0.5) or a duration (2s).
     #[arg(long, value_name = "TIME", default_value = "1", value_parser = procflow_store::timespec::parse_period)]
     interval: Duration,

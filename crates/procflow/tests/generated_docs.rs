@@ -1,5 +1,5 @@
-//! The man pages and shell completions committed under packaging/ are what
-//! the current command line definition generates.
+//! The man pages, shell completions and example configuration committed
+//! under packaging/ are what the current command line definition generates.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::Command;
 const PROCFLOW: &str = env!("CARGO_BIN_EXE_procflow");
 const REGENERATE: &str =
     "regenerate them with `cargo run --release -p procflow -- generate-docs packaging` \
-     (after `rm -r packaging/man packaging/completions`) and commit the result";
+     (after `rm -r packaging/man packaging/completions packaging/procflow.toml`) and commit the result";
 
 /// Every file under `dir/sub`, by its path relative to `dir`.
 fn files(dir: &Path, sub: &str) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -62,9 +62,15 @@ fn committed_man_pages_and_completions_match_the_cli() {
             ));
         }
     }
+    let example = std::fs::read(tmp.path().join("procflow.toml")).unwrap();
+    match std::fs::read(packaging.join("procflow.toml")) {
+        Err(_) => problems.push("packaging/procflow.toml is missing".into()),
+        Ok(c) if c != example => problems.push("packaging/procflow.toml is out of date".into()),
+        Ok(_) => {}
+    }
     assert!(
         problems.is_empty(),
-        "the man pages and completions differ from what the CLI generates:\n  {}\n{REGENERATE}",
+        "the man pages, completions and example configuration differ from what the CLI generates:\n  {}\n{REGENERATE}",
         problems.join("\n  ")
     );
     // One page per subcommand, the hidden generator not among them.
@@ -79,6 +85,9 @@ fn committed_man_pages_and_completions_match_the_cli() {
         "procflow-top.1",
         "procflow-ps.1",
         "procflow-flows.1",
+        "procflow-config.1",
+        "procflow-config-check.1",
+        "procflow-config-show.1",
     ] {
         assert!(
             man.contains_key(&Path::new("man").join(page)),

@@ -37,7 +37,7 @@ pub use compile::{
     comm_key, exe_prefix_key, exe_suffix_key, limits, CgroupTable, CompiledRules, ExactTable,
     LpmEntry, LpmTable, Mask, PortTable, COMM_KEY_BYTES, EXE_KEY_BYTES, MASK_WORDS,
 };
-pub use diagnostic::{line_col, Diagnostic, RulesError};
+pub use diagnostic::{edit_distance, line_col, Diagnostic, RulesError};
 pub use explain::{explain, Explanation, Mismatch, RuleOutcome};
 pub use model::{
     cgroup_ancestors, cgroup_covers, normalize_ip, Action, Decision, Direction, ExePattern,

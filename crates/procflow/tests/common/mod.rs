@@ -366,6 +366,8 @@ pub struct Procflow {
     /// CLOCK_REALTIME (ns) when its "watching" line was read: its programs
     /// were attached and the start-up scan had finished.
     pub watching_ns: u64,
+    /// What it wrote to standard error so far, line by line.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _running: std::sync::RwLockReadGuard<'static, ()>,
 }
 
@@ -413,6 +415,10 @@ impl Procflow {
         if !extra.contains(&"--api") && !extra.contains(&"--no-api") {
             cmd.arg("--api").arg(&api);
         }
+        // The machine's /etc/procflow/procflow.toml is not the test's.
+        if !extra.contains(&"--config") {
+            cmd.arg("--no-config");
+        }
         let running = GROUND.read().unwrap_or_else(|e| e.into_inner());
         let spawned_ns = clock_ns();
         let child = cmd
@@ -428,10 +434,12 @@ impl Procflow {
             api,
             spawned_ns,
             watching_ns: 0,
+            stderr: Default::default(),
             _running: running,
         };
         let stderr = pf.child.as_mut().unwrap().stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::clone(&pf.stderr);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -443,6 +451,7 @@ impl Procflow {
                     let _ = tx.send(Err(line.clone()));
                 }
                 eprintln!("[procflow] {line}");
+                lines.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
@@ -515,6 +524,26 @@ impl Procflow {
             .filter(|r| r["type"] == "rules")
             .nth(n - 1)
             .unwrap()
+    }
+
+    /// Waits (at most `secs`) for a line of its standard error that holds
+    /// every one of `parts`, and returns it.
+    pub fn wait_stderr(&self, secs: u64, parts: &[&str]) -> String {
+        let find = || {
+            self.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .cloned()
+        };
+        wait_for(secs, || find().is_some());
+        find().unwrap_or_else(|| {
+            panic!(
+                "procflow wrote no line with {parts:?}; its standard error:\n{}",
+                self.stderr.lock().unwrap().join("\n")
+            )
+        })
     }
 
     pub fn pid(&self) -> u32 {

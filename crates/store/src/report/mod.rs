@@ -42,7 +42,8 @@ pub enum Format {
 /// Who used the network, talking to whom: totals over a time window.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// The procflow database to read.
+    /// The procflow database to read (default: the `db` of
+    /// /etc/procflow/procflow.toml when it sets one).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
     pub db: PathBuf,
 
