@@ -8,6 +8,9 @@
 # (scripts/fuzz.sh); the stable compiler takes their sanitizer flags with
 # RUSTC_BOOTSTRAP=1, so no other toolchain is needed. systemd brings
 # systemd-analyze, which checks packaging/procflow.service (service_root.rs).
+# dpkg-dev (dpkg-shlibdeps), binutils (strip) and lintian build and check the
+# Debian package (scripts/build-deb.sh); debootstrap makes the fresh root it
+# is installed in (scripts/fresh-root.sh, package_root.rs).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -16,6 +19,7 @@ apt-get install -y -qq --no-install-recommends \
     clang-19 llvm-19 libelf-dev zlib1g-dev \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
     tmux passwd util-linux systemd \
+    dpkg-dev binutils lintian debootstrap \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
