@@ -143,6 +143,16 @@ impl ConfigFile {
     /// against its option's parser.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
         let name = path.display().to_string();
+        if let Err(message) = crate::system::only_root_can_change(path) {
+            return Err(ConfigError {
+                diagnostics: vec![Diagnostic {
+                    file: name,
+                    line: 1,
+                    column: 1,
+                    message,
+                }],
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             diagnostics: vec![Diagnostic {
                 file: name.clone(),

@@ -309,6 +309,7 @@ impl Enforcer {
 
 /// Reads, checks and compiles the rules file at `path`.
 fn prepare(path: &std::path::Path, cgroup_root: &std::path::Path) -> Result<Prepared, String> {
+    crate::system::only_root_can_change(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let rules = rules_cmd::load(path).map_err(|e| e.to_string())?;
     Prepared::new(rules, cgroup_root).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -146,6 +146,36 @@ impl SystemLookup for ProcSystem {
     }
 }
 
+/// Refuses a file that procflow, running as root, takes its settings or
+/// rules from when someone other than root could change it: owned by
+/// another user, or writable by its group or by others. (Run by anyone
+/// else, procflow enforces nothing, and nothing is checked.) A file that
+/// cannot be read is left to the reading to report.
+pub fn only_root_can_change(path: &Path) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = m.mode() & 0o7777;
+    let p = path.display();
+    if m.uid() != 0 {
+        return Err(format!(
+            "refused: the file belongs to uid {}, who could change it; it must belong to \
+             root (chown root {p})",
+            m.uid()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refused: the file's mode {mode:04o} lets its group or others change it \
+             (chmod go-w {p})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,3 +159,89 @@ fn sighup_takes_the_configuration_file_and_a_refused_one_changes_nothing() {
     assert_eq!(u(last, "tx_payload"), 4_000_000, "{last}");
     assert!(!elsewhere.exists(), "the file's db was used over --db");
 }
+
+/// procflow, as root, takes settings and rules only from files that only
+/// root can change: a configuration or rules file that its group or
+/// others may write, or that another user owns, is refused at start and at
+/// SIGHUP (the settings and rules in force stay).
+#[test]
+fn files_that_others_could_change_are_refused_at_start_and_at_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"not-9\"\naction = \"block\"\nremote = \"192.0.2.1\"\nremote_port = 9\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("procflow.toml");
+    std::fs::write(&cfg, format!("rules = {:?}\n", rules.to_str().unwrap())).unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let db = dir.path().join("never.db");
+    let start = |extra: &[&str]| {
+        let out = std::process::Command::new(PROCFLOW)
+            .args(["run", "--db", db.to_str().unwrap(), "--no-api"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    require_root();
+    mode(&cfg, 0o666);
+    let (code, err) = start(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:1:1: refused: the file's mode 0666",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    mode(&cfg, 0o644);
+    sh(&["chown", "65534", cfg.to_str().unwrap()]);
+    let (code, err) = start(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    sh(&["chown", "0", cfg.to_str().unwrap()]);
+    mode(&rules, 0o620);
+    let (code, err) = start(&["--no-config", "--rules", rules.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused: the file's mode 0620"), "{err}");
+
+    // Running: both are refused at SIGHUP and what is in force stays.
+    mode(&rules, 0o644);
+    let pf = Procflow::start(&["--config", cfg.to_str().unwrap()]);
+    let first = pf.wait_rules_ack(1);
+    assert_eq!(first["outcome"], "accepted", "{first}");
+    std::fs::write(&cfg, "interval = 1\n").unwrap();
+    mode(&cfg, 0o646);
+    sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    pf.wait_stderr(5, &["SIGHUP: configuration refused"]);
+    pf.wait_stderr(5, &["refused: the file's mode 0646"]);
+    let second = pf.wait_rules_ack(2);
+    assert_eq!(
+        second["outcome"], "accepted",
+        "the rules in force are read again: {second}"
+    );
+    mode(&rules, 0o666);
+    sh(&["kill", "-HUP", &pf.pid().to_string()]);
+    let third = pf.wait_rules_ack(3);
+    assert_eq!(
+        (&third["outcome"], &third["generation"]),
+        (&"refused".into(), &2.into()),
+        "{third}"
+    );
+    assert!(
+        third["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused: the file's mode 0666"),
+        "{third}"
+    );
+    pf.stop();
+}

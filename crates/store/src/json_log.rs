@@ -128,7 +128,8 @@ impl JsonLog {
     /// `max_size`, a file that would grow past it is rotated first, keeping
     /// `keep` older files (`keep` = 0: the file is simply started anew).
     /// A single line longer than `max_size` gets a file of its own. A new
-    /// file is created with mode 0600.
+    /// file is created with mode 0600. A target that is not a regular file
+    /// (/dev/null, a FIFO) is never rotated.
     pub fn open(
         target: impl AsRef<Path>,
         max_size: Option<u64>,
@@ -150,10 +151,20 @@ impl JsonLog {
             ));
         }
         let (f, size) = open_append(target, false)?;
+        // Only a regular file is rotated: renaming /dev/null, a FIFO or a
+        // terminal would put a plain file in its place.
+        let regular = f
+            .metadata()
+            .map_err(|source| StoreError::Io {
+                path: target.to_path_buf(),
+                source,
+            })?
+            .file_type()
+            .is_file();
         Ok(JsonLog::with_sink(
             Sink::File(Some(f)),
             Some(target.to_path_buf()),
-            max_size,
+            max_size.filter(|_| regular),
             keep,
             size,
         ))
@@ -363,6 +374,39 @@ impl JsonLog {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_log_that_is_not_a_regular_file_is_never_rotated() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("log.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                File::open(&fifo).unwrap().read_to_end(&mut got).unwrap();
+                got
+            })
+        };
+        let mut log = JsonLog::open(&fifo, Some(64), 2).unwrap();
+        for i in 0..100 {
+            log.write(&serde_json::json!({ "n": i, "pad": "xxxxxxxxxxxxxxxx" }))
+                .unwrap();
+        }
+        log.flush().unwrap();
+        drop(log);
+        let got = reader.join().unwrap();
+        assert_eq!(String::from_utf8(got).unwrap().lines().count(), 100);
+        let meta = std::fs::metadata(&fifo).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(meta.file_type().is_fifo(), "the FIFO was replaced");
+        assert!(!numbered(&fifo, 1).exists(), "the FIFO was rotated");
+    }
     use super::*;
 
     #[derive(Serialize)]
