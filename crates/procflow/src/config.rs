@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
-use procflow_core::rules::{line_col, Diagnostic};
+use procflow_core::rules::{closest, line_col, Diagnostic};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -72,13 +72,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.diagnostics.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{d}")?;
-        }
-        Ok(())
+        procflow_core::rules::write_lines(f, &self.diagnostics)
     }
 }
 
@@ -321,26 +315,9 @@ fn value_of(
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a date-time",
-        DeValue::Array(_) => "an array",
         DeValue::Table(_) => "a table (the settings are top-level keys)",
+        other => procflow_core::rules::type_name(other),
     }
-}
-
-/// The closest of `valid` to `key`, when it is close enough to be a typo.
-fn closest<'a>(key: &str, valid: &[&'a str]) -> Option<&'a str> {
-    let norm = |s: &str| s.replace('_', "-").to_ascii_lowercase();
-    let k = norm(key);
-    valid
-        .iter()
-        .map(|v| (procflow_core::rules::edit_distance(&k, &norm(v)), *v))
-        .filter(|(d, v)| *d <= 2.max(v.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, v)| v)
 }
 
 /// Why a value was refused: the option's parser's own words when it has
@@ -388,6 +365,9 @@ pub struct Settings {
     /// Options whose default is not in force, with the option set that
     /// conflicts with it.
     unused_defaults: Vec<(String, String)>,
+    /// Every option a file may set, in `procflow run --help` order, with
+    /// how it takes values.
+    options: Vec<(String, ArgAction)>,
 }
 
 impl Settings {
@@ -523,27 +503,28 @@ impl Settings {
                 unused_defaults.push((key.to_string(), by));
             }
         }
+        let options = settable(&cmd)
+            .into_iter()
+            .map(|(key, id)| (key.to_string(), arg_of(id).get_action().clone()))
+            .collect();
         Ok(Settings {
             args,
             file,
             cli,
             values,
             unused_defaults,
+            options,
         })
     }
 
     /// The keys in `procflow run --help` order.
     fn keys(&self) -> Vec<String> {
-        settable(&run_command())
-            .into_iter()
-            .map(|(k, _)| k.to_string())
-            .collect()
+        self.options.iter().map(|(k, _)| k.clone()).collect()
     }
 
     /// The value of `key` as TOML (None: not set).
     fn toml_value(&self, key: &str) -> Option<String> {
-        let cmd = run_command();
-        let arg = cmd.get_arguments().find(|a| a.get_long() == Some(key))?;
+        let (_, action) = self.options.iter().find(|(k, _)| k == key)?;
         let (vals, _) = &self.values[key];
         let item = |v: &String| {
             if !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -552,7 +533,7 @@ impl Settings {
                 toml_string(v)
             }
         };
-        match arg.get_action() {
+        match action {
             ArgAction::SetTrue => Some(
                 if vals.first().is_some_and(|v| v == "true") {
                     "true"

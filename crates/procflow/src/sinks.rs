@@ -47,6 +47,14 @@ pub struct SinkArgs {
 }
 
 impl SinkArgs {
+    /// Which flows get no row of their own (`--fold-under`, `--fold-above`).
+    fn fold_policy(&self) -> procflow_store::FoldPolicy {
+        procflow_store::FoldPolicy {
+            shorter_than: self.fold_under,
+            above_rate: self.fold_above,
+        }
+    }
+
     /// The history database, unless `--no-db`.
     pub fn db(&self) -> Option<PathBuf> {
         (!self.no_db).then(|| self.db.clone())
@@ -104,10 +112,7 @@ impl Sinks {
             // holds every user's command lines) and the file (0600).
             let mut s = Store::open(&args.db)
                 .with_context(|| format!("opening the flow history {}", args.db.display()))?;
-            s.set_fold_policy(procflow_store::FoldPolicy {
-                shorter_than: args.fold_under,
-                above_rate: args.fold_above,
-            });
+            s.set_fold_policy(args.fold_policy());
             s.start_run(now_ns())
                 .context("starting a run in the flow history")?;
             Some(s)
@@ -133,10 +138,7 @@ impl Sinks {
     pub fn reconfigure(&mut self, args: &SinkArgs, changed: &[String]) -> Result<()> {
         self.retain = args.retain;
         if let Some(s) = self.store.as_mut() {
-            s.set_fold_policy(procflow_store::FoldPolicy {
-                shorter_than: args.fold_under,
-                above_rate: args.fold_above,
-            });
+            s.set_fold_policy(args.fold_policy());
         }
         if !changed
             .iter()

@@ -121,11 +121,10 @@ fn sighup_takes_the_configuration_file_and_a_refused_one_changes_nothing() {
     // A refused file: said where, and nothing changes.
     std::fs::write(&cfg, "interval = \"soon\"\nlog-kep = 2\n").unwrap();
     sh(&["kill", "-HUP", &pf.pid().to_string()]);
-    let refused = pf.wait_stderr(
+    pf.wait_stderr(
         5,
         &["SIGHUP: configuration refused, the settings in force stay in force"],
     );
-    assert!(!refused.is_empty());
     pf.wait_stderr(5, &[&format!("{}:1:12: `interval`", cfg.display())]);
     pf.wait_stderr(
         5,

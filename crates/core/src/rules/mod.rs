@@ -37,12 +37,13 @@ pub use compile::{
     comm_key, exe_prefix_key, exe_suffix_key, limits, CgroupTable, CompiledRules, ExactTable,
     LpmEntry, LpmTable, Mask, PortTable, COMM_KEY_BYTES, EXE_KEY_BYTES, MASK_WORDS,
 };
-pub use diagnostic::{edit_distance, line_col, Diagnostic, RulesError};
+pub use diagnostic::{closest, line_col, write_lines, Diagnostic, RulesError};
 pub use explain::{explain, Explanation, Mismatch, RuleOutcome};
 pub use model::{
     cgroup_ancestors, cgroup_covers, normalize_ip, Action, Decision, Direction, ExePattern,
     FamilyMatch, IpPrefix, PortRange, ProtoMatch, Query, Rule, Rules, UserMatch, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_COMM, MAX_EXE_PATTERN, MAX_RULES,
 };
+pub use parse::type_name;
 pub use reference::Condition;
 pub use shadow::{Shadowing, SHADOW_BUDGET};

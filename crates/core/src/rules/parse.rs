@@ -68,7 +68,8 @@ pub(crate) const RULE_KEYS: &[&str] = &[
     "local_port",
 ];
 
-fn type_name(v: &DeValue<'_>) -> &'static str {
+/// What a TOML value is, for messages ("found an integer").
+pub fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
