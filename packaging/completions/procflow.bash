@@ -669,7 +669,7 @@ _procflow() {
             return 0
             ;;
         procflow__subcmd__run)
-            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --config --no-config --verbose --help"
+            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --metrics --metrics-top --ipfix --config --no-config --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -724,6 +724,18 @@ _procflow() {
                     return 0
                     ;;
                 --api-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-top)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ipfix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

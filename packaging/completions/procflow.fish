@@ -48,6 +48,9 @@ complete -c procflow -n "__fish_procflow_using_subcommand run" -l rules -d 'Allo
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l resolver -d 'A name server for --resolve (ADDR or ADDR:PORT; repeat for several). Default: the nameserver lines of /etc/resolv.conf' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l api -d 'Serve the local API (docs/api.md) on this Unix socket' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l api-group -d 'The group whose members may read the API (the socket\'s group)' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464; docs/fleet.md). Anyone who can reach ADDR sees which programs use the network: keep it on loopback or a management network' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l metrics-top -d 'How many executables (and cgroups) get series of their own; the rest are summed into exe="other" (cgroup="other")' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix -d 'Export flow records over IPFIX (RFC 7011) to this collector (HOST:PORT), with the process of each flow (docs/fleet.md)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l config -d 'Read the settings of `procflow run` from FILE (default: /etc/procflow/procflow.toml, when it exists); options given on the command line override it. SIGHUP reads it again' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-db -d 'Do not record to the database'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l enforce-existing -d 'When rules are loaded or reloaded, also close the established TCP connections they block (sock_diag SOCK_DESTROY)'

@@ -24,7 +24,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/procflow.skel.rs"));
 }
 
-pub use loader::{Dump, Kernel, KernelStats, Refused};
+pub use loader::{DatagramSweep, Dump, Kernel, KernelStats, Refused, DATAGRAM_TABLE_CAPACITY};
 pub use scan::ScanReport;
 
 /// One record from the kernel.

@@ -73,6 +73,17 @@ pub struct Dump {
     pub started_unix_ns: u64,
 }
 
+/// What [`Kernel::sweep_datagram_entries`] did: entries deleted, and the
+/// entries the datagram table holds after it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramSweep {
+    pub deleted: usize,
+    pub entries: usize,
+}
+
+/// Entries the datagram table (`dgram_flows`) can hold.
+pub const DATAGRAM_TABLE_CAPACITY: usize = 262144;
+
 /// A program the kernel would not load, and why.
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -522,9 +533,14 @@ impl Kernel {
     /// (their RELEASE record was lost) and that user space never announced:
     /// entries whose socket `dump` did not list, older than the dump.
     /// Returns how many were deleted.
-    pub fn sweep_datagram_entries(&self, d: &Dump, known: &dyn Fn(&FlowKey) -> bool) -> usize {
+    pub fn sweep_datagram_entries(
+        &self,
+        d: &Dump,
+        known: &dyn Fn(&FlowKey) -> bool,
+    ) -> DatagramSweep {
         let map = &self.skel.maps.dgram_flows;
         let keys: Vec<Vec<u8>> = map.keys().collect();
+        let entries = keys.len();
         let mut deleted = 0;
         for kb in keys {
             let Some(k) = decode::read_struct::<pf_dgram_key>(&kb) else {
@@ -553,7 +569,10 @@ impl Kernel {
                 deleted += 1;
             }
         }
-        deleted
+        DatagramSweep {
+            deleted,
+            entries: entries - deleted,
+        }
     }
 
     fn dgram_key(key: &FlowKey) -> Option<pf_dgram_key> {
@@ -668,5 +687,16 @@ mod tests {
         let t = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
                  ffff8881a2b3c000 3      3    0003   2     1 0      0      123456\n";
         assert_eq!(packet_inodes(t).collect::<Vec<_>>(), [123456]);
+    }
+
+    #[test]
+    fn the_datagram_capacity_is_the_maps_own() {
+        let h = include_str!("../bpf/common.h");
+        let def = &h[..h.find("} dgram_flows SEC").unwrap()];
+        let def = &def[def.rfind("PF_MAP struct").unwrap()..];
+        assert!(
+            def.contains(&format!("__uint(max_entries, {DATAGRAM_TABLE_CAPACITY});")),
+            "{def}"
+        );
     }
 }

@@ -272,6 +272,48 @@ pub struct FlowRecord {
     pub rule: Option<String>,
 }
 
+impl FlowRecord {
+    /// An open TCP flow from 127.0.0.1:40000 to 10.0.0.1:443 by
+    /// `/usr/bin/example` (pid 100, ppid 1, root), no traffic yet: for the
+    /// tests of the records' consumers.
+    pub fn example(flow_id: &str) -> FlowRecord {
+        use std::net::Ipv4Addr;
+        FlowRecord {
+            kind: "flow",
+            flow_id: flow_id.into(),
+            state: FlowState::Open,
+            proto: Proto::Tcp,
+            family: 4,
+            direction: Direction::Out,
+            local_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 40000,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            remote_port: 443,
+            remote_name: None,
+            process: Some(ProcessIdentity {
+                pid: 100,
+                ppid: 1,
+                uid: 0,
+                user: Some("root".into()),
+                comm: "example".into(),
+                exe: Some("/usr/bin/example".into()),
+                cmdline: Some("example --flag".into()),
+                cgroup: Some("/system.slice/example.service".into()),
+                ..Default::default()
+            }),
+            netns: 1,
+            start: "2026-12-01T00:00:00.000000000Z".into(),
+            end: None,
+            counters: Counters::default(),
+            before_start: None,
+            origin: Origin::Connect,
+            link: None,
+            verdict: None,
+            rule: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

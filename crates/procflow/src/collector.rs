@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use procflow_bpf::{Dump, Kernel, KernelStats, Record as KernelRecord};
+use procflow_bpf::{DatagramSweep, Dump, Kernel, KernelStats, Record as KernelRecord};
 use procflow_core::event::FlowView;
 use procflow_core::flow::Counters;
 use procflow_core::identity::SystemLookup;
@@ -34,7 +34,11 @@ pub trait KernelSource {
     fn datagram_counters(&self, key: &FlowKey, remove: bool) -> Option<Counters>;
     /// Deletes kernel datagram entries of sockets `dump` found gone that
     /// `known` does not know; returns how many.
-    fn sweep_datagram_entries(&self, dump: &Dump, known: &dyn Fn(&FlowKey) -> bool) -> usize;
+    fn sweep_datagram_entries(
+        &self,
+        dump: &Dump,
+        known: &dyn Fn(&FlowKey) -> bool,
+    ) -> DatagramSweep;
     /// Ids of the live packet sockets.
     fn live_packet_sockets(&mut self) -> HashSet<u64>;
     /// Attaches the packet-socket rules program to devices that lack it;
@@ -55,7 +59,11 @@ impl KernelSource for Kernel {
     fn datagram_counters(&self, key: &FlowKey, remove: bool) -> Option<Counters> {
         Kernel::datagram_counters(self, key, remove)
     }
-    fn sweep_datagram_entries(&self, dump: &Dump, known: &dyn Fn(&FlowKey) -> bool) -> usize {
+    fn sweep_datagram_entries(
+        &self,
+        dump: &Dump,
+        known: &dyn Fn(&FlowKey) -> bool,
+    ) -> DatagramSweep {
         Kernel::sweep_datagram_entries(self, dump, known)
     }
     fn live_packet_sockets(&mut self) -> HashSet<u64> {
@@ -90,6 +98,10 @@ pub struct Refreshes {
     pub max_ms: f64,
     /// Flows the flow table held after the last one.
     pub flows: usize,
+    /// Sockets with a context, and entries in the datagram table, after
+    /// the last one.
+    pub socket_contexts: usize,
+    pub datagram_entries: usize,
 }
 
 /// How often the live sockets are read even without `--interval` or a
@@ -120,6 +132,8 @@ pub struct Collector<K> {
     pub resolver: Option<crate::resolve::Resolver>,
     pub swept: Swept,
     pub refreshes: Refreshes,
+    /// How long the start-up scan took (milliseconds), once it ran.
+    pub scan_ms: Option<f64>,
     last_refresh: Instant,
     last_packet_sweep: Instant,
     last_tick: Option<Instant>,
@@ -142,6 +156,7 @@ impl<K: KernelSource> Collector<K> {
             resolver: None,
             swept: Swept::default(),
             refreshes: Refreshes::default(),
+            scan_ms: None,
             last_refresh: Instant::now(),
             last_packet_sweep: Instant::now(),
             last_tick: None,
@@ -273,9 +288,10 @@ impl<K: KernelSource> Collector<K> {
         }
         self.table.prune_owners(&dump.live);
         let table = &self.table;
-        self.swept.kernel_entries +=
-            self.kernel
-                .sweep_datagram_entries(&dump, &|k| table.contains(k)) as u64;
+        let sweep = self
+            .kernel
+            .sweep_datagram_entries(&dump, &|k| table.contains(k));
+        self.swept.kernel_entries += sweep.deleted as u64;
         self.last_refresh = Instant::now();
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let r = &mut self.refreshes;
@@ -283,6 +299,8 @@ impl<K: KernelSource> Collector<K> {
         r.last_ms = ms;
         r.max_ms = r.max_ms.max(ms);
         r.flows = self.table.len();
+        r.socket_contexts = contexts;
+        r.datagram_entries = sweep.entries;
         Ok(contexts)
     }
 
@@ -355,7 +373,11 @@ impl<K: KernelSource> Collector<K> {
             "verdicts_suppressed": k.verdicts_suppressed,
             "exe_unknown": t.exe_unknown,
             "refresh": self.refreshes,
+            "datagram_capacity": procflow_bpf::DATAGRAM_TABLE_CAPACITY,
+            "scan_ms": self.scan_ms,
             "api": self.hub.stats(),
+            "store": self.sinks.as_ref().map(Sinks::stats),
+            "log": self.sinks.as_ref().map(Sinks::log_stats),
         })
     }
 
@@ -458,8 +480,8 @@ mod tests {
                 s.dgram.get(key).copied()
             }
         }
-        fn sweep_datagram_entries(&self, _: &Dump, _: &dyn Fn(&FlowKey) -> bool) -> usize {
-            0
+        fn sweep_datagram_entries(&self, _: &Dump, _: &dyn Fn(&FlowKey) -> bool) -> DatagramSweep {
+            DatagramSweep::default()
         }
         fn live_packet_sockets(&mut self) -> HashSet<u64> {
             HashSet::new()

@@ -46,6 +46,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("duration", "\"1h\""),
     ("rules", "\"/etc/procflow/rules.toml\""),
     ("resolver", "[\"192.0.2.53\", \"[2001:db8::53]:53\"]"),
+    ("metrics", "\"127.0.0.1:9464\""),
+    ("ipfix", "\"192.0.2.10:4739\""),
 ];
 
 /// Options of `procflow run` that only the command line can give.

@@ -40,9 +40,44 @@ struct Subscriber {
     dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What an in-process consumer (an exporter) is given: every record the
+/// hub applies, and every tick.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    Record(Arc<Record>),
+    /// The live state was ticked at this time (Unix ns); `fresh` when the
+    /// kernel's counters were read just before.
+    Tick {
+        now_ns: u64,
+        fresh: bool,
+    },
+}
+
+/// Items an observer may have waiting; past that, what it misses is
+/// counted in [`Observation::lost`] (flow records are cumulative, so a
+/// later record of the same flow makes up for a lost one).
+pub const OBSERVER_QUEUE: usize = 65536;
+
+#[derive(Debug)]
+struct Observer {
+    tx: SyncSender<Observed>,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// An in-process consumer's side: the records and ticks, oldest first.
+/// While one exists the hub counts as watched, so the collector reads the
+/// kernel's counters at every tick.
+#[derive(Debug)]
+pub struct Observation {
+    pub rx: Receiver<Observed>,
+    /// Items not given because the queue was full.
+    pub lost: Arc<std::sync::atomic::AtomicU64>,
+}
+
 #[derive(Debug)]
 struct Inner {
     state: LiveState,
+    observers: Vec<Observer>,
     /// Recent deltas, serialized, with their sequence numbers; kept only
     /// while someone watches.
     backlog: VecDeque<(u64, Arc<str>)>,
@@ -82,6 +117,7 @@ impl Hub {
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 state: LiveState::new(started_ns),
+                observers: Vec::new(),
                 backlog: VecDeque::new(),
                 subs: Vec::new(),
                 stats: HubStats::default(),
@@ -103,6 +139,7 @@ impl Hub {
     pub fn watched(&self) -> bool {
         let g = self.lock();
         !g.subs.is_empty()
+            || !g.observers.is_empty()
             || g.want_fresh
             || g.last_asked.is_some_and(|t| t.elapsed() < WATCHED_FOR)
     }
@@ -138,11 +175,36 @@ impl Hub {
         g.stats.subscribers = g.subs.len();
     }
 
+    fn observe_item(g: &mut Inner, item: Observed) {
+        g.observers.retain(|o| match o.tx.try_send(item.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                o.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
     /// A record from the collector.
     pub fn apply(&self, rec: &Record) {
         let mut g = self.lock();
         let deltas = g.state.apply(rec);
         Self::publish(&mut g, deltas);
+        if !g.observers.is_empty() {
+            Self::observe_item(&mut g, Observed::Record(Arc::new(rec.clone())));
+        }
+    }
+
+    /// An in-process consumer of every record and tick from now on.
+    pub fn observe(&self) -> Observation {
+        let (tx, rx) = sync_channel(OBSERVER_QUEUE);
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.lock().observers.push(Observer {
+            tx,
+            lost: Arc::clone(&lost),
+        });
+        Observation { rx, lost }
     }
 
     /// A tick at `now_ns`; `fresh` when the kernel's counters were read
@@ -151,6 +213,9 @@ impl Hub {
         let mut g = self.lock();
         let d = g.state.tick(now_ns);
         Self::publish(&mut g, vec![d]);
+        if !g.observers.is_empty() {
+            Self::observe_item(&mut g, Observed::Tick { now_ns, fresh });
+        }
         if fresh {
             g.fresh_ticks += 1;
             g.want_fresh = false;
@@ -306,6 +371,33 @@ mod tests {
             stuck.rx.try_recv(),
             Err(std::sync::mpsc::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn an_observer_gets_every_record_and_tick_and_counts_what_it_missed() {
+        let hub = Hub::new(0);
+        assert!(!hub.watched());
+        let obs = hub.observe();
+        assert!(hub.watched(), "an observer keeps the counters read");
+        hub.apply(&stats(1));
+        hub.tick(7, true);
+        let got: Vec<Observed> = obs.rx.try_iter().collect();
+        assert!(matches!(&got[0], Observed::Record(r) if **r == stats(1)));
+        assert!(matches!(
+            got[1],
+            Observed::Tick {
+                now_ns: 7,
+                fresh: true
+            }
+        ));
+        for i in 0..(OBSERVER_QUEUE as u64 + 5) {
+            hub.apply(&stats(i));
+        }
+        assert_eq!(obs.lost.load(std::sync::atomic::Ordering::Relaxed), 5);
+        assert_eq!(obs.rx.try_iter().count(), OBSERVER_QUEUE);
+        drop(obs);
+        hub.apply(&stats(0));
+        assert!(!hub.watched(), "a dropped observer is forgotten");
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod collector;
 mod config;
 mod enforce;
 mod hub;
+mod ipfix;
+mod metrics;
 mod resolve;
 mod rules_cmd;
 mod run;

@@ -34,6 +34,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub(crate) api: crate::api::ApiArgs,
     #[command(flatten)]
+    pub(crate) metrics: crate::metrics::MetricsArgs,
+    #[command(flatten)]
+    pub(crate) ipfix: crate::ipfix::IpfixArgs,
+    #[command(flatten)]
     pub(crate) config: crate::config::ConfigArgs,
 }
 
@@ -73,6 +77,8 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let hub = Hub::new(crate::sinks::now_ns());
     let _server = crate::api::Server::start(&args.api, &hub, args.sinks.db())?;
+    let _metrics = crate::metrics::Exporter::start(&args.metrics, &hub)?;
+    let ipfix = crate::ipfix::Exporter::start(&args.ipfix, &hub)?;
     let mut c = Collector::new(kernel, Box::new(sys), hub);
     c.sinks = Some(sinks);
     c.rules = Some(rules);
@@ -132,6 +138,9 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     c.hub.apply(&Record::Stats(stats.clone()));
     if let Some(s) = c.sinks.as_mut() {
         s.finish(&stats);
+    }
+    if let Some(x) = ipfix {
+        x.finish();
     }
     Ok(())
 }
@@ -194,6 +203,7 @@ fn reload(
 pub fn start_up(c: &mut Collector<Kernel>) -> Result<(ScanReport, usize)> {
     c.drain(Duration::ZERO);
     let (found, scan) = c.kernel.scan().context("start-up scan")?;
+    c.scan_ms = Some(scan.elapsed.as_secs_f64() * 1000.0);
     for e in &scan.failed {
         tracing::warn!("start-up scan: {e}");
     }

@@ -84,6 +84,8 @@ pub struct Sinks {
     retain: Duration,
     last_retention: Option<Instant>,
     store_errors: u64,
+    /// How long the store's last batch took (records wait that long).
+    last_write_ms: f64,
     /// Failed writes of the log, and whether the last one failed.
     log_errors: u64,
     log_failing: bool,
@@ -126,6 +128,7 @@ impl Sinks {
             retain: args.retain,
             last_retention: None,
             store_errors: 0,
+            last_write_ms: 0.0,
             log_errors: 0,
             log_failing: false,
             broken: false,
@@ -254,9 +257,11 @@ impl Sinks {
         let now = now_ns();
         let mut failed = Vec::new();
         if !self.pending.is_empty() {
+            let t = Instant::now();
             if let Err(e) = store.write(&self.pending, now) {
                 failed.push(e);
             }
+            self.last_write_ms = t.elapsed().as_secs_f64() * 1e3;
             self.pending.clear();
         }
         if !self.pending_verdicts.is_empty() || !self.pending_rules.is_empty() {
@@ -307,6 +312,7 @@ impl Sinks {
                     "batches_failed": st.batches_failed,
                     "flows_kept": st.flows_kept,
                     "flows_folded": st.flows_folded,
+                    "last_write_ms": self.last_write_ms,
                 })
             }
         }
