@@ -11,6 +11,8 @@
 # dpkg-dev (dpkg-shlibdeps), binutils (strip) and lintian build and check the
 # Debian package (scripts/build-deb.sh); debootstrap makes the fresh root it
 # is installed in (scripts/fresh-root.sh, package_root.rs).
+# prometheus is the real server metrics_root.rs scrapes procflow with (the
+# test starts its own on its own port; the package's service is not used).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -20,6 +22,7 @@ apt-get install -y -qq --no-install-recommends \
     iproute2 nftables ethtool bpftool iperf3 sqlite3 procps python3 \
     tmux passwd util-linux systemd \
     dpkg-dev binutils lintian debootstrap \
+    prometheus \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -682,20 +682,38 @@ impl Out {
     }
 }
 
+/// The exporter's address, bound before anything else starts (a taken
+/// address stops procflow at once), not yet serving.
+pub struct Bound {
+    listener: TcpListener,
+    top: usize,
+}
+
+/// Binds `--metrics`' address, when it is given.
+pub fn bind(args: &MetricsArgs) -> Result<Option<Bound>> {
+    let Some(addr) = args.metrics else {
+        return Ok(None);
+    };
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
+    Ok(Some(Bound {
+        listener,
+        top: args.metrics_top as usize,
+    }))
+}
+
 /// The running exporter: a thread that takes the records, and the HTTP
 /// server's.
 pub struct Exporter;
 
 impl Exporter {
-    /// Starts serving when `--metrics` is given.
-    pub fn start(args: &MetricsArgs, hub: &Arc<Hub>) -> Result<Option<Exporter>> {
-        let Some(addr) = args.metrics else {
+    /// Starts serving on the bound address.
+    pub fn start(bound: Option<Bound>, hub: &Arc<Hub>) -> Result<Option<Exporter>> {
+        let Some(Bound { listener, top }) = bound else {
             return Ok(None);
         };
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
         let addr = listener.local_addr()?;
-        let metrics = Arc::new(Mutex::new(Metrics::new(args.metrics_top as usize)));
+        let metrics = Arc::new(Mutex::new(Metrics::new(top)));
         let obs = hub.observe();
         let m = Arc::clone(&metrics);
         std::thread::Builder::new()

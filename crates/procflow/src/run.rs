@@ -56,6 +56,7 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
         .context("installing the SIGHUP handler")?;
     let args = &initial.args;
     let started = Instant::now();
+    let metrics = crate::metrics::bind(&args.metrics)?;
     let kernel = Kernel::open(args.rules.rules.is_some()).context("loading the kernel programs")?;
     let mut sinks = Sinks::open(&args.sinks)?;
     for r in kernel.refused() {
@@ -77,7 +78,7 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let hub = Hub::new(crate::sinks::now_ns());
     let _server = crate::api::Server::start(&args.api, &hub, args.sinks.db())?;
-    let _metrics = crate::metrics::Exporter::start(&args.metrics, &hub)?;
+    let _metrics = crate::metrics::Exporter::start(metrics, &hub)?;
     let ipfix = crate::ipfix::Exporter::start(&args.ipfix, &hub)?;
     let mut c = Collector::new(kernel, Box::new(sys), hub);
     c.sinks = Some(sinks);
