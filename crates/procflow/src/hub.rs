@@ -62,11 +62,15 @@ pub const OBSERVER_QUEUE: usize = 65536;
 struct Observer {
     tx: SyncSender<Observed>,
     lost: Arc<std::sync::atomic::AtomicU64>,
+    /// Keeps the counters read every second.
+    keeps_fresh: bool,
 }
 
 /// An in-process consumer's side: the records and ticks, oldest first.
-/// While one exists the hub counts as watched, so the collector reads the
-/// kernel's counters at every tick.
+/// While one made by [`Hub::observe`] exists the hub counts as watched, so
+/// the collector reads the kernel's counters at every tick; one made by
+/// [`Hub::observe_lazily`] asks for readings when it needs them
+/// ([`Hub::want_reading`]).
 #[derive(Debug)]
 pub struct Observation {
     pub rx: Receiver<Observed>,
@@ -139,7 +143,7 @@ impl Hub {
     pub fn watched(&self) -> bool {
         let g = self.lock();
         !g.subs.is_empty()
-            || !g.observers.is_empty()
+            || g.observers.iter().any(|o| o.keeps_fresh)
             || g.want_fresh
             || g.last_asked.is_some_and(|t| t.elapsed() < WATCHED_FOR)
     }
@@ -196,15 +200,33 @@ impl Hub {
         }
     }
 
-    /// An in-process consumer of every record and tick from now on.
+    /// An in-process consumer of every record and tick from now on, for
+    /// which the kernel's counters are read every second.
+    #[allow(dead_code)]
     pub fn observe(&self) -> Observation {
+        self.observer(true)
+    }
+
+    /// As [`Hub::observe`], with readings only when someone asks for them.
+    pub fn observe_lazily(&self) -> Observation {
+        self.observer(false)
+    }
+
+    fn observer(&self, keeps_fresh: bool) -> Observation {
         let (tx, rx) = sync_channel(OBSERVER_QUEUE);
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         self.lock().observers.push(Observer {
             tx,
             lost: Arc::clone(&lost),
+            keeps_fresh,
         });
         Observation { rx, lost }
+    }
+
+    /// Asks for one reading of the kernel's counters at the collector's
+    /// next tick (without waiting for it).
+    pub fn want_reading(&self) {
+        self.lock().want_fresh = true;
     }
 
     /// A tick at `now_ns`; `fresh` when the kernel's counters were read
@@ -398,6 +420,14 @@ mod tests {
         drop(obs);
         hub.apply(&stats(0));
         assert!(!hub.watched(), "a dropped observer is forgotten");
+        let lazy = hub.observe_lazily();
+        assert!(!hub.watched(), "a lazy observer asks for readings");
+        hub.want_reading();
+        assert!(hub.watched());
+        hub.tick(8, true);
+        assert!(!hub.watched(), "one reading was asked for");
+        hub.apply(&stats(9));
+        assert_eq!(lazy.rx.try_iter().count(), 2, "the tick and the record");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! that serves `/metrics` over HTTP, in Prometheus's text format or in
 //! OpenMetrics when the scraper asks for it.
 //!
+//! The counters of open flows are read from the kernel when a scrape asks
+//! (a scrape shows the reading the previous one asked for, and
+//! `procflow_counters_read_timestamp_seconds` says when it was made), so
+//! the cost follows the scrape interval; closed flows count at once.
+//!
 //! Traffic is counted from the flow records: each flow's counters are
 //! cumulative, so the growth since its previous record goes to its
 //! executable's series (and its cgroup's). The top `--metrics-top`
@@ -327,11 +332,15 @@ impl Metrics {
         }
     }
 
-    /// Once a second: series places change here, never mid-scrape.
+    /// A tick of the live state (after a reading when `fresh`).
     pub fn tick(&mut self, now_ns: u64, fresh: bool) {
         if fresh {
             self.read_at_ns = now_ns;
         }
+    }
+
+    /// Before each scrape: series places change here, never mid-scrape.
+    pub fn rebalance(&mut self) {
         self.programs.rebalance();
         self.cgroups.rebalance();
     }
@@ -714,7 +723,7 @@ impl Exporter {
         };
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Mutex::new(Metrics::new(top)));
-        let obs = hub.observe();
+        let obs = hub.observe_lazily();
         let m = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("metrics".into())
@@ -729,6 +738,7 @@ impl Exporter {
                 }
             })?;
         let busy = Arc::new(AtomicUsize::new(0));
+        let hub = Arc::clone(hub);
         std::thread::Builder::new()
             .name("metrics-http".into())
             .spawn(move || {
@@ -741,10 +751,11 @@ impl Exporter {
                     }
                     let m = Arc::clone(&metrics);
                     let b = Arc::clone(&busy);
+                    let h = Arc::clone(&hub);
                     let spawned = std::thread::Builder::new()
                         .name("metrics-conn".into())
                         .spawn(move || {
-                            serve(conn, &m);
+                            serve(conn, &m, &h);
                             b.fetch_sub(1, Ordering::SeqCst);
                         });
                     if spawned.is_err() {
@@ -813,7 +824,7 @@ pub fn accepts_open_metrics(accept: &str) -> bool {
     om > 0.0 && om >= q("text/plain")
 }
 
-fn serve(conn: TcpStream, m: &Mutex<Metrics>) {
+fn serve(conn: TcpStream, m: &Mutex<Metrics>, hub: &Hub) {
     let _ = conn.set_read_timeout(Some(READ_TIMEOUT));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let Some((method, target, om)) = read_request(&conn) else {
@@ -842,8 +853,11 @@ fn serve(conn: TcpStream, m: &Mutex<Metrics>) {
     let body = {
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
         g.scrapes += 1;
+        g.rebalance();
         g.render(om)
     };
+    // The next scrape sees the counters of a reading made after this one.
+    hub.want_reading();
     let kind = if om {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
