@@ -11,7 +11,8 @@ temporary --db, never the default database) and measures:
   - a connection storm for STORM seconds (short TCP connections over a
     veth pair between two namespaces it creates): connections made,
     procflow's CPU, IPFIX messages and bytes per second, records lost
-RUNS=alone,--metrics picks some of the four.
+RUNS=alone,--metrics picks some of the four; SCRAPE=15 scrapes every 15 s
+(default 1 s).
 Run as root after building: cargo build --release; sudo bench/export_bench.py
 Traffic stays in the namespaces it creates and on loopback.
 """
@@ -31,6 +32,7 @@ TESTGEN = os.path.join(ROOT, "target/release/procflow-testgen")
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "5000"))
 WINDOW = float(os.environ.get("WINDOW", "20"))
 STORM = float(os.environ.get("STORM", "10"))
+SCRAPE = float(os.environ.get("SCRAPE", "1"))
 TICK = os.sysconf("SC_CLK_TCK")
 HOLD_NS = ["pfexp0", "pfexp1"]
 A, B = "pfexpa", "pfexpb"
@@ -131,7 +133,7 @@ def scraper(port, stop, times, sizes):
         t, n = scrape(port)
         times.append(t)
         sizes.append(n)
-        stop.wait(1.0)
+        stop.wait(SCRAPE)
 
 
 def measure(tmp, name, metrics, ipfix, sink):
@@ -207,7 +209,7 @@ def main():
         sink.stop = True
         teardown()
     flows = 2 * (CONNECTIONS // len(HOLD_NS)) * len(HOLD_NS)
-    print(f"{flows} live TCP flows, {WINDOW:.0f} s window; storm {STORM:.0f} s over veth")
+    print(f"{flows} live TCP flows, {WINDOW:.0f} s window; storm {STORM:.0f} s over veth; scrape every {SCRAPE:g} s")
     print(f"{'':28}" + "".join(f"{r['name']:>14}" for r in runs))
     rows = [
         ("CPU, live flows (% core)", "hold_cpu", 100, "{:14.2f}"),

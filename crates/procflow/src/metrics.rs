@@ -1022,6 +1022,39 @@ mod tests {
     }
 
     #[test]
+    fn blocked_attempts_count_by_rule_and_hook() {
+        let mut m = Metrics::new(50);
+        let r = FlowRecord::example("9");
+        let v = |rule: Option<&str>, hook: &'static str| {
+            Record::Verdict(procflow_core::VerdictRecord {
+                kind: procflow_core::VerdictRecord::KIND,
+                time: r.start.clone(),
+                verdict: procflow_core::flow::Verdict::Block,
+                rule: rule.map(String::from),
+                rule_index: rule.map(|_| 0),
+                generation: 1,
+                hook,
+                proto: r.proto,
+                family: 4,
+                direction: r.direction,
+                local_ip: r.local_ip,
+                local_port: r.local_port,
+                remote_ip: r.remote_ip,
+                remote_port: r.remote_port,
+                process: r.process.clone().unwrap(),
+                netns: 1,
+                socket: 9,
+            })
+        };
+        m.record(&v(Some("no-curl"), "connect"));
+        m.record(&v(Some("no-curl"), "connect"));
+        m.record(&v(None, "sendmsg"));
+        let text = m.render(false);
+        assert!(text.contains(r#"procflow_blocked_total{rule="no-curl",hook="connect"} 2"#));
+        assert!(text.contains(r#"procflow_blocked_total{rule="(default)",hook="sendmsg"} 1"#));
+    }
+
+    #[test]
     fn prometheus_accept_headers_are_told_apart() {
         assert!(accepts_open_metrics(
             "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
