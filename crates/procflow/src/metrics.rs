@@ -189,9 +189,18 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
         }
     }
 
-    /// Gives the smallest series' place to the largest candidate when it
-    /// has more than [`OUTGROW`] times its bytes (one change a call).
+    /// Gives the smallest series' places to the largest candidates while
+    /// one has more than [`OUTGROW`] times the smallest's bytes.
     pub fn rebalance(&mut self) {
+        for _ in 0..self.top {
+            if !self.swap_once() {
+                break;
+            }
+        }
+    }
+
+    /// One such change; whether there was one.
+    fn swap_once(&mut self) -> bool {
         let best = self
             .entries
             .iter()
@@ -199,7 +208,7 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
             .max_by(|a, b| a.1.rank().cmp(&b.1.rank()).then(b.0.cmp(a.0)))
             .map(|(k, e)| (k.clone(), e.rank()));
         let Some((best, best_rank)) = best else {
-            return;
+            return false;
         };
         let weakest = self
             .entries
@@ -214,8 +223,9 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
                 let own = w.own;
                 self.other.add(&own);
                 self.entries.get_mut(&best).expect("found above").place = Place::Own;
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -918,6 +928,7 @@ mod tests {
         top.add(&"big".to_string(), &t(15));
         top.rebalance();
         assert_eq!(value(&top, "small"), Some(10), "not outgrown yet");
+        assert_eq!(value(&top, "big"), None);
         top.add(&"big".to_string(), &t(10));
         top.rebalance();
         // big (25) > 2 x small (10): small goes into other with all it had.
