@@ -103,6 +103,18 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+/* Keeps the most bytes seen waiting in the ring buffer (this CPU's view),
+ * for sizing it from measurement; called before each record is reserved. */
+static __always_inline void rb_note_fill(void)
+{
+	__u32 k = PF_STAT_RB_PEAK;
+	__u64 *v = bpf_map_lookup_elem(&stats, &k);
+	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+	if (v && waiting > *v)
+		*v = waiting;
+}
+
 static __always_inline __u64 now_ns(void)
 {
 	return bpf_ktime_get_boot_ns();
@@ -216,6 +228,7 @@ static __always_inline void event_from_ctx(struct pf_flow_event *e, __u32 kind,
 
 static __always_inline void emit_ctx(__u32 kind, struct pf_sock_ctx *ctx)
 {
+	rb_note_fill();
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);
@@ -248,6 +261,7 @@ static __always_inline void dgram_open(struct pf_sock_ctx *ctx, __u8 *remote, __
 				       __u16 rport, __u16 lport, __u8 family, __u8 proto,
 				       __u8 direction, __u8 origin, __u64 start_ns)
 {
+	rb_note_fill();
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);
@@ -302,6 +316,7 @@ static __always_inline void tcp_announce(struct sock *sk, struct pf_sock_ctx *ct
 	/* The application opened an MPTCP socket: this is its subflow. */
 	if (BPF_CORE_READ((struct tcp_sock *)sk, is_mptcp))
 		__sync_fetch_and_or(&ctx->flags, PF_F_MPTCP);
+	rb_note_fill();
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

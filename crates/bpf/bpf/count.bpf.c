@@ -437,6 +437,7 @@ static __noinline void capture_dns(struct __sk_buff *skb, struct pkt *p, struct 
 	__u32 n = len - off;
 	if (n > PF_DNS_MAX)
 		n = PF_DNS_MAX;
+	rb_note_fill();
 	struct pf_dns_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

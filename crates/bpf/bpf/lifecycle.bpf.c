@@ -112,6 +112,7 @@ int BPF_PROG(pf_tcp_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	if (__sync_fetch_and_or(&fc->flags, PF_F_CLOSED) & PF_F_CLOSED)
 		return 0;
+	rb_note_fill();
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);
@@ -184,6 +185,7 @@ int pf_sock_release(struct bpf_sock *bsk)
 						 PF_SLOT_RELEASED);
 	if (slot == PF_SLOT_FREE)
 		__sync_val_compare_and_swap(&ctx->slot.state, PF_SLOT_FREE, PF_SLOT_RELEASED);
+	rb_note_fill();
 	struct pf_flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

@@ -137,6 +137,7 @@ int BPF_PROG(pf_recv_len, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(pf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
+	rb_note_fill();
 	struct pf_exec_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);
@@ -185,6 +186,7 @@ int BPF_PROG(pf_fork, struct task_struct *parent, struct task_struct *child)
 	__u32 tgid = child->tgid;
 	if (tgid != child->pid)
 		return 0;
+	rb_note_fill();
 	struct pf_fork_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

@@ -554,6 +554,7 @@ static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_id
 {
 	if (!pol_rate_ok(hook, d->block))
 		return;
+	rb_note_fill();
 	struct pf_verdict_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(PF_STAT_RB_LOST);

@@ -263,6 +263,8 @@ enum pf_stat {
 	PF_STAT_REROUTED,      /* dropped egress: a source route sends it elsewhere than decided */
 	PF_STAT_DGRAM_QUOTA,   /* datagrams counted in their socket's overflow flow (quota) */
 	PF_STAT_BYPASS_FOUND,  /* start-up scan: packet sockets with PACKET_QDISC_BYPASS on */
+	PF_STAT_RB_PEAK,       /* most bytes seen waiting in the ring buffer before a record
+				  was reserved (a maximum per CPU, not a count) */
 	PF_STAT_MAX,
 };
 

@@ -24,7 +24,9 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/procflow.skel.rs"));
 }
 
-pub use loader::{DatagramSweep, Dump, Kernel, KernelStats, Refused, DATAGRAM_TABLE_CAPACITY};
+pub use loader::{
+    DatagramSweep, Dump, Kernel, KernelStats, Refused, DATAGRAM_TABLE_CAPACITY, RING_BUFFER_SIZE,
+};
 pub use scan::ScanReport;
 
 /// One record from the kernel.

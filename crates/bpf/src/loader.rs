@@ -81,6 +81,9 @@ pub struct DatagramSweep {
     pub entries: usize,
 }
 
+/// Bytes of the ring buffer (`events`) the programs' records go through.
+pub const RING_BUFFER_SIZE: usize = 16 << 20;
+
 /// Entries the datagram table (`dgram_flows`) can hold.
 pub const DATAGRAM_TABLE_CAPACITY: usize = 262144;
 
@@ -117,6 +120,9 @@ pub struct KernelStats {
     pub datagram_quota: u64,
     /// Packet sockets the start-up scan found with PACKET_QDISC_BYPASS on.
     pub bypass_sockets: u64,
+    /// The most bytes seen waiting in the ring buffer when a record was
+    /// about to be reserved (of [`RING_BUFFER_SIZE`]).
+    pub ring_buffer_peak: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -347,11 +353,16 @@ impl Kernel {
         for (i, slot) in out.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
             if let Ok(Some(per_cpu)) = self.skel.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
-                *slot = per_cpu
+                let values = per_cpu
                     .iter()
                     .filter_map(|v| v.get(..8))
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
-                    .sum();
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()));
+                // The peak is a maximum per CPU; the others are counts.
+                *slot = if i == pf_stat::PF_STAT_RB_PEAK.0 as usize {
+                    values.max().unwrap_or(0)
+                } else {
+                    values.sum()
+                };
             }
         }
         KernelStats {
@@ -364,6 +375,7 @@ impl Kernel {
             rerouted_dropped: out[pf_stat::PF_STAT_REROUTED.0 as usize],
             datagram_quota: out[pf_stat::PF_STAT_DGRAM_QUOTA.0 as usize],
             bypass_sockets: out[pf_stat::PF_STAT_BYPASS_FOUND.0 as usize],
+            ring_buffer_peak: out[pf_stat::PF_STAT_RB_PEAK.0 as usize],
         }
     }
 
@@ -687,6 +699,24 @@ mod tests {
         let t = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
                  ffff8881a2b3c000 3      3    0003   2     1 0      0      123456\n";
         assert_eq!(packet_inodes(t).collect::<Vec<_>>(), [123456]);
+    }
+
+    #[test]
+    fn the_ring_buffer_size_is_the_maps_own() {
+        let h = include_str!("../bpf/common.h");
+        let def = &h[..h.find("} events SEC").unwrap()];
+        let def = &def[def.rfind("PF_MAP struct").unwrap()..];
+        let n: usize = def
+            .split("__uint(max_entries, ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .map(|e| {
+                let mut it = e.split("<<").map(|x| x.trim().parse::<usize>().unwrap());
+                let a = it.next().unwrap();
+                it.next().map_or(a, |b| a << b)
+            })
+            .unwrap();
+        assert_eq!(n, RING_BUFFER_SIZE, "{def}");
     }
 
     #[test]

@@ -371,6 +371,8 @@ impl<K: KernelSource> Collector<K> {
             "storage_failures": k.no_storage,
             "datagram_table_full": k.dgram_full,
             "verdicts_suppressed": k.verdicts_suppressed,
+            "ring_buffer_peak": k.ring_buffer_peak,
+            "ring_buffer_size": procflow_bpf::RING_BUFFER_SIZE,
             "exe_unknown": t.exe_unknown,
             "refresh": self.refreshes,
             "datagram_capacity": procflow_bpf::DATAGRAM_TABLE_CAPACITY,

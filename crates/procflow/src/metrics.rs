@@ -560,7 +560,19 @@ impl Metrics {
                 o.sample(&format!("{name}_total"), &[], v as u64);
             }
         }
-        let gauges: [(&str, &str, &[&str], f64); 5] = [
+        let gauges: [(&str, &str, &[&str], f64); 7] = [
+            (
+                "procflow_ring_buffer_peak_bytes",
+                "The most bytes seen waiting in the kernel's ring buffer of records",
+                &["ring_buffer_peak"],
+                1.0,
+            ),
+            (
+                "procflow_ring_buffer_size_bytes",
+                "The size of the kernel's ring buffer of records",
+                &["ring_buffer_size"],
+                1.0,
+            ),
             (
                 "procflow_socket_contexts",
                 "Sockets with a context in the kernel",

@@ -264,6 +264,8 @@ fn stats_record(
         "storage_failures": k.no_storage,
         "datagram_table_full": k.dgram_full,
         "verdicts_suppressed": k.verdicts_suppressed,
+        "ring_buffer_peak": k.ring_buffer_peak,
+        "ring_buffer_size": procflow_bpf::RING_BUFFER_SIZE,
         "fail_closed": k.fail_closed,
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
