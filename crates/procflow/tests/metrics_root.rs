@@ -466,3 +466,86 @@ fn the_endpoint_answers_only_metrics_and_open_metrics_when_asked() {
     );
     pf.stop();
 }
+
+#[test]
+fn an_open_flow_counts_exactly_as_of_the_reading_a_scrape_asked_for() {
+    let _alone = alone();
+    let p = Pair::new("promopen", 191);
+    let dir = std::env::temp_dir().join(format!("procflow-prom-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = named_testgen(&dir, "pf-prom-open");
+    let maddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pf = Procflow::start(&["--metrics", &maddr.to_string()]);
+    let (before, after) = (300_000u64, 5_000u64);
+    let (server, port) = serve(
+        &p.b,
+        &[
+            "tcp-phased-serve",
+            "--listen",
+            &format!("{}:0", p.b4),
+            "--before",
+            &before.to_string(),
+            "--after",
+            &after.to_string(),
+        ],
+    );
+    let sent = nft_counter(
+        &p.b,
+        "input",
+        "opensent",
+        &format!("ip saddr {} tcp dport {port}", p.a4),
+    );
+    let received = nft_counter(
+        &p.a,
+        "input",
+        "openrecv",
+        &format!("ip saddr {} tcp sport {port}", p.b4),
+    );
+    let cl = Phased::start(p.a.command(&exe).args([
+        "tcp-phased",
+        "--connect",
+        &format!("{}:{port}", p.b4),
+        "--before",
+        &before.to_string(),
+        "--after",
+        &after.to_string(),
+    ]));
+    assert!(cl.first.starts_with("phase1"), "{}", cl.first);
+    // The connection is open and quiet: the first scrape asks for a
+    // reading, a later one serves it.
+    std::thread::sleep(Duration::from_millis(300));
+    let (truth_sent, truth_received) = (sent.read().1, received.read().1);
+    let value = |text: &str, dir: &str| {
+        samples(text, "procflow_network_bytes_total")
+            .into_iter()
+            .find(|(l, _)| l["exe"] == exe && l["direction"] == dir)
+            .map(|(_, v)| v as u64)
+    };
+    let mut text = scrape(maddr);
+    let read = wait_for(10, || {
+        std::thread::sleep(Duration::from_millis(500));
+        text = scrape(maddr);
+        value(&text, "sent") == Some(truth_sent)
+    });
+    assert!(
+        read,
+        "sent {:?}, nftables {truth_sent}:\n{text}",
+        value(&text, "sent")
+    );
+    assert_eq!(value(&text, "received"), Some(truth_received));
+    let opened = samples(&text, "procflow_flows_open")
+        .into_iter()
+        .find(|(l, _)| l["proto"] == "tcp")
+        .unwrap()
+        .1;
+    assert!(opened >= 2.0, "both ends are open flows: {opened}");
+    let stamp = samples(&text, "procflow_counters_read_timestamp_seconds")[0].1;
+    assert!(
+        stamp * 1e9 >= pf.watching_ns as f64,
+        "the reading is this run's"
+    );
+    cl.go();
+    finish(server);
+    pf.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
