@@ -13,6 +13,10 @@
 # is installed in (scripts/fresh-root.sh, package_root.rs).
 # prometheus is the real server metrics_root.rs scrapes procflow with (the
 # test starts its own on its own port; the package's service is not used).
+# pmacct (nfacctd), nfdump (nfcapd, nfdump) and tshark are the IPFIX
+# collectors and decoder ipfix_root.rs reads procflow's export with (the
+# test starts its own on loopback; tshark installs without questions under
+# DEBIAN_FRONTEND=noninteractive).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -23,6 +27,7 @@ apt-get install -y -qq --no-install-recommends \
     tmux passwd util-linux systemd \
     dpkg-dev binutils lintian debootstrap \
     prometheus \
+    pmacct nfdump tshark \
     fonts-dejavu-core >/dev/null
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

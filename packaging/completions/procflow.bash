@@ -669,7 +669,7 @@ _procflow() {
             return 0
             ;;
         procflow__subcmd__run)
-            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --metrics --metrics-top --ipfix --config --no-config --verbose --help"
+            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --metrics --metrics-top --ipfix --ipfix-transport --ipfix-domain --ipfix-template-refresh --ipfix-active-timeout --ipfix-idle-timeout --config --no-config --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -736,6 +736,26 @@ _procflow() {
                     return 0
                     ;;
                 --ipfix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ipfix-transport)
+                    COMPREPLY=($(compgen -W "udp tcp" -- "${cur}"))
+                    return 0
+                    ;;
+                --ipfix-domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ipfix-template-refresh)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ipfix-active-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ipfix-idle-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

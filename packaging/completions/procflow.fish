@@ -50,7 +50,13 @@ complete -c procflow -n "__fish_procflow_using_subcommand run" -l api -d 'Serve 
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l api-group -d 'The group whose members may read the API (the socket\'s group)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464; docs/fleet.md). Anyone who can reach ADDR sees which programs use the network: keep it on loopback or a management network' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l metrics-top -d 'How many executables (and cgroups) get series of their own; the rest are summed into exe="other" (cgroup="other")' -r
-complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix -d 'Export flow records over IPFIX (RFC 7011) to this collector (HOST:PORT), with the process of each flow (docs/fleet.md)' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix -d 'Export flow records over IPFIX (RFC 7011) to this collector (HOST:PORT), with the process of each flow (docs/fleet.md). The records carry command lines and user names in clear text: send them only over a network you trust' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix-transport -d 'How IPFIX messages travel to the collector' -r -f -a "udp\t'One message a datagram (RFC 7011 §10.3)'
+tcp\t'A stream to the collector, reconnected when it breaks (§10.4)'"
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix-domain -d 'The IPFIX observation domain id in every message header' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix-template-refresh -d 'Send the IPFIX templates again this often over UDP (over TCP they go once per connection): seconds or a duration' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix-active-timeout -d 'A flow still active after this long is exported with what it did since its last export, and goes on in a new IPFIX flow' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ipfix-idle-timeout -d 'A flow whose counters did not grow for this long ends its IPFIX flow; traffic that resumes starts a new one' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l config -d 'Read the settings of `procflow run` from FILE (default: /etc/procflow/procflow.toml, when it exists); options given on the command line override it. SIGHUP reads it again' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-db -d 'Do not record to the database'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l enforce-existing -d 'When rules are loaded or reloaded, also close the established TCP connections they block (sock_diag SOCK_DESTROY)'
@@ -58,7 +64,7 @@ complete -c procflow -n "__fish_procflow_using_subcommand run" -l resolve -d 'Na
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-api -d 'Do not serve the local API'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l no-config -d 'Read no configuration file, not even the default one'
 complete -c procflow -n "__fish_procflow_using_subcommand run" -s v -l verbose -d 'Log more (repeat for debug output, including libbpf\'s)'
-complete -c procflow -n "__fish_procflow_using_subcommand run" -s h -l help -d 'Print help'
+complete -c procflow -n "__fish_procflow_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l db -d 'The procflow database to read (default: the `db` of /etc/procflow/procflow.toml when it sets one)' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l since -d 'Start of the window: a duration back from now (30m, 1h, 7d), an RFC 3339 timestamp (2026-11-26T09:00:00Z) or a date (2026-11-26, midnight UTC)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand report" -l until -d 'End of the window (excluded), in the same forms as --since; default now' -r

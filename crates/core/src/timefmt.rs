@@ -13,6 +13,14 @@ pub fn rfc3339(unix_ns: u64) -> String {
     }
 }
 
+/// Nanoseconds since the Unix epoch of an RFC 3339 timestamp (as
+/// [`rfc3339`] writes them, or with any offset); `None` when it is not one
+/// or lies before the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,5 +32,19 @@ mod tests {
             rfc3339(1_795_000_000_123_456_789),
             "2026-11-18T11:06:40.123456Z"
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        assert_eq!(
+            parse_rfc3339("2026-11-18T11:06:40.123456Z"),
+            Some(1_795_000_000_123_456_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-18T12:06:40+01:00"),
+            Some(1_795_000_000_000_000_000)
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

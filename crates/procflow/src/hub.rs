@@ -62,15 +62,9 @@ pub const OBSERVER_QUEUE: usize = 65536;
 struct Observer {
     tx: SyncSender<Observed>,
     lost: Arc<std::sync::atomic::AtomicU64>,
-    /// Keeps the counters read every second.
-    keeps_fresh: bool,
 }
 
 /// An in-process consumer's side: the records and ticks, oldest first.
-/// While one made by [`Hub::observe`] exists the hub counts as watched, so
-/// the collector reads the kernel's counters at every tick; one made by
-/// [`Hub::observe_lazily`] asks for readings when it needs them
-/// ([`Hub::want_reading`]).
 #[derive(Debug)]
 pub struct Observation {
     pub rx: Receiver<Observed>,
@@ -143,7 +137,6 @@ impl Hub {
     pub fn watched(&self) -> bool {
         let g = self.lock();
         !g.subs.is_empty()
-            || g.observers.iter().any(|o| o.keeps_fresh)
             || g.want_fresh
             || g.last_asked.is_some_and(|t| t.elapsed() < WATCHED_FOR)
     }
@@ -200,25 +193,15 @@ impl Hub {
         }
     }
 
-    /// An in-process consumer of every record and tick from now on, for
-    /// which the kernel's counters are read every second.
-    #[allow(dead_code)]
+    /// An in-process consumer of every record from now on, and of the
+    /// ticks made while someone watches. It does not make the hub watched:
+    /// it asks for the readings it needs ([`Hub::want_reading`]).
     pub fn observe(&self) -> Observation {
-        self.observer(true)
-    }
-
-    /// As [`Hub::observe`], with readings only when someone asks for them.
-    pub fn observe_lazily(&self) -> Observation {
-        self.observer(false)
-    }
-
-    fn observer(&self, keeps_fresh: bool) -> Observation {
         let (tx, rx) = sync_channel(OBSERVER_QUEUE);
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         self.lock().observers.push(Observer {
             tx,
             lost: Arc::clone(&lost),
-            keeps_fresh,
         });
         Observation { rx, lost }
     }
@@ -400,7 +383,9 @@ mod tests {
         let hub = Hub::new(0);
         assert!(!hub.watched());
         let obs = hub.observe();
-        assert!(hub.watched(), "an observer keeps the counters read");
+        assert!(!hub.watched(), "an observer asks for readings");
+        hub.want_reading();
+        assert!(hub.watched());
         hub.apply(&stats(1));
         hub.tick(7, true);
         let got: Vec<Observed> = obs.rx.try_iter().collect();
@@ -417,17 +402,16 @@ mod tests {
         }
         assert_eq!(obs.lost.load(std::sync::atomic::Ordering::Relaxed), 5);
         assert_eq!(obs.rx.try_iter().count(), OBSERVER_QUEUE);
+        assert!(!hub.watched(), "one reading was asked for");
+        let other = hub.observe();
         drop(obs);
         hub.apply(&stats(0));
-        assert!(!hub.watched(), "a dropped observer is forgotten");
-        let lazy = hub.observe_lazily();
-        assert!(!hub.watched(), "a lazy observer asks for readings");
-        hub.want_reading();
-        assert!(hub.watched());
-        hub.tick(8, true);
-        assert!(!hub.watched(), "one reading was asked for");
-        hub.apply(&stats(9));
-        assert_eq!(lazy.rx.try_iter().count(), 2, "the tick and the record");
+        assert_eq!(
+            hub.lock().observers.len(),
+            1,
+            "a dropped observer is forgotten"
+        );
+        assert_eq!(other.rx.try_iter().count(), 1, "only what came after it");
     }
 
     #[test]

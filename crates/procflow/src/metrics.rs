@@ -268,6 +268,8 @@ pub struct Metrics {
     pub scrapes: u64,
     /// When the kernel's counters were last read (Unix ns).
     read_at_ns: u64,
+    /// The IPFIX exporter's counters, when it runs.
+    pub ipfix: Option<Arc<crate::ipfix::IpfixStats>>,
 }
 
 /// The executable of a flow's process, as its `exe` label.
@@ -294,6 +296,7 @@ impl Metrics {
             lost: 0,
             scrapes: 0,
             read_at_ns: 0,
+            ipfix: None,
         }
     }
 
@@ -492,6 +495,10 @@ impl Metrics {
             );
         }
         self.render_health(&mut o);
+        for (name, help, v) in self.ipfix.iter().flat_map(|x| x.counters()) {
+            o.family(name, "counter", help);
+            o.sample(&format!("{name}_total"), &[], v);
+        }
         if o.om {
             o.s.push_str("# EOF\n");
         }
@@ -739,13 +746,19 @@ pub struct Exporter;
 
 impl Exporter {
     /// Starts serving on the bound address.
-    pub fn start(bound: Option<Bound>, hub: &Arc<Hub>) -> Result<Option<Exporter>> {
+    pub fn start(
+        bound: Option<Bound>,
+        hub: &Arc<Hub>,
+        ipfix: Option<Arc<crate::ipfix::IpfixStats>>,
+    ) -> Result<Option<Exporter>> {
         let Some(Bound { listener, top }) = bound else {
             return Ok(None);
         };
         let addr = listener.local_addr()?;
-        let metrics = Arc::new(Mutex::new(Metrics::new(top)));
-        let obs = hub.observe_lazily();
+        let mut m = Metrics::new(top);
+        m.ipfix = ipfix;
+        let metrics = Arc::new(Mutex::new(m));
+        let obs = hub.observe();
         let m = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("metrics".into())
@@ -1075,6 +1088,24 @@ mod tests {
         let text = m.render(false);
         assert!(text.contains(r#"procflow_blocked_total{rule="no-curl",hook="connect"} 2"#));
         assert!(text.contains(r#"procflow_blocked_total{rule="(default)",hook="sendmsg"} 1"#));
+    }
+
+    #[test]
+    fn the_ipfix_exporters_counters_are_shown_when_it_runs() {
+        let mut m = Metrics::new(50);
+        assert!(!m.render(false).contains("procflow_ipfix"));
+        let x = Arc::new(crate::ipfix::IpfixStats::default());
+        x.records_dropped.store(7, Ordering::Relaxed);
+        m.ipfix = Some(x);
+        let text = m.render(false);
+        assert!(
+            text.contains("# TYPE procflow_ipfix_records_sent_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("procflow_ipfix_records_dropped_total 7"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     let sys = ProcSystem::new(kernel.cgroup_root.clone());
     let hub = Hub::new(crate::sinks::now_ns());
     let _server = crate::api::Server::start(&args.api, &hub, args.sinks.db())?;
-    let _metrics = crate::metrics::Exporter::start(metrics, &hub)?;
     let ipfix = crate::ipfix::Exporter::start(&args.ipfix, &hub)?;
+    let ipfix_stats = ipfix.as_ref().map(|x| x.stats());
+    let _metrics = crate::metrics::Exporter::start(metrics, &hub, ipfix_stats)?;
     let mut c = Collector::new(kernel, Box::new(sys), hub);
     c.sinks = Some(sinks);
     c.rules = Some(rules);
