@@ -641,11 +641,6 @@ impl Kernel {
             let _ = map.delete(&k);
         }
     }
-
-    /// Number of datagram flow entries in the kernel.
-    pub fn datagram_entries(&self) -> usize {
-        self.skel.maps.dgram_flows.keys().count()
-    }
 }
 
 /// The inodes in a /proc/net/packet text (its last column).

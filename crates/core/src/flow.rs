@@ -200,6 +200,19 @@ impl Counters {
         }
     }
 
+    /// Field-wise growth since `before` (a field read lower than before
+    /// grew by 0): what a consumer of cumulative records adds or exports.
+    pub fn since(self, before: Counters) -> Counters {
+        Counters {
+            tx_bytes: self.tx_bytes.saturating_sub(before.tx_bytes),
+            rx_bytes: self.rx_bytes.saturating_sub(before.rx_bytes),
+            tx_packets: self.tx_packets.saturating_sub(before.tx_packets),
+            rx_packets: self.rx_packets.saturating_sub(before.rx_packets),
+            tx_payload: self.tx_payload.saturating_sub(before.tx_payload),
+            rx_payload: self.rx_payload.saturating_sub(before.rx_payload),
+        }
+    }
+
     /// Field-wise sum: one flow counted in two places (a UDP socket's slot
     /// flow and its datagram table entry).
     pub fn plus(self, o: Counters) -> Counters {

@@ -392,14 +392,8 @@ fn enqueue(q: &SendQueue, stats: &IpfixStats, m: Message) {
 
 #[cfg(test)]
 mod tests {
+    use super::send::tests::msg;
     use super::*;
-
-    fn msg(records: u32) -> Message {
-        Message {
-            bytes: vec![0; 16],
-            records,
-        }
-    }
 
     #[test]
     fn collector_addresses_are_checked_before_anything_starts() {

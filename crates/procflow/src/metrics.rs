@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use procflow_core::flow::FlowState;
 use procflow_core::live::Record;
-use procflow_core::FlowRecord;
+use procflow_core::{Counters, FlowRecord};
 
 use crate::hub::{Hub, Observed};
 
@@ -68,45 +68,9 @@ const CANDIDATES_PER_PLACE: usize = 20;
 /// many times its bytes (so two similar executables do not take turns).
 const OUTGROW: u64 = 2;
 
-/// Bytes and packets, both ways.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Traffic {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub sent_packets: u64,
-    pub received_packets: u64,
-}
-
-impl Traffic {
-    fn add(&mut self, o: &Traffic) {
-        self.sent_bytes += o.sent_bytes;
-        self.received_bytes += o.received_bytes;
-        self.sent_packets += o.sent_packets;
-        self.received_packets += o.received_packets;
-    }
-    fn bytes(&self) -> u64 {
-        self.sent_bytes + self.received_bytes
-    }
-    fn of(r: &FlowRecord) -> Traffic {
-        let c = &r.counters;
-        Traffic {
-            sent_bytes: c.tx_bytes,
-            received_bytes: c.rx_bytes,
-            sent_packets: c.tx_packets,
-            received_packets: c.rx_packets,
-        }
-    }
-    /// Growth from `before` (a counter read lower than before adds 0).
-    fn since(&self, before: &Traffic) -> Traffic {
-        Traffic {
-            sent_bytes: self.sent_bytes.saturating_sub(before.sent_bytes),
-            received_bytes: self.received_bytes.saturating_sub(before.received_bytes),
-            sent_packets: self.sent_packets.saturating_sub(before.sent_packets),
-            received_packets: self
-                .received_packets
-                .saturating_sub(before.received_packets),
-        }
-    }
+/// Bytes of both ways, for ranking.
+fn bytes(t: &Counters) -> u64 {
+    t.tx_bytes + t.rx_bytes
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,14 +87,14 @@ enum Place {
 struct Entry {
     place: Place,
     /// Counted in its own series (while it had one).
-    own: Traffic,
+    own: Counters,
     /// Bytes counted in `other` (for ranking).
     in_other: u64,
 }
 
 impl Entry {
     fn rank(&self) -> u64 {
-        self.own.bytes() + self.in_other
+        bytes(&self.own) + self.in_other
     }
 }
 
@@ -141,7 +105,7 @@ pub struct TopN<K> {
     top: usize,
     entries: HashMap<K, Entry>,
     own: usize,
-    other: Traffic,
+    other: Counters,
     /// Keys never ranked because the candidates were full.
     pub untracked: u64,
 }
@@ -152,17 +116,17 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
             top: top.max(1),
             entries: HashMap::new(),
             own: 0,
-            other: Traffic::default(),
+            other: Counters::default(),
             untracked: 0,
         }
     }
 
-    pub fn add(&mut self, key: &K, t: &Traffic) {
+    pub fn add(&mut self, key: &K, t: &Counters) {
         let limit = self.top * (CANDIDATES_PER_PLACE + 1);
         if !self.entries.contains_key(key) {
             if self.entries.len() >= limit {
                 self.untracked += 1;
-                self.other.add(t);
+                self.other = self.other.plus(*t);
                 return;
             }
             let place = if self.own < self.top {
@@ -175,17 +139,17 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
                 key.clone(),
                 Entry {
                     place,
-                    own: Traffic::default(),
+                    own: Counters::default(),
                     in_other: 0,
                 },
             );
         }
         let e = self.entries.get_mut(key).expect("inserted above");
         if e.place == Place::Own {
-            e.own.add(t);
+            e.own = e.own.plus(*t);
         } else {
-            e.in_other += t.bytes();
-            self.other.add(t);
+            e.in_other += bytes(t);
+            self.other = self.other.plus(*t);
         }
     }
 
@@ -221,7 +185,7 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
                 let w = self.entries.get_mut(&weak).expect("found above");
                 w.place = Place::Out;
                 let own = w.own;
-                self.other.add(&own);
+                self.other = self.other.plus(own);
                 self.entries.get_mut(&best).expect("found above").place = Place::Own;
                 true
             }
@@ -231,8 +195,8 @@ impl<K: std::hash::Hash + Eq + Clone + Ord> TopN<K> {
 
     /// The series shown: each key with a place, sorted, then `other`
     /// (`None`).
-    pub fn series(&self) -> Vec<(Option<&K>, Traffic)> {
-        let mut v: Vec<(Option<&K>, Traffic)> = self
+    pub fn series(&self) -> Vec<(Option<&K>, Counters)> {
+        let mut v: Vec<(Option<&K>, Counters)> = self
             .entries
             .iter()
             .filter(|(_, e)| e.place == Place::Own)
@@ -249,7 +213,7 @@ struct Seen {
     program: (String, String),
     cgroup: String,
     proto: String,
-    last: Traffic,
+    last: Counters,
 }
 
 /// Everything `/metrics` shows, from the records (pure: unit tested with
@@ -259,7 +223,7 @@ pub struct Metrics {
     flows: HashMap<String, Seen>,
     programs: TopN<(String, String)>,
     cgroups: TopN<String>,
-    total: Traffic,
+    total: Counters,
     opened: HashMap<String, u64>,
     blocked: HashMap<(String, String), u64>,
     stats: serde_json::Value,
@@ -289,7 +253,7 @@ impl Metrics {
             flows: HashMap::new(),
             programs: TopN::new(top),
             cgroups: TopN::new(top),
-            total: Traffic::default(),
+            total: Counters::default(),
             opened: HashMap::new(),
             blocked: HashMap::new(),
             stats: serde_json::Value::Null,
@@ -313,7 +277,7 @@ impl Metrics {
     }
 
     fn flow(&mut self, r: &FlowRecord) {
-        let now = Traffic::of(r);
+        let now = r.counters;
         let seen = self.flows.entry(r.flow_id.clone()).or_insert_with(|| {
             let proto = r.proto.to_string();
             *self.opened.entry(proto.clone()).or_default() += 1;
@@ -325,20 +289,15 @@ impl Metrics {
                     .and_then(|p| p.cgroup.clone())
                     .unwrap_or_default(),
                 proto,
-                last: Traffic::default(),
+                last: Counters::default(),
             }
         });
-        let growth = now.since(&seen.last);
-        seen.last = Traffic {
-            sent_bytes: seen.last.sent_bytes.max(now.sent_bytes),
-            received_bytes: seen.last.received_bytes.max(now.received_bytes),
-            sent_packets: seen.last.sent_packets.max(now.sent_packets),
-            received_packets: seen.last.received_packets.max(now.received_packets),
-        };
-        if growth != Traffic::default() {
+        let growth = now.since(seen.last);
+        seen.last = seen.last.max(now);
+        if growth != Counters::default() {
             self.programs.add(&seen.program, &growth);
             self.cgroups.add(&seen.cgroup, &growth);
-            self.total.add(&growth);
+            self.total = self.total.plus(growth);
         }
         if r.state == FlowState::Closed {
             self.flows.remove(&r.flow_id);
@@ -372,7 +331,7 @@ impl Metrics {
         );
         for (k, t) in self.programs.series() {
             let (exe, user) = k.map_or(("other", "other"), |(e, u)| (e.as_str(), u.as_str()));
-            for (dir, v) in [("sent", t.sent_bytes), ("received", t.received_bytes)] {
+            for (dir, v) in [("sent", t.tx_bytes), ("received", t.rx_bytes)] {
                 o.sample(
                     "procflow_network_bytes_total",
                     &[("exe", exe), ("user", user), ("direction", dir)],
@@ -387,7 +346,7 @@ impl Metrics {
         );
         for (k, t) in self.programs.series() {
             let (exe, user) = k.map_or(("other", "other"), |(e, u)| (e.as_str(), u.as_str()));
-            for (dir, v) in [("sent", t.sent_packets), ("received", t.received_packets)] {
+            for (dir, v) in [("sent", t.tx_packets), ("received", t.rx_packets)] {
                 o.sample(
                     "procflow_network_packets_total",
                     &[("exe", exe), ("user", user), ("direction", dir)],
@@ -402,7 +361,7 @@ impl Metrics {
         );
         for (k, t) in self.cgroups.series() {
             let cg = k.map_or("other", |c| c.as_str());
-            for (dir, v) in [("sent", t.sent_bytes), ("received", t.received_bytes)] {
+            for (dir, v) in [("sent", t.tx_bytes), ("received", t.rx_bytes)] {
                 o.sample(
                     "procflow_cgroup_network_bytes_total",
                     &[("cgroup", cg), ("direction", dir)],
@@ -417,7 +376,7 @@ impl Metrics {
         );
         for (k, t) in self.cgroups.series() {
             let cg = k.map_or("other", |c| c.as_str());
-            for (dir, v) in [("sent", t.sent_packets), ("received", t.received_packets)] {
+            for (dir, v) in [("sent", t.tx_packets), ("received", t.rx_packets)] {
                 o.sample(
                     "procflow_cgroup_network_packets_total",
                     &[("cgroup", cg), ("direction", dir)],
@@ -431,8 +390,8 @@ impl Metrics {
             "IP bytes sent and received by the whole machine (the sum of the series above)",
         );
         for (dir, v) in [
-            ("sent", self.total.sent_bytes),
-            ("received", self.total.received_bytes),
+            ("sent", self.total.tx_bytes),
+            ("received", self.total.rx_bytes),
         ] {
             o.sample(
                 "procflow_machine_network_bytes_total",
@@ -446,8 +405,8 @@ impl Metrics {
             "IP packets sent and received by the whole machine",
         );
         for (dir, v) in [
-            ("sent", self.total.sent_packets),
-            ("received", self.total.received_packets),
+            ("sent", self.total.tx_packets),
+            ("received", self.total.rx_packets),
         ] {
             o.sample(
                 "procflow_machine_network_packets_total",
@@ -910,24 +869,23 @@ fn serve(conn: TcpStream, m: &Mutex<Metrics>, hub: &Hub) {
 mod tests {
     use super::*;
 
-    fn t(b: u64) -> Traffic {
-        Traffic {
-            sent_bytes: b,
-            received_bytes: 0,
-            sent_packets: 1,
-            received_packets: 0,
+    fn t(b: u64) -> Counters {
+        Counters {
+            tx_bytes: b,
+            tx_packets: 1,
+            ..Default::default()
         }
     }
 
     fn sum(top: &TopN<String>) -> u64 {
-        top.series().iter().map(|(_, t)| t.bytes()).sum()
+        top.series().iter().map(|(_, t)| bytes(t)).sum()
     }
 
     fn value(top: &TopN<String>, k: &str) -> Option<u64> {
         top.series()
             .iter()
             .find(|(key, _)| key.map(String::as_str) == Some(k))
-            .map(|(_, t)| t.bytes())
+            .map(|(_, t)| bytes(t))
     }
 
     #[test]
@@ -942,7 +900,7 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(value(&top, "e0"), Some(10));
         assert_eq!(value(&top, "e1"), Some(20));
-        assert_eq!(s[2].1.bytes(), 70, "other");
+        assert_eq!(bytes(&s[2].1), 70, "other");
         assert_eq!(sum(&top), total);
     }
 
@@ -963,7 +921,7 @@ mod tests {
             Some(0),
             "counts from when it got a place"
         );
-        let other = top.series().last().unwrap().1.bytes();
+        let other = bytes(&top.series().last().unwrap().1);
         assert_eq!(other, 35);
         top.add(&"small".to_string(), &t(1000));
         top.rebalance();
@@ -973,7 +931,7 @@ mod tests {
             None,
             "out for good: other never goes down"
         );
-        assert_eq!(top.series().last().unwrap().1.bytes(), 1035);
+        assert_eq!(bytes(&top.series().last().unwrap().1), 1035);
         assert_eq!(sum(&top), 1035);
         // Every shown value only grew across all the steps above.
     }
@@ -991,8 +949,8 @@ mod tests {
             assert!(s.len() <= 6);
             for (k, v) in &s {
                 let k = k.cloned();
-                let before = last.insert(k.clone(), v.bytes()).unwrap_or(0);
-                assert!(v.bytes() >= before, "{k:?} went down");
+                let before = last.insert(k.clone(), bytes(v)).unwrap_or(0);
+                assert!(bytes(v) >= before, "{k:?} went down");
             }
         }
         assert_eq!(sum(&top), total);

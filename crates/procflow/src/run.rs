@@ -291,7 +291,7 @@ fn stats_record(
         },
         "socket_contexts_at_start": contexts_at_start,
         "socket_contexts_at_stop": contexts_at_stop,
-        "datagram_entries": c.kernel.datagram_entries(),
+        "datagram_entries": c.refreshes.datagram_entries,
         "swept": c.swept,
         "refresh": c.refreshes,
         "store": c.sinks.as_ref().map(Sinks::stats),

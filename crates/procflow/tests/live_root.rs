@@ -14,42 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A tcp-phased-serve server in `p.b`: it and its port.
-fn phased_server(p: &Pair, before: u64, after: u64) -> (Server, u16) {
-    let (before, after) = (before.to_string(), after.to_string());
-    let listen = format!("{}:0", p.b4);
-    serve(
-        &p.b,
-        &[
-            "tcp-phased-serve",
-            "--listen",
-            &listen,
-            "--before",
-            &before,
-            "--after",
-            &after,
-        ],
-    )
-}
-
-/// A tcp-phased client in `p.a`, run as `exe`, that exchanged `before`
-/// bytes each way with the server at `port` and waits.
-fn phased_client(p: &Pair, exe: &Path, port: u16, before: u64, after: u64) -> Phased {
-    let (before, after) = (before.to_string(), after.to_string());
-    let to = format!("{}:{port}", p.b4);
-    let cl = Phased::start(p.a.command(exe.to_str().unwrap()).args([
-        "tcp-phased",
-        "--connect",
-        &to,
-        "--before",
-        &before,
-        "--after",
-        &after,
-    ]));
-    assert!(cl.first.starts_with("phase1"), "{}", cl.first);
-    cl
-}
-
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pf-live-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

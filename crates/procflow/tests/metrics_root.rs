@@ -477,18 +477,7 @@ fn an_open_flow_counts_exactly_as_of_the_reading_a_scrape_asked_for() {
     let maddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let pf = Procflow::start(&["--metrics", &maddr.to_string()]);
     let (before, after) = (300_000u64, 5_000u64);
-    let (server, port) = serve(
-        &p.b,
-        &[
-            "tcp-phased-serve",
-            "--listen",
-            &format!("{}:0", p.b4),
-            "--before",
-            &before.to_string(),
-            "--after",
-            &after.to_string(),
-        ],
-    );
+    let (server, port) = phased_server(&p, before, after);
     let sent = nft_counter(
         &p.b,
         "input",
@@ -501,16 +490,7 @@ fn an_open_flow_counts_exactly_as_of_the_reading_a_scrape_asked_for() {
         "openrecv",
         &format!("ip saddr {} tcp sport {port}", p.b4),
     );
-    let cl = Phased::start(p.a.command(&exe).args([
-        "tcp-phased",
-        "--connect",
-        &format!("{}:{port}", p.b4),
-        "--before",
-        &before.to_string(),
-        "--after",
-        &after.to_string(),
-    ]));
-    assert!(cl.first.starts_with("phase1"), "{}", cl.first);
+    let cl = phased_client(&p, Path::new(&exe), port, before, after);
     // The connection is open and quiet: the first scrape asks for a
     // reading, a later one serves it.
     std::thread::sleep(Duration::from_millis(300));

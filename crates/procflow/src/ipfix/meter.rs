@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use procflow_core::flow::{FlowState, Proto};
+use procflow_core::flow::{Counters, FlowState, Proto};
 use procflow_core::timefmt::parse_rfc3339;
 use procflow_core::FlowRecord;
 
@@ -27,34 +27,6 @@ use super::wire::{DataRecord, EndReason, ProcFields, Way};
 /// dropped, a sixteenth at a time (their open IPFIX flows end with
 /// lackOfResources).
 pub const MAX_FLOWS: usize = 262_144;
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    tx_bytes: u64,
-    tx_packets: u64,
-    rx_bytes: u64,
-    rx_packets: u64,
-}
-
-impl Totals {
-    fn of(r: &FlowRecord) -> Totals {
-        let c = &r.counters;
-        Totals {
-            tx_bytes: c.tx_bytes,
-            tx_packets: c.tx_packets,
-            rx_bytes: c.rx_bytes,
-            rx_packets: c.rx_packets,
-        }
-    }
-    fn max(self, o: Totals) -> Totals {
-        Totals {
-            tx_bytes: self.tx_bytes.max(o.tx_bytes),
-            tx_packets: self.tx_packets.max(o.tx_packets),
-            rx_bytes: self.rx_bytes.max(o.rx_bytes),
-            rx_packets: self.rx_packets.max(o.rx_packets),
-        }
-    }
-}
 
 /// The current IPFIX flow of a socket flow.
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +43,8 @@ struct Tracked {
     remote: (IpAddr, u16),
     protocol: u8,
     process: Arc<ProcFields>,
-    seen: Totals,
-    exported: Totals,
+    seen: Counters,
+    exported: Counters,
     interval: Option<Interval>,
     /// Whether an IPFIX flow of it was started before.
     started: bool,
@@ -143,8 +115,8 @@ impl Meter {
                 remote: (r.remote_ip, r.remote_port),
                 protocol: r.proto.number(),
                 process: Arc::new(ProcFields::default()),
-                seen: Totals::default(),
-                exported: Totals::default(),
+                seen: Counters::default(),
+                exported: Counters::default(),
                 interval: None,
                 started: false,
                 last_growth_ns: now_ns,
@@ -161,7 +133,7 @@ impl Meter {
             }
             t.process = Arc::clone(shared);
         }
-        let now = t.seen.max(Totals::of(r));
+        let now = t.seen.max(r.counters);
         if now != t.seen {
             t.seen = now;
             t.last_growth_ns = now_ns;
@@ -245,12 +217,7 @@ impl Meter {
 /// has traffic.
 fn export(t: &Tracked, reason: EndReason, end_ns: u64, emit: &mut dyn FnMut(&DataRecord<'_>)) {
     let Some(iv) = t.interval else { return };
-    let d = Totals {
-        tx_bytes: t.seen.tx_bytes - t.exported.tx_bytes,
-        tx_packets: t.seen.tx_packets - t.exported.tx_packets,
-        rx_bytes: t.seen.rx_bytes - t.exported.rx_bytes,
-        rx_packets: t.seen.rx_packets - t.exported.rx_packets,
-    };
+    let d = t.seen.since(t.exported);
     for (way, octets, packets) in [
         (Way::Out, d.tx_bytes, d.tx_packets),
         (Way::In, d.rx_bytes, d.rx_packets),

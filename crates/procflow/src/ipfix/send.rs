@@ -360,10 +360,11 @@ impl Sender {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn msg(records: u32) -> Message {
+    /// A message of `records` records (its bytes a bare header).
+    pub(in crate::ipfix) fn msg(records: u32) -> Message {
         Message {
             bytes: vec![0; 16],
             records,
