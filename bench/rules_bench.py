@@ -6,6 +6,11 @@ against no procflow at all. Configurations alternate within one invocation
 table. Needs root and a release build (cargo build --release -p procflow).
 
     sudo bench/rules_bench.py [--rounds 5] [--connects 5000] [--bytes 1073741824]
+    sudo bench/rules_bench.py --load [--rounds 7]
+
+--load times starts instead: from exec to procflow's "watching" line,
+without rules and with the rules file, alternating, each start with its own
+--db in a temporary folder.
 """
 
 import argparse
@@ -45,6 +50,7 @@ def rules_text(n):
 
 class Procflow:
     def __init__(self, rules_path):
+        self.started = time.perf_counter()
         # Its own flow history, never the default database.
         self.dbdir = tempfile.TemporaryDirectory()
         args = [PROCFLOW, "-v", "run", "--db", os.path.join(self.dbdir.name, "procflow.db")]
@@ -53,6 +59,7 @@ class Procflow:
         self.p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
         for line in self.p.stderr:
             if "watching" in line:
+                self.start_s = time.perf_counter() - self.started
                 break
             if line.startswith("procflow:"):
                 sys.exit(f"procflow failed: {line}")
@@ -120,6 +127,7 @@ def main():
     ap.add_argument("--connects", type=int, default=5000)
     ap.add_argument("--bytes", type=int, default=1 << 30)
     ap.add_argument("--rules", type=int, default=1000)
+    ap.add_argument("--load", action="store_true", help="time starts, with and without rules")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -130,6 +138,8 @@ def main():
     check = subprocess.run([PROCFLOW, "rules", "check", rules], capture_output=True, text=True)
     if check.returncode != 0:
         sys.exit(check.stderr)
+    if a.load:
+        return load_times(rules, a)
     accept_port = server("close")
     sink_port = server("sink")
     configs = ["no procflow", "procflow, no rules", f"procflow, {a.rules} rules"]
@@ -165,6 +175,22 @@ def main():
     print(f"throughput ratio, {a.rules} rules / procflow without rules: {ratio:.3f} "
           f"(target >= 0.98)")
     print(f"throughput ratio, {a.rules} rules / no procflow: {ratio_base:.3f}")
+
+
+def load_times(rules, a):
+    """Seconds from exec to "watching", without rules and with them."""
+    times = {"no rules": [], f"{a.rules} rules": []}
+    for r in range(a.rounds):
+        for c in times:
+            pf = Procflow(None if c == "no rules" else rules)
+            times[c].append(pf.start_s)
+            pf.stop()
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(
+            f"{c}: {times[c][-1]:.3f} s" for c in times), file=sys.stderr)
+    print(f"\nstart to watching, {a.rounds} starts each, alternating\n")
+    print(f"{'configuration':<16} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for c, t in times.items():
+        print(f"{c:<16} {statistics.median(t):>9.3f} {min(t):>7.3f} {max(t):>7.3f}")
 
 
 if __name__ == "__main__":

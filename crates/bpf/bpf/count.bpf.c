@@ -18,6 +18,9 @@ struct pkt {
 	__u8 tcpflags;
 	__u8 jumbo;     /* bytes of a BIG TCP jumbo header no segment carries */
 	__u8 rthdr;     /* an IPv6 routing header was walked */
+	__u32 len;      /* skb->len */
+	__u32 segs;     /* segments it stands for (GSO/GRO), at least 1 */
+	__u64 wire;     /* bytes of those segments on the wire */
 };
 
 /* The transport header at `off`, through bpf_skb_load_bytes. */
@@ -473,6 +476,112 @@ static __noinline void capture_dns(struct __sk_buff *skb, struct pkt *p, struct 
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* See policy.h: the cgroup of skb's socket. */
+__noinline int pol_cg_skb_g(struct __sk_buff *skb, __u32 gen, __u32 levels, __u64 *found)
+{
+	if (!found)
+		return 0;
+	*found = 0;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	pol_cg_walk(sk, gen & 1, levels, found);
+	return 1;
+}
+
+/* The rules' decision on a packet (policy.h pf_policy_skb), as global
+ * functions, one per direction: the verifier checks each once per program,
+ * not once for every path of count that reaches it. 0 drops the packet. */
+static __always_inline int policy_skb(struct __sk_buff *skb, struct pkt *p, __u32 state,
+				      bool egress)
+{
+	if (!p)
+		return 1;
+	struct bpf_sock *bsk = skb->sk;
+	if (!bsk)
+		return 1;
+	bsk = bpf_sk_fullsock(bsk);
+	if (!bsk)
+		return 1;
+	bool stream = bsk->type == SOCK_STREAM && bsk->protocol == IPPROTO_TCP;
+	return pf_policy_skb(skb, bsk, egress, stream, state, p->version, p->l4, p->src, p->dst,
+			     p->sport, p->dport, p->tcpflags);
+}
+
+/* Egress needs no state (only a listener's inbound SYN is decided by it);
+ * a parameter the function does not read would be left unset by clang. */
+__noinline int pf_policy_out_g(struct __sk_buff *skb, struct pkt *p)
+{
+	return policy_skb(skb, p, 0, true);
+}
+
+__noinline int pf_policy_in_g(struct __sk_buff *skb, struct pkt *p, __u32 state)
+{
+	return policy_skb(skb, p, state, false);
+}
+
+/* The packet `p` (parsed, its lengths set) added to its flow. */
+static __always_inline int count_flow(struct __sk_buff *skb, struct bpf_sock *bsk,
+				      struct pkt *p, bool egress)
+{
+	__u32 type = bsk->type;
+	__u32 protocol = bsk->protocol;
+	__u32 state = bsk->state;
+	__u32 len = p->len;
+	__u64 segs = p->segs;
+	__u64 wire = p->wire;
+	struct sock *sk = bpf_core_cast(bsk, struct sock);
+	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
+	if (stream && state == BPF_TCP_LISTEN) {
+		struct pf_sock_ctx *lctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+		count_pending(lctx, sk, p, egress, wire, segs);
+		return 1;
+	}
+
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ctx) {
+		stat_inc(PF_STAT_NO_STORAGE);
+		return 1;
+	}
+	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skb)))
+		ctx_init(ctx, sk, false);
+
+	if ((egress ? p->dport : p->sport) == 53 && (p->l4 == IPPROTO_UDP || p->l4 == IPPROTO_TCP))
+		capture_dns(skb, p, ctx, len, egress);
+	if (!stream) {
+		if (protocol == IPPROTO_UDP && p->l4 == IPPROTO_UDP &&
+		    count_slot(ctx, p, egress, len, wire, segs))
+			return 1;
+		count_dgram(ctx, p, egress, len, wire, segs);
+		return 1;
+	}
+	if (egress) {
+		add(&ctx->tx.bytes, wire);
+		add(&ctx->tx.packets, segs);
+	} else {
+		add(&ctx->rx.bytes, wire);
+		add(&ctx->rx.packets, segs);
+	}
+	if (!(ctx->flags & PF_F_ANNOUNCED) && state == BPF_TCP_ESTABLISHED)
+		tcp_announce(sk, ctx, PF_ORIGIN_PACKET, PF_DIR_UNKNOWN);
+	return 1;
+}
+
+/* Not inlined, one per direction: count's own frame stays small, so the
+ * rules' decision (a global function called from it) fits the stack. */
+static __noinline int count_out(struct __sk_buff *skb, struct bpf_sock *bsk, struct pkt *p)
+{
+	return count_flow(skb, bsk, p, true);
+}
+
+static __noinline int count_in(struct __sk_buff *skb, struct bpf_sock *bsk, struct pkt *p)
+{
+	return count_flow(skb, bsk, p, false);
+}
+
 static __always_inline int count(struct __sk_buff *skb, bool egress)
 {
 	struct bpf_sock *bsk = skb->sk;
@@ -521,47 +630,15 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 		wire -= p.jumbo;
 	}
 
-	struct sock *sk = bpf_core_cast(bsk, struct sock);
-	bool stream = type == SOCK_STREAM && protocol == IPPROTO_TCP;
+	p.len = len;
+	p.segs = segs;
+	p.wire = wire;
 	/* ---- rules enforcement (policy.h): 0 drops the packet ---- */
-	if (pf_rules_on &&
-	    !pf_policy_skb(skb, bsk, egress, stream, state, p.version, p.l4, p.src, p.dst,
-			   p.sport, p.dport, p.tcpflags))
+	if (pf_rules_on && !(egress ? pf_policy_out_g(skb, &p)
+				    : pf_policy_in_g(skb, &p, state)))
 		return 0;
 	/* ---- end rules enforcement ---- */
-	if (stream && state == BPF_TCP_LISTEN) {
-		struct pf_sock_ctx *lctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
-		count_pending(lctx, sk, &p, egress, wire, segs);
-		return 1;
-	}
-
-	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!ctx) {
-		stat_inc(PF_STAT_NO_STORAGE);
-		return 1;
-	}
-	if (!ctx->cookie && ctx_claim(ctx, bpf_get_socket_cookie(skb)))
-		ctx_init(ctx, sk, false);
-
-	if ((egress ? p.dport : p.sport) == 53 && (p.l4 == IPPROTO_UDP || p.l4 == IPPROTO_TCP))
-		capture_dns(skb, &p, ctx, len, egress);
-	if (!stream) {
-		if (protocol == IPPROTO_UDP && p.l4 == IPPROTO_UDP &&
-		    count_slot(ctx, &p, egress, len, wire, segs))
-			return 1;
-		count_dgram(ctx, &p, egress, len, wire, segs);
-		return 1;
-	}
-	if (egress) {
-		add(&ctx->tx.bytes, wire);
-		add(&ctx->tx.packets, segs);
-	} else {
-		add(&ctx->rx.bytes, wire);
-		add(&ctx->rx.packets, segs);
-	}
-	if (!(ctx->flags & PF_F_ANNOUNCED) && state == BPF_TCP_ESTABLISHED)
-		tcp_announce(sk, ctx, PF_ORIGIN_PACKET, PF_DIR_UNKNOWN);
-	return 1;
+	return egress ? count_out(skb, bsk, &p) : count_in(skb, bsk, &p);
 }
 
 SEC("cgroup_skb/egress")

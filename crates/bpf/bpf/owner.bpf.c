@@ -55,10 +55,23 @@ int pf_post_bind6(struct bpf_sock *sk)
 	return on_bind(sk);
 }
 
+/* The rules' decision on a connect or send (policy.h), as global
+ * functions: the verifier checks each once per program. */
+__noinline int pf_policy_addr4_g(struct bpf_sock_addr *sa, __u32 sendmsg)
+{
+	return pf_policy_addr(sa, sendmsg != 0, false);
+}
+
+__noinline int pf_policy_addr6_g(struct bpf_sock_addr *sa, __u32 sendmsg)
+{
+	return pf_policy_addr(sa, sendmsg != 0, true);
+}
+
 static __always_inline int on_addr(struct bpf_sock_addr *sa, bool sendmsg, bool v6)
 {
 	/* ---- rules enforcement (policy.h): 0 refuses with EPERM ---- */
-	if (pf_rules_on && !pf_policy_addr(sa, sendmsg, v6))
+	if (pf_rules_on &&
+	    !(v6 ? pf_policy_addr6_g(sa, sendmsg) : pf_policy_addr4_g(sa, sendmsg)))
 		return 0;
 	/* ---- end rules enforcement ---- */
 	struct bpf_sock *sk = sa->sk;

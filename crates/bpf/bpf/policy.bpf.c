@@ -16,6 +16,29 @@ struct pf_port_index _pf_port_index = {};
 struct pf_exe_key _pf_exe_key = {};
 struct pf_mask _pf_mask = {};
 
+/* The rule words, one bpf_loop step each (the verifier checks the step
+ * once, not sixteen times per path): the lowest matching rule decides. */
+struct pol_words {
+	const struct pf_mask *m[10]; /* exe prefix, exe suffix, then ANDed */
+	const struct pf_mask *block;
+	struct pol_decision *d;
+};
+
+static int pol_word_step(__u32 i, struct pol_words *pw)
+{
+	if (i >= PF_RULE_WORDS)
+		return 1;
+	__u64 w = (pw->m[0]->w[i] | pw->m[1]->w[i]) & pw->m[2]->w[i] & pw->m[3]->w[i] &
+		  pw->m[4]->w[i] & pw->m[5]->w[i] & pw->m[6]->w[i] & pw->m[7]->w[i] &
+		  pw->m[8]->w[i] & pw->m[9]->w[i];
+	if (!w)
+		return 0;
+	__u32 r = i * 64 + lowest_bit(w);
+	pw->d->rule = r;
+	pw->d->block = (pw->block->w[i] >> (r & 63)) & 1;
+	return 1;
+}
+
 /* See policy.h. Returns 1 when decided, 0 when a table is missing. */
 __noinline int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 			    const struct pf_mask *cg, __u32 gen, struct pol_decision *d)
@@ -55,16 +78,31 @@ __noinline int pol_decide_g(struct pol_query *q, const struct pf_exe_ident *exe,
 	d->gen = gen;
 	d->rule = -1;
 	d->block = h->default_block;
-	for (int i = 0; i < PF_RULE_WORDS; i++) {
-		__u64 w = (id.pre->w[i] | id.suf->w[i]) & id.comm->w[i] & id.uid->w[i] &
-			  cg->w[i] & dir->w[i] & proto->w[i] & rem->w[i] & rp->w[i] & lp->w[i];
-		if (w) {
-			__u32 r = i * 64 + lowest_bit(w);
-			d->rule = r;
-			d->block = (h->block.w[i] >> (r & 63)) & 1;
-			break;
-		}
-	}
+	struct pol_words pw = {
+		.m = { id.pre, id.suf, id.comm, id.uid, cg, dir, proto, rem, rp, lp },
+		.block = &h->block,
+		.d = d,
+	};
+	bpf_loop(PF_RULE_WORDS, pol_word_step, &pw, 0);
+	return 1;
+}
+
+/* See policy.h. */
+__noinline int pol_exe_current_g(struct pf_exe_ident *id)
+{
+	if (!id)
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	pol_exe_of_file(BPF_CORE_READ(t, mm, exe_file), id);
+	return 1;
+}
+
+/* See policy.h: the current process's cgroup. */
+__noinline int pol_cg_current_g(__u32 gen, __u32 levels, __u64 *found)
+{
+	if (!found)
+		return 0;
+	pol_cg_walk(0, gen & 1, levels, found);
 	return 1;
 }
 

@@ -332,6 +332,10 @@ static __always_inline struct pf_exe_ident *pol_unknown_exe(void)
 	return id;
 }
 
+/* The current process's executable into id (pol_exe_of_file), in
+ * policy.bpf.c: a global function, checked once per program. */
+int pol_exe_current_g(struct pf_exe_ident *id);
+
 /* The current process's identity (task storage of its leader), computed
  * on first use. Never null: an all-zero identity when none can be had. */
 static __always_inline struct pf_exe_ident *pol_current_exe(void)
@@ -344,7 +348,7 @@ static __always_inline struct pf_exe_ident *pol_current_exe(void)
 	if (!(t->flags & PF_KTHREAD)) {
 		id = bpf_task_storage_get(&pol_task, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (id) {
-			pol_exe_of_file(BPF_CORE_READ(t, mm, exe_file), id);
+			pol_exe_current_g(id);
 			return id;
 		}
 	}
@@ -447,36 +451,70 @@ static __always_inline int pol_identity(__u32 gen, struct pol_query *q,
 	return m->comm && m->uid;
 }
 
+/* The deepest ancestor of the current process's cgroup (pol_cg_current_g)
+ * or of the socket's (pol_cg_skb_g: skb->sk) that the table of generation
+ * `gen` holds, into *found (0: none). Global functions, in policy.bpf.c and
+ * count.bpf.c: the verifier checks each once per program, not once for
+ * every path of the hook that reaches it. */
+int pol_cg_current_g(__u32 gen, __u32 levels, __u64 *found);
+int pol_cg_skb_g(struct __sk_buff *skb, __u32 gen, __u32 levels, __u64 *found);
+
+/* The walk both share, levels-1 down to 0, one bpf_loop step a level: the
+ * verifier checks the step once, not once per level and per path. */
+struct pol_cg_walk {
+	struct bpf_sock *sk; /* null: the current process */
+	__u64 found;
+	__u32 gen;
+	__u32 levels;
+};
+
+static int pol_cg_step(__u32 j, struct pol_cg_walk *w)
+{
+	__u32 levels = w->levels;
+	if (j >= levels || levels > PF_CG_LEVELS)
+		return 1;
+	int i = levels - 1 - j;
+	__u64 id = w->sk ? bpf_sk_ancestor_cgroup_id(w->sk, i)
+			 : bpf_get_current_ancestor_cgroup_id(i);
+	if (!id)
+		return 0;
+	if (PF_GEN_LOOKUP(w->gen, pol_cg, &id)) {
+		w->found = id;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline void pol_cg_walk(struct bpf_sock *sk, __u32 gen, __u32 levels,
+					__u64 *found)
+{
+	struct pol_cg_walk w = { .sk = sk, .found = 0, .gen = gen, .levels = levels };
+	bpf_loop(PF_CG_LEVELS, pol_cg_step, &w, 0);
+	*found = w.found;
+}
+
 /* The cgroup dimension's mask: that of the deepest ancestor in the table
  * (its entry already holds the rules of every named ancestor above it and
- * the wildcard rules), of the socket `sk` or, when sk is null, of the
+ * the wildcard rules), of skb's socket or, when skb is null, of the
  * current process. */
 static __always_inline const struct pf_mask *pol_cgroup(struct pf_policy_hdr *h, __u32 gen,
-							struct bpf_sock *sk)
+							struct __sk_buff *skb)
 {
-	const struct pf_mask *cg = &h->cg_wild, *m;
-	__u32 levels = h->cg_levels;
-	for (int j = 0; j < PF_CG_LEVELS; j++) {
-		int i = PF_CG_LEVELS - 1 - j;
-		if (i >= levels)
-			continue;
-		__u64 id = sk ? bpf_sk_ancestor_cgroup_id(sk, i)
-			      : bpf_get_current_ancestor_cgroup_id(i);
-		if (!id)
-			continue;
-		m = PF_GEN_LOOKUP(gen, pol_cg, &id);
-		if (m) {
-			cg = m;
-			break;
-		}
-	}
-	return cg;
+	__u64 id = 0;
+	if (skb)
+		pol_cg_skb_g(skb, gen, h->cg_levels, &id);
+	else
+		pol_cg_current_g(gen, h->cg_levels, &id);
+	if (!id)
+		return &h->cg_wild;
+	const struct pf_mask *m = PF_GEN_LOOKUP(gen, pol_cg, &id);
+	return m ? m : &h->cg_wild;
 }
 
 /* Decides q under the active rules; false when no rules are loaded. The
- * cgroup is the socket's (`sk`) or, when sk is null, the current process's. */
+ * cgroup is skb's socket's or, when skb is null, the current process's. */
 static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_ident *exe,
-				       struct pol_decision *d, struct bpf_sock *sk)
+				       struct pol_decision *d, struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct pf_policy_state *st = bpf_map_lookup_elem(&pol_state, &zero);
@@ -490,7 +528,7 @@ static __always_inline bool pol_decide(struct pol_query *q, const struct pf_exe_
 	struct pf_policy_hdr *h = bpf_map_lookup_elem(&pol_hdr, &gen);
 	if (!h)
 		return false;
-	const struct pf_mask *cg = pol_cgroup(h, gen, sk);
+	const struct pf_mask *cg = pol_cgroup(h, gen, skb);
 	int r = pol_decide_g(q, exe, cg, gen, d);
 	d->gen = full;
 	if (r != 1) {
@@ -548,8 +586,10 @@ static __always_inline bool pol_rate_ok(__u8 hook, __u8 block)
 	return true;
 }
 
+/* `o` null: no owner known. */
 static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_ident *exe,
-				     struct pol_decision *d, __u64 cookie, struct pf_owner *o,
+				     struct pol_decision *d, __u64 cookie,
+				     const struct pf_owner *o,
 				     __u32 netns, __u8 hook)
 {
 	if (!pol_rate_ok(hook, d->block))
@@ -566,7 +606,10 @@ static __always_inline void pol_emit(struct pol_query *q, const struct pf_exe_id
 	e->cookie = cookie;
 	e->rule = d->rule;
 	e->gen = d->gen;
-	e->owner = *o;
+	if (o)
+		e->owner = *o;
+	else
+		__builtin_memset(&e->owner, 0, sizeof(e->owner));
 	__builtin_memcpy(e->remote, q->remote, 16);
 	__builtin_memcpy(e->local, q->local, 16);
 	e->rport = q->rport;
@@ -776,10 +819,10 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 
 	/* Who: the identity kept when the socket was bound or created, else
 	 * what its flow context knows. */
-	struct pf_owner o = {};
+	const struct pf_owner *o = 0; /* no copy: this frame is on count's stack */
 	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
 	if (ctx && (ctx->flags & PF_F_OWNER))
-		o = ctx->owner;
+		o = &ctx->owner;
 	struct pf_exe_ident *exe = bpf_sk_storage_get(&pol_sk, bsk, 0, 0);
 	if (exe) {
 		q.uid = exe->uid;
@@ -793,12 +836,14 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		exe = pol_unknown_exe();
 		if (!exe)
 			return 1;
-		q.uid = o.uid;
-		__builtin_memcpy(q.comm, o.comm, PF_COMM_LEN);
+		if (o) {
+			q.uid = o->uid;
+			__builtin_memcpy(q.comm, o->comm, PF_COMM_LEN);
+		}
 	}
 	struct sock *sk = bpf_core_cast(bsk, struct sock);
 	struct pol_decision d;
-	if (!pol_decide(&q, exe, &d, bsk))
+	if (!pol_decide(&q, exe, &d, skb))
 		return 1;
 	/* Inbound (a SYN, a UDP flow's first datagram): allows are written
 	 * too, so the accepted connection or the flow carries its verdict. */
@@ -806,7 +851,7 @@ static __always_inline int pf_policy_skb(struct __sk_buff *skb, struct bpf_sock 
 		udp_in_decided(skb, src, sport, version, ((gen + 1) << 1) | (d.block ? 1 : 0));
 	if (!d.block && !inbound && pol_seen(bsk, &q, d.gen))
 		return 1;
-	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), &o, sk_netns(sk),
+	pol_emit(&q, exe, &d, bpf_get_socket_cookie(skb), o, sk_netns(sk),
 		 egress ? PF_HOOK_EGRESS : PF_HOOK_INGRESS);
 	return d.block ? 0 : 1;
 }

@@ -178,9 +178,12 @@ fn open(
         };
         p.set_autoload(keep);
         // The verifier's statistics per program (time, instructions), in
-        // the debug log (`-vv`): PROCFLOW_VERIFIER_STATS=1.
+        // the debug log (`-vv`): PROCFLOW_VERIFIER_STATS=1. With
+        // PROCFLOW_VERIFIER_LOG=1 as well, its whole log (every instruction
+        // it walked, with the registers: large).
         if std::env::var_os("PROCFLOW_VERIFIER_STATS").is_some() {
-            p.set_log_level(4);
+            let whole = std::env::var_os("PROCFLOW_VERIFIER_LOG").is_some();
+            p.set_log_level(if whole { 6 } else { 4 });
         }
     }
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
