@@ -60,6 +60,20 @@ PF_MAP struct {
 	__type(value, struct pf_dgram_val);
 } dgram_flows SEC(".maps");
 
+/* Datagram flows that got no entry in dgram_flows (the table full, or the
+ * kernel's allocator for its entries dry in a burst of new flows): counted
+ * in their socket's overflow flow (remote all zeros, port 0; the key and
+ * value of dgram_flows), one entry per socket and family. Preallocated, so
+ * that an insert never waits on the allocator; one value for all CPUs
+ * (atomic adds: this is not the common path). User space adds an entry to
+ * the overflow flow's dgram_flows entry, and deletes both together. */
+PF_MAP struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct pf_dgram_key);
+	__type(value, struct pf_dgram_val);
+} dgram_spill SEC(".maps");
+
 /* Datagram table entries by the uid they are charged to (see
  * PF_DGRAM_UID); sock_release gives a socket's back. */
 PF_MAP struct {

@@ -345,8 +345,57 @@ static __always_inline bool count_slot(struct pf_sock_ctx *ctx, struct pkt *p, b
 	return true;
 }
 
-/* A datagram flow (socket, remote): created on its first packet. */
-static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, bool egress,
+/* A datagram that found no entry of its own in dgram_flows, nor an
+ * overflow flow there: counted in its socket's overflow flow through
+ * dgram_spill (common.h), so its socket's totals stay exact. Only when that
+ * table is full too is it lost (PF_STAT_DGRAM_FULL). Called from count
+ * when count_flow says so (PF_COUNT_SPILL), not from count_dgram: its frame
+ * and count_flow's would not fit the stack together. */
+static __noinline void count_spill(struct bpf_sock *bsk, struct pkt *p, bool egress)
+{
+	struct pf_sock_ctx *ctx = bpf_sk_storage_get(&sk_ctx, bsk, 0, 0);
+	if (!ctx || !p)
+		return;
+	struct pf_dgram_key k = {};
+	k.cookie = ctx->cookie;
+	k.family = p->version;
+	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_spill, &k);
+	if (!v) {
+		struct pf_dgram_val fresh = {};
+		fresh.start_ns = now_ns();
+		__builtin_memcpy(fresh.local, egress ? p->src : p->dst, 16);
+		fresh.lport = egress ? p->sport : p->dport;
+		fresh.direction = egress ? PF_DIR_OUT : PF_DIR_IN;
+		fresh.origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
+		fresh.proto = p->l4;
+		/* Announced unless dgram_flows holds this overflow flow already. */
+		if (bpf_map_update_elem(&dgram_spill, &k, &fresh, BPF_NOEXIST) == 0 &&
+		    !bpf_map_lookup_elem(&dgram_flows, &k))
+			dgram_open(ctx, k.remote, fresh.local, 0, fresh.lport, p->version, p->l4,
+				   fresh.direction, fresh.origin, fresh.start_ns);
+		v = bpf_map_lookup_elem(&dgram_spill, &k);
+		if (!v) {
+			stat_inc(PF_STAT_DGRAM_FULL);
+			return;
+		}
+	}
+	stat_inc(PF_STAT_DGRAM_SPILL);
+	__u32 hdr = p->l3len + p->l4len;
+	__u64 payload = p->len > hdr ? p->len - hdr : 0;
+	if (egress) {
+		add(&v->c.tx_bytes, p->wire);
+		add(&v->c.tx_packets, p->segs);
+		add(&v->c.tx_payload, payload);
+	} else {
+		add(&v->c.rx_bytes, p->wire);
+		add(&v->c.rx_packets, p->segs);
+		add(&v->c.rx_payload, payload);
+	}
+}
+
+/* A datagram flow (socket, remote): created on its first packet. True when
+ * it got no entry (the datagram is count_spill's). */
+static __always_inline bool count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, bool egress,
 					__u32 len, __u64 wire, __u64 segs)
 {
 	struct pf_dgram_key k = {};
@@ -379,7 +428,7 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 			v = bpf_map_lookup_elem(&dgram_flows, &k);
 			if (!v && (!charged || *charged >= PF_DGRAM_UID_HARD)) {
 				stat_inc(PF_STAT_DGRAM_FULL);
-				return;
+				return false;
 			}
 		}
 	}
@@ -408,10 +457,8 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 			k.rport = 0;
 			v = bpf_map_lookup_elem(&dgram_flows, &k);
 		}
-		if (!v) {
-			stat_inc(PF_STAT_DGRAM_FULL);
-			return;
-		}
+		if (!v)
+			return true; /* count_spill's */
 	}
 	/* This CPU's slot: no other CPU writes it. */
 	if (egress) {
@@ -423,6 +470,7 @@ static __always_inline void count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 		v->c.rx_packets += segs;
 		v->c.rx_payload += payload;
 	}
+	return false;
 }
 
 /* A DNS message for the remote-name table: a query the socket sends
@@ -523,7 +571,10 @@ __noinline int pf_policy_in_g(struct __sk_buff *skb, struct pkt *p, __u32 state)
 	return policy_skb(skb, p, state, false);
 }
 
-/* The packet `p` (parsed, its lengths set) added to its flow. */
+#define PF_COUNT_SPILL 2 /* count_flow: the datagram is count_spill's */
+
+/* The packet `p` (parsed, its lengths set) added to its flow: 1, or
+ * PF_COUNT_SPILL. */
 static __always_inline int count_flow(struct __sk_buff *skb, struct bpf_sock *bsk,
 				      struct pkt *p, bool egress)
 {
@@ -555,7 +606,8 @@ static __always_inline int count_flow(struct __sk_buff *skb, struct bpf_sock *bs
 		if (protocol == IPPROTO_UDP && p->l4 == IPPROTO_UDP &&
 		    count_slot(ctx, p, egress, len, wire, segs))
 			return 1;
-		count_dgram(ctx, p, egress, len, wire, segs);
+		if (count_dgram(ctx, p, egress, len, wire, segs))
+			return PF_COUNT_SPILL;
 		return 1;
 	}
 	if (egress) {
@@ -638,7 +690,12 @@ static __always_inline int count(struct __sk_buff *skb, bool egress)
 				    : pf_policy_in_g(skb, &p, state)))
 		return 0;
 	/* ---- end rules enforcement ---- */
-	return egress ? count_out(skb, bsk, &p) : count_in(skb, bsk, &p);
+	int r = egress ? count_out(skb, bsk, &p) : count_in(skb, bsk, &p);
+	if (r == PF_COUNT_SPILL) {
+		count_spill(bsk, &p, egress);
+		r = 1;
+	}
+	return r;
 }
 
 SEC("cgroup_skb/egress")

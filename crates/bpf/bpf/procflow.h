@@ -265,6 +265,7 @@ enum pf_stat {
 	PF_STAT_BYPASS_FOUND,  /* start-up scan: packet sockets with PACKET_QDISC_BYPASS on */
 	PF_STAT_RB_PEAK,       /* most bytes seen waiting in the ring buffer before a record
 				  was reserved (a maximum per CPU, not a count) */
+	PF_STAT_DGRAM_SPILL,   /* datagrams counted through dgram_spill (no table entry) */
 	PF_STAT_MAX,
 };
 

@@ -123,6 +123,10 @@ pub struct KernelStats {
     /// The most bytes seen waiting in the ring buffer when a record was
     /// about to be reserved (of [`RING_BUFFER_SIZE`]).
     pub ring_buffer_peak: u64,
+    /// Datagrams that got no entry in the datagram table (full, or its
+    /// allocator dry in a burst), counted in their socket's overflow flow
+    /// through the preallocated spill table.
+    pub datagram_spilled: u64,
 }
 
 /// procflow's programs, loaded and attached.
@@ -379,6 +383,7 @@ impl Kernel {
             datagram_quota: out[pf_stat::PF_STAT_DGRAM_QUOTA.0 as usize],
             bypass_sockets: out[pf_stat::PF_STAT_BYPASS_FOUND.0 as usize],
             ring_buffer_peak: out[pf_stat::PF_STAT_RB_PEAK.0 as usize],
+            datagram_spilled: out[pf_stat::PF_STAT_DGRAM_SPILL.0 as usize],
         }
     }
 
@@ -554,17 +559,34 @@ impl Kernel {
         known: &dyn Fn(&FlowKey) -> bool,
     ) -> DatagramSweep {
         let map = &self.skel.maps.dgram_flows;
-        let keys: Vec<Vec<u8>> = map.keys().collect();
+        let spill = &self.skel.maps.dgram_spill;
+        let keys: Vec<(bool, Vec<u8>)> = map
+            .keys()
+            .map(|k| (false, k))
+            .chain(spill.keys().map(|k| (true, k)))
+            .collect();
         let entries = keys.len();
         let mut deleted = 0;
-        for kb in keys {
+        for (spilled, kb) in keys {
             let Some(k) = decode::read_struct::<pf_dgram_key>(&kb) else {
                 continue;
             };
             if d.live_udp.contains(&k.cookie) {
                 continue;
             }
-            let Some(per_cpu) = map.lookup_percpu(&kb, MapFlags::ANY).ok().flatten() else {
+            let (map, per_cpu) = if spilled {
+                (
+                    spill,
+                    spill
+                        .lookup(&kb, MapFlags::ANY)
+                        .ok()
+                        .flatten()
+                        .map(|v| vec![v]),
+                )
+            } else {
+                (map, map.lookup_percpu(&kb, MapFlags::ANY).ok().flatten())
+            };
+            let Some(per_cpu) = per_cpu else {
                 continue;
             };
             let vals: Vec<pf_dgram_val> = per_cpu
@@ -611,26 +633,36 @@ impl Kernel {
     }
 
     /// Counters of a datagram flow; `remove` also deletes its entry (the
-    /// socket was released).
+    /// socket was released). A socket's overflow flow (remote all zeros,
+    /// port 0) adds what `dgram_spill` counted for it.
     pub fn datagram_counters(&self, key: &FlowKey, remove: bool) -> Option<Counters> {
         let k = Self::dgram_key(key)?;
         let kb = decode::struct_bytes(&k);
         let map = &self.skel.maps.dgram_flows;
-        let per_cpu = map.lookup_percpu(kb, MapFlags::ANY).ok().flatten()?;
-        if remove {
+        let table = map.lookup_percpu(kb, MapFlags::ANY).ok().flatten();
+        if remove && table.is_some() {
             let _ = map.delete(kb);
         }
-        // One value per CPU: the counters are their sum.
+        let overflow = k.rport == 0 && k.remote == [0; 16];
+        let spill = if overflow {
+            let spill = &self.skel.maps.dgram_spill;
+            let v = spill.lookup(kb, MapFlags::ANY).ok().flatten();
+            if remove && v.is_some() {
+                let _ = spill.delete(kb);
+            }
+            v
+        } else {
+            None
+        };
+        if table.is_none() && spill.is_none() {
+            return None;
+        }
+        // One value per CPU in the table, one in all in the spill: the
+        // counters are their sum.
         let mut total = Counters::default();
-        for bytes in &per_cpu {
+        for bytes in table.iter().flatten().chain(spill.iter()) {
             let v: pf_dgram_val = decode::read_struct(bytes)?;
-            let c = decode::counters(&v.c);
-            total.tx_bytes += c.tx_bytes;
-            total.rx_bytes += c.rx_bytes;
-            total.tx_packets += c.tx_packets;
-            total.rx_packets += c.rx_packets;
-            total.tx_payload += c.tx_payload;
-            total.rx_payload += c.rx_payload;
+            total = total.plus(decode::counters(&v.c));
         }
         Some(total)
     }

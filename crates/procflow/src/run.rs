@@ -271,6 +271,7 @@ fn stats_record(
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
         "datagram_quota": k.datagram_quota,
+        "datagram_spilled": k.datagram_spilled,
         "packet_bypass_sockets_at_start": k.bypass_sockets,
         "dns_queries": t.dns.queries,
         "dns_answered": t.dns.answered,
