@@ -30,7 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCFLOW = os.path.join(ROOT, "target/release/procflow")
+PROCFLOW = os.environ.get("PROCFLOW", os.path.join(ROOT, "target/release/procflow"))
 TESTGEN = os.path.join(ROOT, "target/release/procflow-testgen")
 A, B = "pfbench-a", "pfbench-b"
 A_IP, B_IP = "10.198.0.1", "10.198.0.2"

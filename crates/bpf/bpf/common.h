@@ -134,17 +134,20 @@ static __always_inline __u64 now_ns(void)
 	return bpf_ktime_get_boot_ns();
 }
 
-/* The current process as an owner; false for kernel threads. */
+/* The current process as an owner; false for kernel threads. Its parent and leader are read through
+ * CO-RE, not BTF pointers, which cost the verifier a walk of task_struct's
+ * members on every path (see pol_process_comm); this runs only when a
+ * socket's owner changes. */
 static __always_inline bool owner_current(struct pf_owner *o)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	if (t->flags & PF_KTHREAD)
 		return false;
 	o->pid = bpf_get_current_pid_tgid() >> 32;
-	o->ppid = t->real_parent->tgid;
+	o->ppid = BPF_CORE_READ(t, real_parent, tgid);
 	o->uid = (__u32)bpf_get_current_uid_gid();
 	o->cgroup_id = bpf_get_current_cgroup_id();
-	o->start_ns = t->group_leader->start_boottime;
+	o->start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	return true;
 }

@@ -221,16 +221,18 @@ struct frame {
 	__u8 remote[16];
 };
 
-/* The frame at skb->data, as the device gets it. */
+/* The frame at skb->data, as the device gets it. Fields are read through
+ * CO-RE, not BTF pointers: the verifier checks each BTF pointer access by
+ * walking the type's members, which made this program slow to load. */
 static __always_inline int parse_frame(struct sk_buff *skb, struct frame *f)
 {
-	struct net_device *dev = skb->dev;
-	unsigned char *data = skb->data;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	unsigned char *data = BPF_CORE_READ(skb, data);
 	if (!dev || !data)
 		return -1;
-	__u16 hh = dev->hard_header_len;
-	__u16 type = dev->type;
-	__u16 ethertype = bpf_ntohs(skb->protocol);
+	__u16 hh = BPF_CORE_READ(dev, hard_header_len);
+	__u16 type = BPF_CORE_READ(dev, type);
+	__u16 ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));
 	__u32 l2 = 0;
 	if ((type == ARPHRD_ETHER || type == ARPHRD_LOOPBACK) && hh == ETH_HLEN) {
 		struct ethhdr eh;
@@ -304,7 +306,7 @@ static __always_inline int parse_frame(struct sk_buff *skb, struct frame *f)
  * socket is several on the wire). */
 static __always_inline __u32 frame_segs(struct sk_buff *skb)
 {
-	struct skb_shared_info *sh = (void *)(skb->head + skb->end);
+	struct skb_shared_info *sh = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
 	__u16 segs = 0;
 	bpf_probe_read_kernel(&segs, sizeof(segs), &sh->gso_segs);
 	return segs ? segs : 1;
@@ -330,7 +332,7 @@ static __noinline int count_frame(struct sk_buff *skb, struct sock *sk)
 	struct frame f = {};
 	if (parse_frame(skb, &f))
 		return 0;
-	__u32 len = skb->len;
+	__u32 len = BPF_CORE_READ(skb, len);
 	__u32 segs = frame_segs(skb);
 	/* Bytes as on the wire at the level the flow is at: an IP frame's IP
 	 * packet (as for every other IP flow), another frame whole. */
@@ -338,8 +340,8 @@ static __noinline int count_frame(struct sk_buff *skb, struct sock *sk)
 	/* What the application wrote: the whole frame (SOCK_RAW), or what
 	 * follows the link-layer header the kernel made (SOCK_DGRAM). */
 	__u64 payload = len;
-	if (sk->sk_type == SOCK_DGRAM) {
-		__u16 hh = skb->dev->hard_header_len;
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type) == SOCK_DGRAM) {
+		__u16 hh = BPF_CORE_READ(skb, dev, hard_header_len);
 		payload = len > hh ? len - hh : 0;
 	}
 

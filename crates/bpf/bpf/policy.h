@@ -356,11 +356,15 @@ static __always_inline struct pf_exe_ident *pol_current_exe(void)
 }
 
 /* The process's comm (its thread-group leader's, as `ps -o comm` shows),
- * not the calling thread's name. */
+ * not the calling thread's name. Read through CO-RE rather than BTF
+ * pointers: the verifier checks each BTF pointer access by walking the
+ * type's members, again on every path, which made the connect programs the
+ * slowest to load. */
 static __always_inline void pol_process_comm(char comm[PF_COMM_LEN])
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	bpf_probe_read_kernel_str(comm, PF_COMM_LEN, t->group_leader->comm);
+	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+	bpf_core_read_str(comm, PF_COMM_LEN, &leader->comm);
 }
 
 /* ---- the decision ---- */
