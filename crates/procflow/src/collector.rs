@@ -116,6 +116,14 @@ pub const PACKET_SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// packet-socket rules program is not attached to yet.
 pub const DEVICE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How long records may wait for the log and the store while they come
+/// in: a busy machine's records go in batches of this span (one write and
+/// one transaction each), not one per poll of the ring buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Records that are written at once, however short the wait.
+pub const FLUSH_RECORDS: usize = 16384;
+
 /// How often the live state is ticked (rates computed; with a viewer, the
 /// kernel's counters read first).
 pub const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -140,6 +148,7 @@ pub struct Collector<K> {
     /// Rules are loaded: packet sockets are decided at every device.
     pub rules_on: bool,
     last_device_sweep: Instant,
+    last_flush: Instant,
     /// Device attach failures already logged.
     device_failures: HashSet<String>,
 }
@@ -162,6 +171,7 @@ impl<K: KernelSource> Collector<K> {
             last_tick: None,
             rules_on: false,
             last_device_sweep: Instant::now(),
+            last_flush: Instant::now(),
             device_failures: HashSet::new(),
         }
     }
@@ -425,8 +435,21 @@ impl<K: KernelSource> Collector<K> {
 
     /// Flushes the sinks.
     pub fn flush(&mut self) {
+        self.last_flush = Instant::now();
         if let Some(s) = self.sinks.as_mut() {
             s.flush();
+        }
+    }
+
+    /// Flushes the sinks when their records have waited FLUSH_EVERY, or
+    /// FLUSH_RECORDS of them are waiting.
+    pub fn flush_due(&mut self) {
+        let many = self
+            .sinks
+            .as_ref()
+            .is_some_and(|s| s.waiting() >= FLUSH_RECORDS);
+        if many || self.last_flush.elapsed() >= FLUSH_EVERY {
+            self.flush();
         }
     }
 }

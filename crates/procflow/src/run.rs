@@ -127,7 +127,7 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
             }
         }
         c.due()?;
-        c.flush();
+        c.flush_due();
     }
 
     // Stopping: everything still queued, then a final record for every open flow.

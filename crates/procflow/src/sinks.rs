@@ -245,6 +245,11 @@ impl Sinks {
         }
     }
 
+    /// Records waiting for the store.
+    pub fn waiting(&self) -> usize {
+        self.pending.len() + self.pending_verdicts.len() + self.pending_rules.len()
+    }
+
     /// Flushes the log and writes the batch of records to the store.
     pub fn flush(&mut self) {
         if let Some(log) = self.log.as_mut() {

@@ -354,7 +354,9 @@ fn a_full_disk_never_stops_monitoring_and_writing_resumes_with_space() {
     let p = Pair::new("diskfull", 32);
     let fs = SmallFs::new("db", "600k");
     let db = fs.dir.join("procflow.db");
-    let pf = Procflow::start(&["--db", db.to_str().unwrap()]);
+    // Every flow keeps its row (--fold-under 0s), so that the flows fill
+    // the disk rather than fold into their series.
+    let pf = Procflow::start(&["--db", db.to_str().unwrap(), "--fold-under", "0s"]);
     // Enough flows to fill 600 KiB many times over.
     let (server, port) = serve(
         &p.b,
