@@ -121,6 +121,9 @@ pub const DEVICE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// one transaction each), not one per poll of the ring buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// The pause after a poll that found records (see `drain`).
+pub const POLL_PAUSE: Duration = Duration::from_millis(5);
+
 /// Records that are written at once, however short the wait.
 pub const FLUSH_RECORDS: usize = 16384;
 
@@ -358,8 +361,17 @@ impl<K: KernelSource> Collector<K> {
     /// Reads what the kernel sent within `timeout`, and the names the
     /// lookup thread found.
     pub fn drain(&mut self, timeout: Duration) {
-        for r in self.kernel.poll(timeout) {
+        let records = self.kernel.poll(timeout);
+        let busy = !records.is_empty();
+        for r in records {
             self.apply(r);
+        }
+        // The ring buffer wakes its reader only for a record submitted
+        // when the reader had caught up: a short pause after records lets
+        // the next ones gather, so that a storm costs a wake-up every few
+        // milliseconds rather than one per record.
+        if busy && !timeout.is_zero() {
+            std::thread::sleep(POLL_PAUSE);
         }
         if let Some(res) = self.resolver.as_mut() {
             for (ip, name) in res.answers() {
