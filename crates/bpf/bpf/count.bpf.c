@@ -345,6 +345,17 @@ static __always_inline bool count_slot(struct pf_sock_ctx *ctx, struct pkt *p, b
 	return true;
 }
 
+/* The value of a new datagram flow's entry (dgram_flows, dgram_spill). */
+static __always_inline void dgram_fresh(struct pf_dgram_val *v, struct pkt *p, bool egress)
+{
+	v->start_ns = now_ns();
+	__builtin_memcpy(v->local, egress ? p->src : p->dst, 16);
+	v->lport = egress ? p->sport : p->dport;
+	v->direction = egress ? PF_DIR_OUT : PF_DIR_IN;
+	v->origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
+	v->proto = p->l4;
+}
+
 /* A datagram that found no entry of its own in dgram_flows, nor an
  * overflow flow there: counted in its socket's overflow flow through
  * dgram_spill (common.h), so its socket's totals stay exact. Only when that
@@ -362,12 +373,7 @@ static __noinline void count_spill(struct bpf_sock *bsk, struct pkt *p, bool egr
 	struct pf_dgram_val *v = bpf_map_lookup_elem(&dgram_spill, &k);
 	if (!v) {
 		struct pf_dgram_val fresh = {};
-		fresh.start_ns = now_ns();
-		__builtin_memcpy(fresh.local, egress ? p->src : p->dst, 16);
-		fresh.lport = egress ? p->sport : p->dport;
-		fresh.direction = egress ? PF_DIR_OUT : PF_DIR_IN;
-		fresh.origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
-		fresh.proto = p->l4;
+		dgram_fresh(&fresh, p, egress);
 		/* Announced unless dgram_flows holds this overflow flow already. */
 		if (bpf_map_update_elem(&dgram_spill, &k, &fresh, BPF_NOEXIST) == 0 &&
 		    !bpf_map_lookup_elem(&dgram_flows, &k))
@@ -434,12 +440,7 @@ static __always_inline bool count_dgram(struct pf_sock_ctx *ctx, struct pkt *p, 
 	}
 	if (!v) {
 		struct pf_dgram_val fresh = {};
-		fresh.start_ns = now_ns();
-		__builtin_memcpy(fresh.local, egress ? p->src : p->dst, 16);
-		fresh.lport = egress ? p->sport : p->dport;
-		fresh.direction = egress ? PF_DIR_OUT : PF_DIR_IN;
-		fresh.origin = egress ? PF_ORIGIN_SEND : PF_ORIGIN_PACKET;
-		fresh.proto = p->l4;
+		dgram_fresh(&fresh, p, egress);
 		if (bpf_map_update_elem(&dgram_flows, &k, &fresh, BPF_NOEXIST) == 0) {
 			__u32 uid = ctx->dgram_uid;
 			__u32 *charged = bpf_map_lookup_elem(&dgram_uid, &uid);
@@ -524,16 +525,20 @@ static __noinline void capture_dns(struct __sk_buff *skb, struct pkt *p, struct 
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* skb's socket as a full socket, or null. */
+static __always_inline struct bpf_sock *skb_fullsock(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	return sk ? bpf_sk_fullsock(sk) : 0;
+}
+
 /* See policy.h: the cgroup of skb's socket. */
 __noinline int pol_cg_skb_g(struct __sk_buff *skb, __u32 gen, __u32 levels, __u64 *found)
 {
 	if (!found)
 		return 0;
 	*found = 0;
-	struct bpf_sock *sk = skb->sk;
-	if (!sk)
-		return 0;
-	sk = bpf_sk_fullsock(sk);
+	struct bpf_sock *sk = skb_fullsock(skb);
 	if (!sk)
 		return 0;
 	pol_cg_walk(sk, gen & 1, levels, found);
@@ -546,13 +551,8 @@ __noinline int pol_cg_skb_g(struct __sk_buff *skb, __u32 gen, __u32 levels, __u6
 static __always_inline int policy_skb(struct __sk_buff *skb, struct pkt *p, __u32 state,
 				      bool egress)
 {
-	if (!p)
-		return 1;
-	struct bpf_sock *bsk = skb->sk;
-	if (!bsk)
-		return 1;
-	bsk = bpf_sk_fullsock(bsk);
-	if (!bsk)
+	struct bpf_sock *bsk = skb_fullsock(skb);
+	if (!p || !bsk)
 		return 1;
 	bool stream = bsk->type == SOCK_STREAM && bsk->protocol == IPPROTO_TCP;
 	return pf_policy_skb(skb, bsk, egress, stream, state, p->version, p->l4, p->src, p->dst,
@@ -636,10 +636,7 @@ static __noinline int count_in(struct __sk_buff *skb, struct bpf_sock *bsk, stru
 
 static __always_inline int count(struct __sk_buff *skb, bool egress)
 {
-	struct bpf_sock *bsk = skb->sk;
-	if (!bsk)
-		return 1;
-	bsk = bpf_sk_fullsock(bsk);
+	struct bpf_sock *bsk = skb_fullsock(skb);
 	if (!bsk)
 		return 1;
 	__u32 family = bsk->family;
