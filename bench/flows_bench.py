@@ -18,7 +18,8 @@ invocation, across a veth pair between two network namespaces it creates:
 Run as root after building: cargo build --release; sudo bench/flows_bench.py
 Traffic stays inside the namespaces it creates (10.198.0.0/24).
 ONLY=cost runs only the kernel time per datagram, ONLY=storm only the
-connection storm.
+connection storm. PROCFLOW_ARGS adds options to `procflow run` (e.g.
+"--ring-buffer 2M").
 """
 import json
 import os
@@ -69,7 +70,8 @@ class Procflow:
         # Its own flow history, never the default database.
         self.dbdir = tempfile.TemporaryDirectory()
         self.p = subprocess.Popen([PROCFLOW, "-v", "run", "--log", self.log,
-                                   "--db", os.path.join(self.dbdir.name, "procflow.db")],
+                                   "--db", os.path.join(self.dbdir.name, "procflow.db")]
+                                  + os.environ.get("PROCFLOW_ARGS", "").split(),
                                   stderr=subprocess.PIPE, text=True)
         for line in self.p.stderr:
             if "watching" in line:
@@ -184,7 +186,8 @@ def main():
             st = [r for r in recs if r.get("type") == "stats"][-1]
             print(f"connection storm, 10 s: {made_base} connections without procflow, {made} with")
             print(f"  procflow CPU {100 * cpu / wall:.1f} % of a core, peak RSS {peak:.1f} MiB, "
-                  f"events lost {st['events_lost']}")
+                  f"events lost {st['events_lost']}, ring buffer peak {st['ring_buffer_peak']} B "
+                  f"of {st['ring_buffer_size']}")
             return
         kinds = {"tcp": 0, "udp64": 64, "udp256": 256}
         results = {k: ([], []) for k in ("tcp", "udp64", "udp64-sent", "udp256", "udp256-sent")}

@@ -669,7 +669,7 @@ _procflow() {
             return 0
             ;;
         procflow__subcmd__run)
-            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --rules --enforce-existing --resolve --resolver --api --api-group --no-api --metrics --metrics-top --ipfix --ipfix-transport --ipfix-domain --ipfix-template-refresh --ipfix-active-timeout --ipfix-idle-timeout --config --no-config --verbose --help"
+            opts="-v -h --log --log-max-size --log-keep --db --no-db --retain --fold-under --fold-above --interval --duration --ring-buffer --rules --enforce-existing --resolve --resolver --api --api-group --no-api --metrics --metrics-top --ipfix --ipfix-transport --ipfix-domain --ipfix-template-refresh --ipfix-active-timeout --ipfix-idle-timeout --config --no-config --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -708,6 +708,10 @@ _procflow() {
                     return 0
                     ;;
                 --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ring-buffer)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

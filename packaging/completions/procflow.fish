@@ -44,6 +44,7 @@ complete -c procflow -n "__fish_procflow_using_subcommand run" -l fold-under -d 
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l fold-above -d 'New flows a second at or below which every flow keeps its row' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l interval -d 'Also write a cumulative record for every open flow this often: seconds (10, 0.5) or a duration (30s, 5m)' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l duration -d 'Stop by itself after this long: seconds (3600) or a duration (1h); SIGINT and SIGTERM stop it too' -r
+complete -c procflow -n "__fish_procflow_using_subcommand run" -l ring-buffer -d 'Size of the ring buffer the kernel\'s records come through: a power of two from 64K to 1G. Records that find it full are lost and counted (events_lost); counters are not' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l rules -d 'Allow or block connections by the rules in FILE (see docs/rules.md). SIGHUP reloads the file; a refused file leaves the rules in force' -r -F
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l resolver -d 'A name server for --resolve (ADDR or ADDR:PORT; repeat for several). Default: the nameserver lines of /etc/resolv.conf' -r
 complete -c procflow -n "__fish_procflow_using_subcommand run" -l api -d 'Serve the local API (docs/api.md) on this Unix socket' -r -F

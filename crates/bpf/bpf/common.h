@@ -46,7 +46,7 @@ PF_MAP struct {
 
 PF_MAP struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 << 20);
+	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
 /* Datagram flows (UDP, ping, raw): one entry per socket and remote, with a

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod decode;
 pub mod loader;
 pub mod policy;
+mod ring;
 pub mod scan;
 pub mod sock_destroy;
 

@@ -2,21 +2,20 @@
 //! program this kernel refuses is left out with its reason, and the others
 //! still load.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 use procflow_core::flow::{Counters, FlowKey};
 
 use crate::cgroup::cgroup2_root;
 use crate::decode::{self, Clock};
+use crate::ring::Ring;
 use crate::skel::types::{pf_dgram_key, pf_dgram_val, pf_flow_event, pf_origin, pf_stat};
 use crate::skel::{ProcflowSkel, ProcflowSkelBuilder};
 use crate::{BpfError, Record};
@@ -81,8 +80,10 @@ pub struct DatagramSweep {
     pub entries: usize,
 }
 
-/// Bytes of the ring buffer (`events`) the programs' records go through.
-pub const RING_BUFFER_SIZE: usize = 16 << 20;
+/// Bytes of the ring buffer (`events`) the programs' records go through,
+/// unless `procflow run --ring-buffer` says otherwise (see BENCHMARKS.md,
+/// "The ring buffer's fill").
+pub const RING_BUFFER_SIZE: usize = 4 << 20;
 
 /// Entries the datagram table (`dgram_flows`) can hold.
 pub const DATAGRAM_TABLE_CAPACITY: usize = 262144;
@@ -121,8 +122,10 @@ pub struct KernelStats {
     /// Packet sockets the start-up scan found with PACKET_QDISC_BYPASS on.
     pub bypass_sockets: u64,
     /// The most bytes seen waiting in the ring buffer when a record was
-    /// about to be reserved (of [`RING_BUFFER_SIZE`]).
+    /// about to be reserved (of `ring_buffer_size`).
     pub ring_buffer_peak: u64,
+    /// Bytes of the ring buffer.
+    pub ring_buffer_size: u64,
     /// Datagrams that got no entry in the datagram table (full, or its
     /// allocator dry in a burst), counted in their socket's overflow flow
     /// through the preallocated spill table.
@@ -135,8 +138,7 @@ pub struct Kernel {
     /// Held, not read: dropping a link detaches its program.
     _links: Vec<Link>,
     iter_links: Vec<(String, Link)>,
-    ring: Option<RingBuffer<'static>>,
-    queue: Rc<RefCell<VecDeque<Record>>>,
+    ring: Ring,
     pub clock: Clock,
     pub cgroup_root: PathBuf,
     loaded: Vec<String>,
@@ -161,6 +163,7 @@ fn open(
     only: Option<&str>,
     skip: &[Refused],
     rules: bool,
+    ring: usize,
 ) -> Result<crate::skel::OpenProcflowSkel<'static>, BpfError> {
     // The object lives as long as the process: procflow loads it once (a
     // probe that fails leaks one small allocation).
@@ -193,6 +196,12 @@ fn open(
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.pf_rules_on = u32::from(rules);
     }
+    let ring = u32::try_from(ring)
+        .map_err(|_| BpfError::Load(format!("a ring buffer of {ring} bytes is too large")))?;
+    open.maps
+        .events
+        .set_max_entries(ring)
+        .map_err(|e| BpfError::Load(format!("sizing the ring buffer: {e}")))?;
     Ok(open)
 }
 
@@ -211,7 +220,8 @@ impl Kernel {
     /// Loads every program this kernel accepts and attaches it. `rules`
     /// keeps the rules paths in the programs (`procflow run --rules`);
     /// without it the verifier drops them and the programs load faster.
-    pub fn open(rules: bool) -> Result<Kernel, BpfError> {
+    /// `ring` is the ring buffer's size in bytes: a power of two pages.
+    pub fn open(rules: bool, ring: usize) -> Result<Kernel, BpfError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(BpfError::NotRoot);
@@ -223,17 +233,17 @@ impl Kernel {
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_to_tracing)));
 
         let mut refused = Vec::new();
-        let skel = match open(None, &[], rules)?.load() {
+        let skel = match open(None, &[], rules, ring)?.load() {
             Ok(s) => s,
             Err(first) => {
                 // Find which programs the kernel refuses, one at a time.
-                let names: Vec<String> = open(None, &[], rules)?
+                let names: Vec<String> = open(None, &[], rules, ring)?
                     .open_object()
                     .progs()
                     .map(|p| p.name().to_string_lossy().into_owned())
                     .collect();
                 for name in &names {
-                    if let Err(e) = open(Some(name), &[], rules)?.load() {
+                    if let Err(e) = open(Some(name), &[], rules, ring)?.load() {
                         refused.push(Refused {
                             name: name.to_string(),
                             reason: format!("{e}"),
@@ -245,7 +255,7 @@ impl Kernel {
                         "loading the eBPF programs: {first}"
                     )));
                 }
-                open(None, &refused, rules)?
+                open(None, &refused, rules, ring)?
                     .load()
                     .map_err(|e| BpfError::Load(format!("loading the eBPF programs: {e}")))?
             }
@@ -261,8 +271,8 @@ impl Kernel {
             )));
         }
 
-        // Leaked like its object: the ring buffer borrows its map for the
-        // life of the process.
+        // Leaked like its object: the ring buffer's reader needs its map
+        // for the life of the process.
         let skel: &'static ProcflowSkel<'static> = Box::leak(Box::new(skel));
         let cg = File::open(&cgroup_root)
             .map_err(|e| BpfError::Cgroup(format!("opening {}: {e}", cgroup_root.display())))?;
@@ -298,46 +308,35 @@ impl Kernel {
         }
         loaded.retain(|n| !refused.iter().any(|r| &r.name == n));
 
-        let mut kernel = Kernel {
+        let ring = Ring::new(skel.maps.events.as_fd(), ring)
+            .map_err(|e| BpfError::Load(format!("mapping the ring buffer: {e}")))?;
+        Ok(Kernel {
             skel,
             _links: links,
             iter_links: Vec::new(),
-            ring: None,
-            queue: Rc::new(RefCell::new(VecDeque::new())),
+            ring,
             clock: Clock::now(),
             cgroup_root,
             loaded,
             refused,
             devices: HashMap::new(),
-        };
-        kernel.start_ring()?;
-        Ok(kernel)
-    }
-
-    fn start_ring(&mut self) -> Result<(), BpfError> {
-        let queue = Rc::clone(&self.queue);
-        let clock = self.clock;
-        let mut b = RingBufferBuilder::new();
-        b.add(&self.skel.maps.events, move |data: &[u8]| {
-            if let Some(r) = decode::decode_record(data, &clock) {
-                queue.borrow_mut().push_back(r);
-            }
-            0
         })
-        .map_err(|e| BpfError::Load(format!("ring buffer: {e}")))?;
-        self.ring = Some(
-            b.build()
-                .map_err(|e| BpfError::Load(format!("ring buffer: {e}")))?,
-        );
-        Ok(())
     }
 
     /// Waits up to `timeout` for kernel records and returns what arrived.
     pub fn poll(&mut self, timeout: Duration) -> Vec<Record> {
-        if let Some(r) = &self.ring {
-            let _ = r.poll(timeout);
+        let clock = self.clock;
+        let mut out = Vec::new();
+        let mut take = |data: &[u8]| {
+            if let Some(r) = decode::decode_record(data, &clock) {
+                out.push(r);
+            }
+        };
+        if self.ring.consume(&mut take) == 0 && !timeout.is_zero() {
+            self.ring.wait(timeout);
+            self.ring.consume(&mut take);
         }
-        self.queue.borrow_mut().drain(..).collect()
+        out
     }
 
     /// The loaded object (for the rule maps, see [`crate::policy`]).
@@ -384,6 +383,7 @@ impl Kernel {
             bypass_sockets: out[pf_stat::PF_STAT_BYPASS_FOUND.0 as usize],
             ring_buffer_peak: out[pf_stat::PF_STAT_RB_PEAK.0 as usize],
             datagram_spilled: out[pf_stat::PF_STAT_DGRAM_SPILL.0 as usize],
+            ring_buffer_size: self.ring.size() as u64,
         }
     }
 

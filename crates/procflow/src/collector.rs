@@ -394,7 +394,7 @@ impl<K: KernelSource> Collector<K> {
             "datagram_table_full": k.dgram_full,
             "verdicts_suppressed": k.verdicts_suppressed,
             "ring_buffer_peak": k.ring_buffer_peak,
-            "ring_buffer_size": procflow_bpf::RING_BUFFER_SIZE,
+            "ring_buffer_size": k.ring_buffer_size,
             "exe_unknown": t.exe_unknown,
             "refresh": self.refreshes,
             "datagram_capacity": procflow_bpf::DATAGRAM_TABLE_CAPACITY,

@@ -27,6 +27,11 @@ pub struct RunArgs {
     /// SIGINT and SIGTERM stop it too.
     #[arg(long, value_name = "TIME", value_parser = procflow_store::timespec::parse_period)]
     pub(crate) duration: Option<Duration>,
+    /// Size of the ring buffer the kernel's records come through: a power
+    /// of two from 64K to 1G. Records that find it full are lost and
+    /// counted (events_lost); counters are not.
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "4M")]
+    pub(crate) ring_buffer: usize,
     #[command(flatten)]
     pub(crate) rules: crate::enforce::RulesArgs,
     #[command(flatten)]
@@ -39,6 +44,18 @@ pub struct RunArgs {
     pub(crate) ipfix: crate::ipfix::IpfixArgs,
     #[command(flatten)]
     pub(crate) config: crate::config::ConfigArgs,
+}
+
+/// `--ring-buffer`: a size the kernel takes for a ring buffer (a power of
+/// two pages), within bounds that keep it useful and its memory sane.
+fn parse_ring_size(s: &str) -> Result<usize, String> {
+    let n = procflow_store::timespec::parse_size(s)?;
+    if !n.is_power_of_two() || !(64 << 10..=1 << 30).contains(&n) {
+        return Err(format!(
+            "{s:?}: the ring buffer's size must be a power of two from 64K to 1G (e.g. 4M)"
+        ));
+    }
+    Ok(n as usize)
 }
 
 pub fn run(matches: &clap::ArgMatches) -> Result<()> {
@@ -57,7 +74,8 @@ pub fn run(matches: &clap::ArgMatches) -> Result<()> {
     let args = &initial.args;
     let started = Instant::now();
     let metrics = crate::metrics::bind(&args.metrics)?;
-    let kernel = Kernel::open(args.rules.rules.is_some()).context("loading the kernel programs")?;
+    let kernel = Kernel::open(args.rules.rules.is_some(), args.ring_buffer)
+        .context("loading the kernel programs")?;
     let mut sinks = Sinks::open(&args.sinks)?;
     for r in kernel.refused() {
         tracing::warn!("the kernel refused {}: {}", r.name, r.reason);
@@ -266,7 +284,7 @@ fn stats_record(
         "datagram_table_full": k.dgram_full,
         "verdicts_suppressed": k.verdicts_suppressed,
         "ring_buffer_peak": k.ring_buffer_peak,
-        "ring_buffer_size": procflow_bpf::RING_BUFFER_SIZE,
+        "ring_buffer_size": k.ring_buffer_size,
         "fail_closed": k.fail_closed,
         "unwalkable_dropped": k.unwalkable_dropped,
         "rerouted_dropped": k.rerouted_dropped,
@@ -300,4 +318,20 @@ fn stats_record(
         "api": c.hub.stats(),
         "resolve": c.resolver.as_ref().map(crate::resolve::Resolver::stats),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ring_size;
+
+    #[test]
+    fn the_ring_buffer_size_is_a_power_of_two_within_bounds() {
+        assert_eq!(parse_ring_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("1G"), Ok(1 << 30));
+        for bad in ["3M", "32K", "2G", "0", "x"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_ring_size("3M").unwrap_err().contains("power of two"));
+    }
 }

@@ -106,7 +106,8 @@ impl Standalone {
             .name("collector".into())
             .spawn(move || {
                 let run = || -> Result<()> {
-                    let kernel = Kernel::open(false).context("loading the kernel programs")?;
+                    let kernel = Kernel::open(false, procflow_bpf::RING_BUFFER_SIZE)
+                        .context("loading the kernel programs")?;
                     let sys = crate::system::ProcSystem::new(kernel.cgroup_root.clone());
                     let mut c = Collector::new(kernel, Box::new(sys), h);
                     crate::run::start_up(&mut c)?;

@@ -74,7 +74,7 @@ fn flows_whose_release_record_was_lost_are_swept_with_exact_counters() {
         "the victim's flow was not recorded within 10 s"
     );
 
-    // Stop procflow's reading; fill its 16 MiB ring buffer (two records of
+    // Stop procflow's reading; fill its 4 MiB ring buffer (two records of
     // 192 bytes per socket); then close the victim's socket: its RELEASE
     // record cannot be written.
     signal(pf.pid(), "-STOP");
