@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,7 +151,9 @@ pub struct LiveFlow {
     pub remote_port: u16,
     pub remote_name: Option<String>,
     pub netns: u64,
-    pub owner: LiveOwner,
+    /// Shared with the process's other flows in the live state (one copy
+    /// of its names per process, not per flow).
+    pub owner: Arc<LiveOwner>,
     pub start: String,
     pub end: Option<String>,
     #[serde(flatten)]
@@ -181,7 +184,7 @@ impl LiveFlow {
             remote_port: r.remote_port,
             remote_name: r.remote_name.clone(),
             netns: r.netns,
-            owner: LiveOwner::of(r),
+            owner: Arc::new(LiveOwner::of(r)),
             start: r.start.clone(),
             end: r.end.clone(),
             traffic: Traffic {
@@ -423,7 +426,7 @@ pub struct LiveState {
     seq: u64,
     started_ns: u64,
     flows: HashMap<String, FlowEntry>,
-    procs: HashMap<ProcKey, (LiveOwner, Acc)>,
+    procs: HashMap<ProcKey, (Arc<LiveOwner>, Acc)>,
     remotes: HashMap<IpAddr, (Option<String>, Acc)>,
     ports: HashMap<PortKey, ((String, u16), Acc)>,
     totals: Acc,
@@ -545,7 +548,7 @@ impl LiveState {
                 let (_, acc) = self
                     .procs
                     .entry(proc_key(&owner))
-                    .or_insert_with(|| (owner, Acc::default()));
+                    .or_insert_with(|| (owner.into(), Acc::default()));
                 acc.blocked += 1;
                 acc.last_seen_tick = tick;
                 self.totals.blocked += 1;
@@ -606,7 +609,7 @@ impl LiveState {
             let entry = self
                 .procs
                 .entry(proc)
-                .or_insert_with(|| (f.owner.clone(), Acc::default()));
+                .or_insert_with(|| (Arc::clone(&f.owner), Acc::default()));
             entry.1.flows += 1;
             entry.1.last_seen_tick = tick;
             let re = self
@@ -624,8 +627,10 @@ impl LiveState {
             self.totals.flows += 1;
         }
         if let Some((o, _)) = self.procs.get_mut(&proc) {
-            if *o != f.owner {
-                o.clone_from(&f.owner); // a name or cgroup learned late
+            if **o != *f.owner {
+                *o = Arc::clone(&f.owner); // a name or cgroup learned late
+            } else {
+                f.owner = Arc::clone(o); // one copy of the names per process
             }
         }
         if f.remote_name.is_some() {
@@ -774,7 +779,7 @@ impl LiveState {
             .procs
             .iter()
             .map(|(k, (o, a))| LiveProcess {
-                owner: o.clone(),
+                owner: LiveOwner::clone(o),
                 traffic: cur.procs.get(k).copied().unwrap_or_default(),
                 rate: a.rate,
                 open_flows: open_by_proc.get(k).copied().unwrap_or(0),
@@ -903,6 +908,28 @@ mod tests {
 
     fn proc_of(s: &Snapshot, pid: u32) -> &LiveProcess {
         s.processes.iter().find(|p| p.owner.pid == pid).unwrap()
+    }
+
+    #[test]
+    fn the_flows_of_one_process_share_one_copy_of_its_names() {
+        let mut l = LiveState::new(0);
+        for id in ["1", "2", "3"] {
+            l.apply(&Record::Flow(flow(id, 10, "/usr/bin/curl", 1, 1, 1)));
+        }
+        l.apply(&Record::Flow(flow("4", 11, "/usr/bin/ssh", 1, 1, 1)));
+        let owner = |l: &LiveState, id: &str| Arc::clone(&l.flows[id].flow.owner);
+        assert!(Arc::ptr_eq(&owner(&l, "1"), &owner(&l, "2")));
+        assert!(Arc::ptr_eq(&owner(&l, "1"), &owner(&l, "3")));
+        assert!(!Arc::ptr_eq(&owner(&l, "1"), &owner(&l, "4")));
+        let curl = owner(&l, "1");
+        assert!(Arc::ptr_eq(&curl, &l.procs[&proc_key(&curl)].0));
+        // A name learned late is the process's from then on.
+        let mut later = flow("5", 10, "/usr/bin/curl", 1, 1, 1);
+        later.process.as_mut().unwrap().user = Some("alice".into());
+        l.apply(&Record::Flow(later));
+        let alice = owner(&l, "5");
+        assert_eq!(alice.user.as_deref(), Some("alice"));
+        assert!(Arc::ptr_eq(&alice, &l.procs[&proc_key(&alice)].0));
     }
 
     #[test]

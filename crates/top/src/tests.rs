@@ -106,7 +106,7 @@ fn flow(
         remote_port,
         remote_name: name.map(Into::into),
         netns: 4026531840,
-        owner: o.clone(),
+        owner: o.clone().into(),
         start: "2026-11-18T10:00:00Z".into(),
         end: None,
         traffic: t,
