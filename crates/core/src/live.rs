@@ -13,6 +13,7 @@
 //! 1 s (or 10 s) before, over the time between them. Time is passed in, so
 //! rates are unit tested at known times.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::enforcement::{RulesOutcome, RulesRecord, VerdictRecord};
-use crate::flow::{Direction, FlowRecord, FlowState, Origin};
+use crate::flow::{Direction, FlowRecord, FlowState, Origin, Proto};
 use crate::identity::reason;
 
 /// Every record the collector produces, for every consumer.
@@ -139,12 +140,13 @@ impl LiveOwner {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveFlow {
     pub flow_id: String,
-    /// `open` or `closed`.
-    pub state: String,
-    pub proto: String,
+    /// `open` or `closed`. (These three words are static strings: no
+    /// allocation per flow.)
+    pub state: Cow<'static, str>,
+    pub proto: Cow<'static, str>,
     pub family: u8,
     /// `out`, `in` or `unknown`.
-    pub direction: String,
+    pub direction: Cow<'static, str>,
     pub local_ip: IpAddr,
     pub local_port: u16,
     pub remote_ip: IpAddr,
@@ -175,7 +177,14 @@ impl LiveFlow {
                 FlowState::Open => "open".into(),
                 FlowState::Closed => "closed".into(),
             },
-            proto: r.proto.to_string(),
+            proto: match r.proto {
+                Proto::Tcp => "tcp".into(),
+                Proto::Mptcp => "mptcp".into(),
+                Proto::Udp => "udp".into(),
+                Proto::Icmp => "icmp".into(),
+                Proto::Icmpv6 => "icmpv6".into(),
+                p => p.to_string().into(),
+            },
             family: r.family,
             direction: direction_name(r.direction).into(),
             local_ip: r.local_ip,
@@ -621,7 +630,7 @@ impl LiveState {
             let pe = self
                 .ports
                 .entry(port)
-                .or_insert_with(|| ((f.proto.clone(), f.service_port()), Acc::default()));
+                .or_insert_with(|| ((f.proto.to_string(), f.service_port()), Acc::default()));
             pe.1.flows += 1;
             pe.1.last_seen_tick = tick;
             self.totals.flows += 1;

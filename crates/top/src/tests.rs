@@ -93,9 +93,9 @@ fn flow(
     LiveFlow {
         flow_id: id.into(),
         state: "open".into(),
-        proto: proto.into(),
+        proto: proto.to_string().into(),
         family: if remote.is_ipv4() { 4 } else { 6 },
-        direction: dir.into(),
+        direction: dir.to_string().into(),
         local_ip: if remote.is_ipv4() {
             IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20))
         } else {

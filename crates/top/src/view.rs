@@ -583,7 +583,7 @@ pub fn rows(view: View, cols: &[Col], ctx: &Ctx) -> Vec<Row> {
                 let mut keys = Vec::new();
                 for c in cols {
                     let (t, k) = match c.id {
-                        ColId::Proto => (f.proto.clone(), s(&f.proto)),
+                        ColId::Proto => (f.proto.to_string(), s(&f.proto)),
                         ColId::LPort => (f.local_port.to_string(), port_key(f.local_port)),
                         ColId::Remote => (
                             remote.clone(),
@@ -594,8 +594,8 @@ pub fn rows(view: View, cols: &[Col], ctx: &Ctx) -> Vec<Row> {
                         ),
                         ColId::RPort => (f.remote_port.to_string(), port_key(f.remote_port)),
                         ColId::Service => (svc.clone(), s(&svc)),
-                        ColId::Dir => (f.direction.clone(), s(&f.direction)),
-                        ColId::State => (f.state.clone(), s(&f.state)),
+                        ColId::Dir => (f.direction.to_string(), s(&f.direction)),
+                        ColId::State => (f.state.to_string(), s(&f.state)),
                         ColId::Tx => (
                             fmt::bytes(f.traffic.tx_bytes),
                             num(f.traffic.tx_bytes as f64),
