@@ -68,6 +68,13 @@ pub struct FlowTable {
     /// Live flows whose counters, owner, addresses or verdict changed
     /// since [`FlowTable::changed_records`] last took them.
     changed: std::collections::HashSet<FlowKey>,
+    /// Live flows of packet sockets (a flow's origin never changes), so
+    /// that the packet-socket sweep need not look through every flow.
+    packet_flows: usize,
+}
+
+fn is_packet(e: &Entry) -> bool {
+    e.view.info.origin == crate::flow::Origin::PacketSocket
 }
 
 type InboundKey = (u64, (IpAddr, u16), (IpAddr, u16));
@@ -151,9 +158,7 @@ impl FlowTable {
 
     /// Whether any flow is a packet socket's.
     pub fn has_packet_flows(&self) -> bool {
-        self.flows
-            .values()
-            .any(|e| e.view.info.origin == crate::flow::Origin::PacketSocket)
+        self.packet_flows > 0
     }
 
     /// The flows of packet sockets that are gone: not in `live` (the
@@ -308,7 +313,9 @@ impl FlowTable {
         }
         self.stats.flows_closed += 1;
         let rec = self.record(key, FlowState::Closed, Some(end_ns), sys);
-        self.flows.remove(key);
+        if self.flows.remove(key).as_ref().is_some_and(is_packet) {
+            self.packet_flows -= 1;
+        }
         self.verdicts.remove(key);
         self.changed.remove(key);
         if self.keys_of_socket(key.cookie).is_empty() {
@@ -392,14 +399,15 @@ impl FlowTable {
                 self.verdicts.insert(view.key, v);
             }
         }
-        self.flows.insert(
-            view.key,
-            Entry {
-                view,
-                remote_name: None,
-                unknown_counted: false,
-            },
-        );
+        let entry = Entry {
+            view,
+            remote_name: None,
+            unknown_counted: false,
+        };
+        self.packet_flows += usize::from(is_packet(&entry));
+        if let Some(old) = self.flows.insert(entry.view.key, entry) {
+            self.packet_flows -= usize::from(is_packet(&old));
+        }
     }
 
     /// Folds a newer reading into a known flow: counters never go back, the
@@ -534,6 +542,34 @@ mod tests {
             before_start: None,
             start_ns: 1_000_000_000,
         }
+    }
+
+    #[test]
+    fn the_table_knows_whether_it_holds_packet_socket_flows() {
+        let mut t = FlowTable::new();
+        let mut sys = FakeSystem::default();
+        let packet = |cookie: u64, remote: u8| {
+            let mut v = view(FlowKey::datagram(cookie, ip(remote), 0), Some(7), 0);
+            v.info.origin = Origin::PacketSocket;
+            v
+        };
+        t.ingest(
+            FlowEvent::Open(view(FlowKey::socket(1), Some(7), 0)),
+            &mut sys,
+        );
+        assert!(!t.has_packet_flows());
+        t.ingest(FlowEvent::Open(packet(2, 3)), &mut sys);
+        t.ingest(FlowEvent::Update(packet(2, 4)), &mut sys);
+        t.ingest(FlowEvent::Open(packet(2, 3)), &mut sys); // merged, not counted again
+        assert!(t.has_packet_flows());
+        let gone = t.packet_flows_gone(&Default::default(), u64::MAX);
+        assert_eq!(gone.len(), 2);
+        t.close(&gone[0], 2_000_000_000, &mut sys);
+        assert!(t.has_packet_flows());
+        t.close(&gone[1], 2_000_000_000, &mut sys);
+        assert!(!t.has_packet_flows());
+        t.close(&FlowKey::socket(1), 2_000_000_000, &mut sys);
+        assert!(t.is_empty() && !t.has_packet_flows());
     }
 
     #[test]
