@@ -173,9 +173,7 @@ impl FlowTable {
         self.flows
             .iter()
             .filter(|(k, e)| {
-                e.view.info.origin == crate::flow::Origin::PacketSocket
-                    && e.view.start_ns < read_at_ns
-                    && !live.contains(&k.cookie)
+                is_packet(e) && e.view.start_ns < read_at_ns && !live.contains(&k.cookie)
             })
             .map(|(k, _)| *k)
             .collect()

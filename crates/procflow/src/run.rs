@@ -334,4 +334,15 @@ mod tests {
         }
         assert!(parse_ring_size("3M").unwrap_err().contains("power of two"));
     }
+
+    #[test]
+    fn the_ring_buffer_option_defaults_to_the_kernel_sides_size() {
+        let cmd = <super::RunArgs as clap::Args>::augment_args(clap::Command::new("run"));
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "ring_buffer")
+            .unwrap();
+        let default = arg.get_default_values()[0].to_str().unwrap();
+        assert_eq!(parse_ring_size(default), Ok(procflow_bpf::RING_BUFFER_SIZE));
+    }
 }

@@ -1104,8 +1104,9 @@ fn a_udp_sockets_first_remote_counts_in_its_context_and_the_others_in_the_table(
 
 #[test]
 fn records_through_a_small_ring_buffer_that_wraps_many_times_arrive_whole() {
-    // 128 KiB of ring buffer and about 1.2 MB of records (six of 200 bytes
-    // per connection): the reader goes round it about nine times, and
+    // 128 KiB of ring buffer and about 800 KB of records (four of 200 bytes
+    // per connection, two per socket): the reader goes round it about six
+    // times, and
     // records that straddle its end are put together from two pieces. Every
     // record must arrive, and each exactly as written: the counters against
     // nftables, the ports against the generator.
@@ -1130,7 +1131,7 @@ fn records_through_a_small_ring_buffer_that_wraps_many_times_arrive_whole() {
         &format!("ip saddr {} tcp dport {port}", p.a4),
     );
     // In batches of 50 (the generator's start paces them), so that a burst
-    // holds about 60 KB of records, within the ring buffer.
+    // holds about 40 KB of records, within the ring buffer.
     for _ in 0..20 {
         let cl = client(
             &p.a,
